@@ -1,0 +1,36 @@
+"""Fields shared by every fine-tuning task; each task module subclasses FinetuneConfig with its own."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from mlm.config import TrainingConfig, arg
+from mlm.errors import ConfigError
+
+
+@dataclass
+class FinetuneConfig(TrainingConfig):
+    """Fine-tune a pretrained encoder on a task; every field is also a --flag."""
+
+    task: str = arg("cls", "Task: cls (sequence classification), ner (token classification) or qa (extractive QA).")
+    model_name_or_path: str = arg(
+        "outputs/pretrain-demo", "Backbone: a local HF BERT-family checkpoint directory (or a hub name when online)."
+    )
+    tokenizer_name: Optional[str] = arg(None, "Tokenizer directory or name (default: model_name_or_path).")
+    train_file: Optional[str] = arg(None, "Training data file.")
+    validation_file: Optional[str] = arg(None, "Validation data file (evaluated every eval_steps and at the end).")
+    test_file: Optional[str] = arg(None, "Test data file (evaluated once at the end with the final model).")
+    dataset_name: Optional[str] = arg(None, "A hub dataset name instead of files (needs network).")
+    dataset_config_name: Optional[str] = arg(None, "Configuration of dataset_name.")
+    max_seq_length: int = arg(128, "Longest input in tokens; longer inputs are truncated or windowed.")
+    max_train_samples: Optional[int] = arg(None, "Train on at most this many examples (quick runs).")
+    learning_rate: float = arg(5e-5, "Peak learning rate of AdamW.")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_seq_length < 8:
+            raise ConfigError(f"max_seq_length: must be >= 8, got {self.max_seq_length}")
+        if self.dataset_name is None and self.train_file is None:
+            raise ConfigError(
+                "no training data: set --train_file PATH (and --validation_file PATH), or --dataset_name NAME when online"
+            )

@@ -1,0 +1,177 @@
+"""Typed run configuration: dataclasses whose `help` metadata is the `--help` text.
+
+A run is configured by an optional recipe (a small YAML of field deltas) and then flags of the same
+names, which win over the recipe:
+
+    cfg = parse_config(PretrainConfig, ["--recipe", "recipes/pretrain/demo.yaml", "--max_steps", "50"])
+
+Unknown keys, bad values and contradictions raise ConfigError with a one-line message naming the field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Literal, Optional, TypeVar
+
+import yaml
+
+from mlm.errors import ConfigError
+
+
+def arg(default, help: str, **kw):
+    """A dataclass field carrying its `--help` text."""
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainingConfig:
+    """Fields of the shared training loop (pretraining and fine-tuning alike)."""
+
+    output_dir: str = arg("outputs/run", "Where checkpoints, logs, metrics and the final model are written.")
+    overwrite_output_dir: bool = arg(False, "Allow writing into an output_dir that already holds a finished run.")
+    seed: int = arg(42, "Seed for initialisation, data order, masking and dropout.")
+    per_device_train_batch_size: int = arg(32, "Training sequences per device per micro-batch.")
+    per_device_eval_batch_size: int = arg(64, "Evaluation sequences per device per batch.")
+    gradient_accumulation_steps: int = arg(1, "Micro-batches accumulated before each optimizer step.")
+    global_batch_size: Optional[int] = arg(
+        None,
+        "If set, gradient_accumulation_steps is derived from it: global = per_device x processes x accumulation.",
+    )
+    learning_rate: float = arg(5e-5, "Peak learning rate of AdamW.")
+    weight_decay: float = arg(0.01, "AdamW weight decay (not applied to biases and LayerNorm weights).")
+    adam_beta1: float = arg(0.9, "AdamW beta1.")
+    adam_beta2: float = arg(0.999, "AdamW beta2.")
+    adam_epsilon: float = arg(1e-8, "AdamW epsilon.")
+    max_grad_norm: float = arg(1.0, "Gradient clipping norm (0 disables clipping).")
+    num_train_epochs: float = arg(3.0, "Epochs over the training data (ignored when max_steps > 0).")
+    max_steps: int = arg(-1, "Total optimizer steps; overrides num_train_epochs when > 0.")
+    warmup_ratio: Optional[float] = arg(None, "Fraction of steps with linear warmup (exclusive with warmup_steps).")
+    warmup_steps: Optional[int] = arg(None, "Steps of linear warmup (exclusive with warmup_ratio).")
+    lr_scheduler_type: Literal["linear", "cosine", "constant"] = arg("linear", "Decay after warmup.")
+    logging_steps: int = arg(10, "Write a log.jsonl line (and update the progress bar) every N steps.")
+    eval_steps: Optional[int] = arg(None, "Evaluate every N steps (default: once per epoch and at the end).")
+    save_steps: Optional[int] = arg(None, "Checkpoint every N steps (default: at every evaluation).")
+    save_total_limit: int = arg(2, "Keep the last N checkpoints (the best one is kept in addition).")
+    resume_from_checkpoint: Optional[str] = arg(None, "A checkpoints/step-N directory, or 'latest' in output_dir.")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = arg(
+        "auto", "auto: bf16 on GPUs that support it, fp32 on CPUs (bf16 is ~40x slower on CPUs without it)."
+    )
+    torch_compile: bool = arg(False, "Compile the model with torch.compile (pays off on long runs).")
+    metric_for_best_model: Optional[str] = arg(None, "Evaluation metric that picks the best checkpoint, e.g. f1.")
+    greater_is_better: Optional[bool] = arg(None, "Whether a larger metric is better (default: False for *loss).")
+    early_stopping_patience: Optional[int] = arg(None, "Stop after N evaluations without improvement.")
+    load_best_model_at_end: bool = arg(True, "With metric_for_best_model, restore the best checkpoint at the end.")
+    max_eval_samples: Optional[int] = arg(None, "Evaluate on at most this many examples (quick runs).")
+    report_to: Literal["none", "tensorboard", "wandb"] = arg("none", "Optional experiment tracker.")
+    disable_tqdm: bool = arg(False, "Hide the progress bar.")
+
+    def __post_init__(self):
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "logging_steps", "save_total_limit"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_steps", "save_steps", "global_batch_size", "early_stopping_patience"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {value}")
+        if self.warmup_ratio is not None and self.warmup_steps is not None:
+            raise ConfigError("warmup_ratio and warmup_steps are both set: choose one")
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ConfigError("max_steps and num_train_epochs are both <= 0: nothing to train")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate: must be > 0, got {self.learning_rate}")
+        if self.early_stopping_patience is not None and self.metric_for_best_model is None:
+            raise ConfigError("early_stopping_patience needs metric_for_best_model")
+        if self.greater_is_better is None and self.metric_for_best_model is not None:
+            self.greater_is_better = not self.metric_for_best_model.endswith("loss")
+
+    def accumulation_steps(self, num_processes: int) -> int:
+        """Derived accumulation: from global_batch_size when set, else the field itself."""
+        if self.global_batch_size is None:
+            return self.gradient_accumulation_steps
+        per_step = self.per_device_train_batch_size * num_processes
+        if self.global_batch_size % per_step:
+            raise ConfigError(
+                f"global_batch_size: {self.global_batch_size} is not a multiple of per_device_train_batch_size x "
+                f"processes = {per_step}"
+            )
+        return self.global_batch_size // per_step
+
+
+C = TypeVar("C")
+
+
+class _Parser:
+    """HfArgumentParser whose errors become ConfigError (one line) instead of usage dumps."""
+
+    def __init__(self, cls, prog: str):
+        from transformers import HfArgumentParser
+
+        class Strict(HfArgumentParser):
+            def error(self, message):  # argparse calls this for bad values
+                raise ConfigError(message)
+
+        self.parser = Strict(cls, prog=prog, description=(cls.__doc__ or "").strip())
+        self.parser.add_argument("--recipe", default=None, help="YAML file of field values; flags win over it.")
+
+
+def load_recipe(path: str, cls) -> dict:
+    """Read a recipe with safe YAML and reject keys the config does not have."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"--recipe: {path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of field: value")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{path}: unknown key {key!r}{hint}")
+    return data
+
+
+def parse_config(cls: type[C], argv: list[str], prog: str = "mlm") -> C:
+    """Recipe (optional) + flags -> a validated config instance of `cls`."""
+    parser = _Parser(cls, prog).parser
+    pre, _ = parser.parse_known_args(argv) if "--recipe" in argv else (None, None)
+    recipe = load_recipe(pre.recipe, cls) if pre is not None and pre.recipe else {}
+    # Recipe values go through the same string parsing as flags, so their types are checked too.
+    recipe_argv, nulls = [], {}
+    for key, value in recipe.items():
+        if value is None:
+            nulls[key] = None
+        else:
+            recipe_argv += [f"--{key}", str(value)]
+    parser.set_defaults(**nulls)
+    try:
+        *outputs, extra = parser.parse_args_into_dataclasses(recipe_argv + list(argv), return_remaining_strings=True)
+    except TypeError as e:
+        raise ConfigError(str(e)) from None
+    cfg = outputs[0]  # outputs[1], when present, is the namespace holding --recipe
+    if extra:
+        names = [f"--{f.name}" for f in dataclasses.fields(cls)]
+        close = difflib.get_close_matches(extra[0].split("=")[0], names, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"unknown option {extra[0]}{hint}")
+    return cfg
+
+
+def print_help(cls, prog: str) -> None:
+    _Parser(cls, prog).parser.print_help()
+
+
+def config_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

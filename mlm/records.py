@@ -1,0 +1,106 @@
+"""Read tabular records (jsonl / csv / tsv / parquet) as plain dicts, with file:line in every error.
+
+    for line, row in iter_records("train.csv"):   # line: 1-based physical line (parquet: row number)
+        ...
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Iterator
+
+from mlm.errors import DataError
+
+TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+
+
+def file_format(path: str) -> str:
+    """'jsonl' | 'csv' | 'tsv' | 'parquet' from the file name (`.json` is read as JSON lines)."""
+    name = path.lower()
+    for suffix, fmt in ((".jsonl", "jsonl"), (".json", "jsonl"), (".csv", "csv"), (".tsv", "tsv"), (".parquet", "parquet")):
+        if name.endswith(suffix) or name.endswith(suffix + ".gz"):
+            return fmt
+    raise DataError(f"{path}: unknown file type (expected one of {', '.join(TABLE_SUFFIXES)})")
+
+
+def _open_text(path: str):
+    if path.endswith(".gz"):
+        import gzip
+
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def iter_records(path: str, delimiter: str | None = None) -> Iterator[tuple[int, dict]]:
+    """Yield (line, record) for every row of `path`; raise DataError naming file and line on bad rows."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    fmt = file_format(path)
+    try:
+        if fmt == "parquet":
+            yield from _iter_parquet(path)
+        elif fmt == "jsonl":
+            yield from _iter_jsonl(path)
+        else:
+            yield from _iter_delimited(path, delimiter or ("\t" if fmt == "tsv" else ","))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def _iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
+    with _open_text(path) as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{line_no}: expected a JSON object per line, got {type(row).__name__}")
+            yield line_no, row
+
+
+def _iter_delimited(path: str, delimiter: str) -> Iterator[tuple[int, dict]]:
+    with _open_text(path) as f:
+        # QUOTE_NONE for TSV: GLUE-style files contain bare quotes inside sentences.
+        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+        header = next(reader, None)
+        if header is None:
+            return
+        header = [h.strip() for h in header]
+        for row in reader:
+            line_no = reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != len(header):
+                raise DataError(
+                    f"{path}:{line_no}: expected {len(header)} fields ({', '.join(header)}) separated by "
+                    f"{delimiter!r}, got {len(row)} (wrong delimiter?)"
+                )
+            yield line_no, dict(zip(header, row))
+
+
+def _iter_parquet(path: str) -> Iterator[tuple[int, dict]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:  # pragma: no cover - pyarrow ships with `datasets`
+        raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise DataError(f"{path}: not a readable parquet file ({e})") from None
+    row_no = 0
+    for batch in table.iter_batches(batch_size=4096):
+        for row in batch.to_pylist():
+            row_no += 1
+            yield row_no, row
+
+
+def require_columns(path: str, line: int, row: dict, columns: list[str]) -> None:
+    """Raise a DataError naming the first missing column and the ones that exist."""
+    for col in columns:
+        if col not in row:
+            raise DataError(f"{path}:{line}: missing column {col!r} (columns: {', '.join(map(str, row))})")

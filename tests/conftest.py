@@ -1,0 +1,64 @@
+"""Shared fixtures: a hand-made WordPiece vocabulary, a tiny random BERT checkpoint, the real-data dir."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORDS = (
+    "the a an of to in and is was it this that on for with as by at from be are not good bad great terrible "
+    "movie film plot acting story fun boring love hate i you he she we they john smith paris london berlin "
+    "google apple visited works lives new york city river germany france when where who what which did ? . , ! "
+    "' - ( ) 1 2 3 4 5 6 7 8 9 0 john's un ##believ ##able ##s ##ed ##ing ##ly ##er x y z"
+).split()
+
+
+def make_vocab() -> list[str]:
+    """[PAD]=0 ... [MASK]=4, then words, then single letters and their ## forms (so nothing is [UNK])."""
+    letters = list("abcdefghijklmnopqrstuvwxyz")
+    vocab = list(SPECIALS)
+    for tok in WORDS + letters + ["##" + c for c in letters]:
+        if tok not in vocab:
+            vocab.append(tok)
+    return vocab
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from transformers import BertTokenizer
+
+    vocab = make_vocab()
+    tok = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
+    assert len(tok) == len(vocab), "tokenizer ignored the vocabulary"
+    return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, tiny_tokenizer):
+    """A saved tiny random BertForMaskedLM + tokenizer: a stand-in for a pretrained backbone."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tiny_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128,
+    )
+    path = tmp_path_factory.mktemp("tiny-bert")
+    BertForMaskedLM(config).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def data_dir():
+    """$MLM_DATA_DIR (the shared real datasets), or skip the test."""
+    path = os.environ.get("MLM_DATA_DIR")
+    if not path or not os.path.isdir(path):
+        pytest.skip("real data not available: set MLM_DATA_DIR to the shared data folder")
+    return path
