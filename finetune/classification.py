@@ -1,0 +1,601 @@
+"""Sequence classification: one label per text (or text pair), a score, or a set of labels.
+
+The task reads rows with a text column, an optional second text column (sentence pairs such as
+MRPC/RTE) and a label column, and fine-tunes `AutoModelForSequenceClassification` on them:
+
+    make finetune TASK=cls                                    # SST-2, recipes/finetune/cls.yaml
+    mlm finetune --task cls --train_file train.csv --validation_file dev.csv --text_column review
+    mlm predict --model_name_or_path outputs/cls --text "a charming and often affecting journey"
+
+Three problem types (--problem_type, default "auto", resolved from the TRAINING labels):
+  * single_label  one class per example; cross-entropy; accuracy / macro F1 / MCC.
+  * regression    one float per example (STS-B style); squared error; MSE / Pearson / Spearman.
+  * multi_label   a set of classes per example, given as a JSON list or a string joined with
+                  --label_separator; per-class sigmoid + binary cross-entropy; subset accuracy / F1.
+"auto" picks multi_label when a label is a list or --label_separator is set, regression when some
+label is a number that is not an integer (3.8), and single_label otherwise: integer-valued labels
+(0/1, 1..5 stars) are classes; pass --problem_type regression to treat them as scores.
+
+Files: .csv / .tsv / .jsonl / .parquet through mlm.records (or a hub dataset with --dataset_name;
+ClassLabel ids become their names). The text column defaults to the first of "text", "sentence",
+"sentence1" the file has ("text" is the common name; GLUE uses "sentence"); with "sentence1" and no
+--text_pair_column, a "sentence2" column is taken as the pair. The test split may have no label
+column at all (the GLUE test files have none): it then gets predictions and no metrics.
+
+Every example is a plain dict {"text", "text_pair"?, "label"?, "_where": "path:line"}; `load_splits`
+normalises labels (class names as strings, floats for regression, lists of names for multi-label)
+and fixes cfg.problem_type to the resolved type, so the saved run config records it.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+
+from finetune.config import FinetuneConfig
+from mlm.config import arg
+from mlm.errors import ConfigError, DataError
+from mlm.records import file_format, iter_records, require_columns
+
+logger = logging.getLogger("mlm")
+
+AutoModel = transformers.AutoModelForSequenceClassification
+
+TEXT_COLUMN_CANDIDATES = ("text", "sentence", "sentence1")
+# Our problem types -> the names transformers' configs use (and `mlm predict` reads back from a model).
+HF_PROBLEM_TYPES = {
+    "single_label": "single_label_classification",
+    "regression": "regression",
+    "multi_label": "multi_label_classification",
+}
+DELIMITER_ALIASES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+ENCODE_CHUNK = 1024  # examples per tokenizer call: big enough for the fast tokenizer, small in memory
+
+
+@dataclass
+class Config(FinetuneConfig):
+    """Fine-tune an encoder for sequence classification (single-label, regression or multi-label)."""
+
+    text_column: Optional[str] = arg(
+        None, "Column with the text (default: the first of text, sentence, sentence1 that the data has)."
+    )
+    text_pair_column: Optional[str] = arg(
+        None, "Column with the second text of sentence-pair tasks (default: sentence2 when text is sentence1)."
+    )
+    label_column: str = arg("label", "Column with the label (class name, number, or list for multi-label).")
+    problem_type: Literal["auto", "single_label", "regression", "multi_label"] = arg(
+        "auto",
+        "auto: multi_label for list labels or with label_separator, regression when a training label is a "
+        "non-integer number, else single_label.",
+    )
+    label_separator: Optional[str] = arg(
+        None, "Multi-label data as one string per example, e.g. '|' for 'sports|politics' (implies multi_label)."
+    )
+    delimiter: Optional[str] = arg(
+        None, "Field delimiter of csv/tsv files: a character or tab/comma/semicolon/pipe (default: by extension)."
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.delimiter is not None:
+            self.delimiter = DELIMITER_ALIASES.get(self.delimiter, self.delimiter)
+            if len(self.delimiter) != 1:
+                raise ConfigError(f"delimiter: expected one character or tab/comma/semicolon/pipe, got {self.delimiter!r}")
+        if self.label_separator is not None and self.problem_type in ("single_label", "regression"):
+            raise ConfigError(f"label_separator: only used with problem_type multi_label, not {self.problem_type}")
+        if self.label_separator == "":
+            raise ConfigError("label_separator: must not be empty")
+        if self.text_pair_column is not None and self.text_pair_column == self.text_column:
+            raise ConfigError(f"text_pair_column: same as text_column ({self.text_column!r})")
+        if self.dataset_name is not None and self.train_file is not None:
+            raise ConfigError("dataset_name and train_file are both set: choose one")
+
+
+# ------------------------------------------------------------------------------------------ reading data
+
+
+def load_splits(cfg: Config) -> dict[str, list[dict]]:
+    """Raw examples of train / validation / test, labels normalised for the resolved problem type."""
+    splits = _load_hub(cfg) if cfg.dataset_name else _load_files(cfg)
+    if not splits.get("train"):
+        raise DataError(f"{cfg.dataset_name or cfg.train_file}: no training split")
+    resolved = resolve_problem_type(splits["train"], cfg)
+    if cfg.problem_type == "auto":
+        logger.info("problem_type auto -> %s (from the training labels)", resolved)
+    cfg.problem_type = resolved
+    for examples in splits.values():
+        _normalise_labels(examples, cfg)
+    return splits
+
+
+def _load_files(cfg: Config) -> dict[str, list[dict]]:
+    splits = {}
+    for split, path in (("train", cfg.train_file), ("validation", cfg.validation_file), ("test", cfg.test_file)):
+        if path is not None:
+            # Training and validation need gold labels; a test file may be unlabeled (predictions only).
+            splits[split] = read_table(path, cfg, label_required=split != "test")
+    return splits
+
+
+def read_table(path: str, cfg: Config, label_required: bool) -> list[dict]:
+    """Examples of one csv/tsv/jsonl/parquet file; raw labels (see `_normalise_labels`)."""
+    delimited = file_format(path) in ("csv", "tsv")
+    examples, columns = [], None
+    for line, row in iter_records(path, cfg.delimiter):
+        if columns is None:
+            # For csv/tsv the columns come from the header, line 1; jsonl/parquet name the first row.
+            where = f"{path}:1" if delimited else f"{path}:{line}"
+            columns = resolve_columns(list(row), cfg, label_required, where, delimited)
+        examples.append(_example(row, columns, f"{path}:{line}", path, line))
+    if not examples:
+        raise DataError(f"{path}: no examples (the file is empty or holds only a header)")
+    return examples
+
+
+def resolve_columns(names: list[str], cfg: Config, label_required: bool, where: str, delimited: bool = False):
+    """(text, text_pair or None, label or None) column names for data with columns `names`."""
+    available = ", ".join(map(str, names))
+
+    def missing(what: str, column: str, hint: str = "") -> DataError:
+        if delimited and len(names) == 1:
+            hint = _delimiter_hint(str(names[0])) or hint
+        return DataError(f"{where}: missing {what} column {column!r} (columns: {available}){hint}")
+
+    text = cfg.text_column
+    if text is None:
+        text = next((c for c in TEXT_COLUMN_CANDIDATES if c in names), None)
+        if text is None:
+            raise missing("text", " / ".join(TEXT_COLUMN_CANDIDATES), "; set --text_column")
+    elif text not in names:
+        raise missing("text", text)
+    pair = cfg.text_pair_column
+    if pair is None and cfg.text_column is None and text == "sentence1" and "sentence2" in names:
+        pair = "sentence2"  # GLUE pair tasks (MRPC, RTE, STS-B...): ignoring sentence2 would be silent garbage
+    if pair is not None and pair not in names:
+        raise missing("text pair", pair)
+    label = cfg.label_column if cfg.label_column in names else None
+    if label is None and label_required:
+        raise missing("label", cfg.label_column, "; set --label_column")
+    return text, pair, label
+
+
+def _delimiter_hint(header: str) -> str:
+    """A one-column header that contains another delimiter means the file was split on the wrong one."""
+    for char, name in (("\t", "tab"), (",", "comma"), (";", "semicolon"), ("|", "pipe")):
+        if char in header:
+            return f"; the header is one column containing a {name}: wrong delimiter? set --delimiter {name}"
+    return ""
+
+
+def _example(row: dict, columns, where: str, path: str, line: int) -> dict:
+    text_col, pair_col, label_col = columns
+    require_columns(path, line, row, [c for c in columns if c is not None])  # jsonl rows may differ
+    example = {"text": _text(row[text_col], where, text_col), "_where": where}
+    if pair_col is not None:
+        example["text_pair"] = _text(row[pair_col], where, pair_col)
+    if label_col is not None and row[label_col] is not None:  # None: a null in jsonl/parquet = unlabeled
+        example["label"] = row[label_col]
+    return example
+
+
+def _text(value, where: str, column: str) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise DataError(f"{where}: empty text in column {column!r}")
+    if not isinstance(value, str):
+        raise DataError(f"{where}: column {column!r} should hold text, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _load_hub(cfg: Config) -> dict[str, list[dict]]:
+    """A hub dataset through datasets.load_dataset; ClassLabel ids become their names."""
+    import datasets
+
+    try:
+        data = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name)
+    except Exception as e:  # network, unknown name, bad config: all one line for the user
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{cfg.dataset_name}: could not load the dataset ({message})") from None
+    splits = {}
+    # MNLI names its dev split validation_matched; a few community datasets use "dev".
+    for split, candidates in (("train", ("train",)), ("validation", ("validation", "validation_matched", "dev")),
+                              ("test", ("test",))):
+        name = next((c for c in candidates if c in data), None)
+        if name is not None:
+            splits[split] = _hub_examples(data[name], cfg, f"{cfg.dataset_name}[{name}]", split != "test")
+    return splits
+
+
+def _hub_examples(dataset, cfg: Config, source: str, label_required: bool) -> list[dict]:
+    columns = resolve_columns(dataset.column_names, cfg, label_required, source)
+    to_names = _class_label_names(dataset.features.get(columns[2])) if columns[2] else None
+    examples = []
+    for i, row in enumerate(dataset, 1):
+        if to_names is not None:
+            row[columns[2]] = to_names(row[columns[2]])
+        examples.append(_example(row, columns, f"{source}:{i}", source, i))
+    if not examples:
+        raise DataError(f"{source}: no examples")
+    return examples
+
+
+def _class_label_names(feature):
+    """A function mapping ClassLabel ids (or lists of them) to names; None if the column is not ClassLabel.
+
+    Negative ids mean "no label" in the datasets convention (GLUE test splits hold -1)."""
+    inner = getattr(feature, "feature", None)  # Sequence(ClassLabel) / List(ClassLabel) for multi-label
+    if hasattr(feature, "int2str"):
+        return lambda v: feature.int2str(v) if v is not None and v >= 0 else None
+    if inner is not None and hasattr(inner, "int2str"):
+        return lambda vs: None if vs is None else [inner.int2str(v) for v in vs]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- labels
+
+
+def resolve_problem_type(train_examples: list[dict], cfg: Config) -> str:
+    """cfg.problem_type, with "auto" decided from the training labels (see the module docstring)."""
+    if cfg.problem_type != "auto":
+        return cfg.problem_type
+    raw = [ex["label"] for ex in train_examples if ex.get("label") is not None]
+    if cfg.label_separator is not None or any(isinstance(v, (list, tuple)) for v in raw):
+        return "multi_label"
+    if any(_is_fractional(v) for v in raw):
+        return "regression"
+    return "single_label"
+
+
+def _is_fractional(value) -> bool:
+    """A finite number (or numeric string) that is not an integer: 3.8 yes, 4.0 / "4" / "pos" no."""
+    if isinstance(value, bool):
+        return False
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(number) and not number.is_integer()
+
+
+def problem_type(cfg: Config, labels: list[str]) -> str:
+    """The concrete problem type; when cfg still says "auto" (no load_splits, e.g. predict), guess from labels."""
+    if cfg.problem_type != "auto":
+        return cfg.problem_type
+    return "regression" if labels == ["score"] else "single_label"
+
+
+def label_name(value) -> str:
+    """One class label as a string, so 1, 1.0 and "1" are the same class."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _normalise_labels(examples: list[dict], cfg: Config) -> None:
+    """In place: single_label -> name, regression -> float, multi_label -> list of names."""
+    kind = cfg.problem_type
+    for ex in examples:
+        if "label" not in ex:
+            continue
+        value, where = ex["label"], ex["_where"]
+        column = f"column {cfg.label_column!r}"
+        if kind == "regression":
+            ex["label"] = _regression_target(value, f"{where}: {column}")
+        elif kind == "multi_label":
+            ex["label"] = _label_set(value, cfg.label_separator, f"{where}: {column}")
+        else:
+            if isinstance(value, (list, tuple, dict)):
+                raise DataError(f"{where}: {column}: label {value!r} is not one class (multi-label? set "
+                                "--problem_type multi_label)")
+            ex["label"] = label_name(value)
+            if not ex["label"]:
+                raise DataError(f"{where}: {column}: empty label")
+
+
+def _regression_target(value, where: str) -> float:
+    try:
+        number = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number):
+        raise DataError(f"{where}: non-numeric regression target {value!r}")
+    return number
+
+
+def _label_set(value, separator: Optional[str], where: str) -> list[str]:
+    if isinstance(value, str):
+        parts = value.split(separator) if separator is not None else [value]
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        parts = [value]  # a bare number in multi-label data is a set of one
+    names = [label_name(p) for p in parts]
+    return list(dict.fromkeys(n for n in names if n))  # drop empties and duplicates, keep order
+
+
+def label_list(train_examples: list[dict], cfg: Config) -> list[str]:
+    """Label names of the training split: numeric order for integer names ("2" before "10"), else sorted."""
+    kind = resolve_problem_type(train_examples, cfg)
+    if kind == "regression":
+        return ["score"]
+    names = set()
+    for ex in train_examples:
+        if ex.get("label") is None:
+            continue
+        if kind == "multi_label":
+            names.update(_label_set(ex["label"], cfg.label_separator, ex.get("_where", "?")))
+        else:
+            names.add(label_name(ex["label"]))
+    if not names:
+        raise DataError(f"{train_examples[0]['_where'] if train_examples else 'train'}: the training data has no labels")
+    return sort_labels(names)
+
+
+def sort_labels(names) -> list[str]:
+    names = list(names)
+    if all(re.fullmatch(r"[+-]?\d+", n) for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def model_kwargs(cfg: Config, labels: list[str]) -> dict:
+    """Head size, label names (saved in config.json, so predictions name classes) and the loss kind."""
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {name: i for i, name in enumerate(labels)},
+        "problem_type": HF_PROBLEM_TYPES[problem_type(cfg, labels)],
+    }
+
+
+# -------------------------------------------------------------------------------------------- features
+
+
+def encode(examples: list[dict], tokenizer, cfg: Config, labels: list[str], with_labels: bool = True) -> list[dict]:
+    """Tokenize (pairs truncated longest_first), no padding; features keep "example_index".
+
+    Every gold label is checked against `labels` (DataError at its file:line when training never saw
+    it); with_labels adds the model target as "labels".""""""
+    kind = problem_type(cfg, labels)
+    label2id = {name: i for i, name in enumerate(labels)}
+    features, truncated = [], 0
+    for start in range(0, len(examples), ENCODE_CHUNK):
+        chunk = examples[start:start + ENCODE_CHUNK]
+        encoded, n_truncated = _tokenize(chunk, tokenizer, cfg.max_seq_length)
+        truncated += n_truncated
+        for offset, ex in enumerate(chunk):
+            feature = {key: encoded[key][offset] for key in ("input_ids", "attention_mask", "token_type_ids")
+                       if key in encoded}
+            feature["example_index"] = start + offset
+            if ex.get("label") is not None:
+                # Checked even without with_labels: evaluation features carry no labels, but a gold label
+                # the model cannot predict must fail here, naming its line, not later inside the metrics.
+                target = _target(ex, kind, label2id, labels, cfg.label_separator)
+                if with_labels:
+                    feature["labels"] = target
+            features.append(feature)
+    if examples:
+        logger.info("%d of %d examples truncated to max_seq_length=%d", truncated, len(examples), cfg.max_seq_length)
+    return features
+
+
+def _tokenize(chunk: list[dict], tokenizer, max_length: int) -> tuple[dict, int]:
+    """Tokenize once in full to learn which examples are too long, then re-tokenize only those truncated.
+
+    (Asking the tokenizer for overflowing tokens would count them too, but fast tokenizers refuse
+    that for pairs with longest_first.)"""
+    has_pair = ["text_pair" in ex for ex in chunk]
+    if any(has_pair) and not all(has_pair):
+        raise DataError(f"{chunk[has_pair.index(False)]['_where']}: no text pair, but other examples have one")
+    texts = [ex["text"] for ex in chunk]
+    pairs = [ex["text_pair"] for ex in chunk] if all(has_pair) else None
+    # verbose=False: the untruncated pass would warn about sequences longer than model_max_length.
+    encoded = dict(tokenizer(texts, pairs, truncation=False, verbose=False))
+    too_long = [i for i, ids in enumerate(encoded["input_ids"]) if len(ids) > max_length]
+    if too_long:
+        redo = tokenizer([texts[i] for i in too_long], [pairs[i] for i in too_long] if pairs else None,
+                         truncation="longest_first", max_length=max_length)
+        for key in encoded:
+            for j, i in enumerate(too_long):
+                encoded[key][i] = redo[key][j]
+    return encoded, len(too_long)
+
+
+def _target(example: dict, kind: str, label2id: dict, labels: list[str], separator: Optional[str]):
+    """The model target of one example: class id, float, or a multi-hot list over `labels`."""
+    where = example.get("_where", "?")
+    if kind == "regression":
+        return _regression_target(example["label"], where)
+    if kind == "multi_label":
+        names = _label_set(example["label"], separator, where)
+    else:
+        names = [label_name(example["label"])]
+    for name in names:
+        if name not in label2id:
+            raise DataError(f"{where}: label {name!r} does not occur in the training data "
+                            f"(training labels: {', '.join(labels)})")
+    if kind == "multi_label":
+        hot = [0.0] * len(labels)
+        for name in names:
+            hot[label2id[name]] = 1.0
+        return hot
+    return label2id[names[0]]
+
+
+def collate(features: list[dict], tokenizer) -> dict[str, torch.Tensor]:
+    """Pad to the longest feature in the batch with the tokenizer's pad id; labels keep their kind.
+
+    labels: (B,) long for classes, (B,) float for regression, (B, C) float for multi-label."""
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        raise ValueError("the tokenizer has no pad token")
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    longest = max(len(f["input_ids"]) for f in features)
+
+    def padded(key: str, value: int) -> torch.Tensor:
+        rows = []
+        for f in features:
+            fill = [value] * (longest - len(f[key]))
+            rows.append(fill + list(f[key]) if left else list(f[key]) + fill)
+        return torch.tensor(rows, dtype=torch.long)  # (B, T)
+
+    batch = {"input_ids": padded("input_ids", pad_id), "attention_mask": padded("attention_mask", 0)}
+    if "token_type_ids" in features[0]:
+        batch["token_type_ids"] = padded("token_type_ids", getattr(tokenizer, "pad_token_type_id", 0))
+    with_labels = ["labels" in f for f in features]
+    if any(with_labels):
+        if not all(with_labels):
+            raise ValueError("a batch mixes features with and without labels")
+        targets = [f["labels"] for f in features]
+        # ints are class ids; floats (or lists of floats) are regression targets / multi-hot vectors.
+        is_class = all(isinstance(t, int) and not isinstance(t, bool) for t in targets)
+        batch["labels"] = torch.tensor(targets, dtype=torch.long if is_class else torch.float32)
+    return batch
+
+
+# ------------------------------------------------------------------------------------- loss and outputs
+
+
+def loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of per-example losses, number of examples); the loop divides by the global count.
+
+    The kind comes from the labels (long (B,) classes, float (B,) scores, float (B, C) multi-hot),
+    which also works for a model wrapped by DDP/FSDP that hides `.config`."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    labels = batch["labels"]
+    logits = model(**inputs).logits.float()  # (B, C); fp32 so a bf16 autocast does not round the loss
+    if labels.dtype == torch.long:
+        total = F.cross_entropy(logits, labels, reduction="sum")
+    elif labels.dim() == 1:
+        if logits.shape[-1] != 1:
+            raise ValueError(f"regression targets need a 1-output head, the model has {logits.shape[-1]}")
+        total = ((logits.squeeze(-1) - labels) ** 2).sum()
+    else:
+        # Mean over classes per example (as BCEWithLogitsLoss does), summed over examples.
+        total = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(dim=-1).sum()
+    return total, torch.tensor(labels.shape[0], device=logits.device)
+
+
+@torch.no_grad()
+def outputs(model, batch: dict) -> list[np.ndarray]:
+    """The logits of each feature, (C,) float32 arrays in batch order."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits.float().cpu().numpy()  # (B, C)
+    return list(logits)
+
+
+def predictions(examples: list[dict], features: list[dict], outputs: list, cfg: Config, labels: list[str]) -> list[dict]:
+    """One JSON-able record per encoded example, in example order.
+
+    single_label: label, score (its softmax probability), probabilities {name: p}
+    regression:   score
+    multi_label:  labels (sigmoid > 0.5), scores (theirs), probabilities {name: p}
+    plus text, text_pair and gold where the example has them."""
+    if len(features) != len(outputs):
+        raise ValueError(f"{len(features)} features but {len(outputs)} outputs")
+    kind = problem_type(cfg, labels)
+    records = []
+    for feature, logits in sorted(zip(features, outputs), key=lambda pair: pair[0]["example_index"]):
+        example = examples[feature["example_index"]]
+        record = {"text": example["text"]}
+        if "text_pair" in example:
+            record["text_pair"] = example["text_pair"]
+        record.update(_decode(np.asarray(logits, dtype=np.float64), kind, labels))
+        if example.get("label") is not None:
+            record["gold"] = _gold(example["label"], kind, cfg, example.get("_where", "?"))
+        records.append(record)
+    return records
+
+
+def _decode(logits: np.ndarray, kind: str, labels: list[str]) -> dict:
+    if kind == "regression":
+        return {"score": float(logits[0])}
+    if kind == "multi_label":
+        probs = 1.0 / (1.0 + np.exp(-logits))
+        chosen = [i for i, p in enumerate(probs) if p > 0.5]
+        return {"labels": [labels[i] for i in chosen], "scores": [float(probs[i]) for i in chosen],
+                "probabilities": {name: float(p) for name, p in zip(labels, probs)}}
+    probs = np.exp(logits - logits.max())  # softmax, shifted so exp cannot overflow
+    probs /= probs.sum()
+    best = int(np.argmax(probs))
+    return {"label": labels[best], "score": float(probs[best]),
+            "probabilities": {name: float(p) for name, p in zip(labels, probs)}}
+
+
+def _gold(value, kind: str, cfg: Config, where: str):
+    """The gold label in the form of the prediction (labels from `mlm predict --input` arrive raw)."""
+    if kind == "regression":
+        return _regression_target(value, where)
+    if kind == "multi_label":
+        return _label_set(value, cfg.label_separator, where)
+    return label_name(value)
+
+
+def metrics(examples: list[dict], predictions: list[dict], cfg: Config, labels: list[str]) -> dict:
+    """Task scores over the predictions that have a gold label; {} for an unlabeled (test) split."""
+    from finetune.metrics import classification_metrics, multilabel_metrics, regression_metrics
+
+    scored = [p for p in predictions if "gold" in p]
+    if not scored:
+        return {}
+    kind = problem_type(cfg, labels)
+    if kind == "regression":
+        return regression_metrics([p["gold"] for p in scored], [p["score"] for p in scored])
+    index = {name: i for i, name in enumerate(labels)}
+    if kind == "multi_label":
+        def hot(names):
+            row = [0] * len(labels)
+            for name in names:
+                row[index[name]] = 1
+            return row
+        return multilabel_metrics([hot(p["gold"]) for p in scored], [hot(p["labels"]) for p in scored], labels)
+    return classification_metrics([index[p["gold"]] for p in scored], [index[p["label"]] for p in scored], labels)
+
+
+# ---------------------------------------------------------------------------------------- mlm predict
+
+
+def examples_from_text(cfg: Config, text: Optional[str] = None, text_pair: Optional[str] = None, **other) -> list[dict]:
+    """`mlm predict --text ... [--text_pair ...]` -> one example."""
+    unused = [name for name, value in other.items() if value is not None]
+    if unused:
+        raise ConfigError(f"--{unused[0]}: not used by the cls task (it takes --text and optionally --text_pair)")
+    if text is None or not text.strip():
+        raise ConfigError("--text: empty text")
+    example = {"text": text, "_where": "--text"}
+    if text_pair is not None:
+        if not text_pair.strip():
+            raise ConfigError("--text_pair: empty text")
+        example["text_pair"] = text_pair
+    return [example]
+
+
+def examples_from_file(path: str, cfg: Config) -> list[dict]:
+    """`mlm predict --input FILE`: a table with the text column (labels, if present, become "gold"),
+    or a .txt file with one text per line (blank lines skipped)."""
+    if not path.lower().endswith(".txt"):
+        examples = read_table(path, cfg, label_required=False)
+        if cfg.problem_type != "auto":  # else the gold labels stay raw and `predictions` reads them per model
+            _normalise_labels(examples, cfg)
+        return examples
+    if cfg.text_pair_column is not None:
+        raise DataError(f"{path}: a .txt file has one text per line; text pairs need a csv/tsv/jsonl file")
+    examples = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if line.strip():
+                    examples.append({"text": line.rstrip("\r\n"), "_where": f"{path}:{line_no}"})
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    if not examples:
+        raise DataError(f"{path}: no text (the file is empty)")
+    return examples

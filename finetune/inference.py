@@ -1,0 +1,36 @@
+"""Run a task's model over features in length-sorted batches, optionally sharded over processes.
+
+Sorting by length makes dynamic padding cheap; the outputs come back in the original feature order.
+With an accelerator, each rank takes a contiguous slice of the sorted order and the slices are
+gathered as Python objects: no padded duplicates, so metrics equal the single-process ones.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mlm.loop import shard_range, to_device
+
+
+def compute_outputs(task, model, features: list[dict], tokenizer, batch_size: int, accelerator=None) -> list:
+    """task.outputs(...) for every feature, in the order of `features`."""
+    order = np.argsort([-len(f["input_ids"]) for f in features], kind="stable")
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    mine = order[shard_range(len(order), rank, world).start : shard_range(len(order), rank, world).stop]
+    was_training = model.training
+    model.eval()
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(mine), batch_size):
+            batch = task.collate([features[i] for i in mine[start : start + batch_size]], tokenizer)
+            outputs.extend(task.outputs(model, to_device(batch, device)))
+    model.train(was_training)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        outputs = gather_object(outputs)  # rank order == sorted order, each item exactly once
+    result = [None] * len(features)
+    for position, index in enumerate(order):
+        result[index] = outputs[position]
+    return result

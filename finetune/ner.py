@@ -1,0 +1,637 @@
+"""Named-entity recognition as token classification: one tag per word, entities scored conlleval-style.
+
+Run it (CoNLL-2003, three epochs):
+
+    make finetune TASK=ner                                     # recipes/finetune/ner.yaml
+    mlm finetune --task ner --recipe recipes/finetune/ner.yaml --model_name_or_path outputs/pretrain-demo
+    mlm predict --task ner --model outputs/finetune-ner --text "John Smith visited Paris."
+
+Data (`load_splits`):
+  * CoNLL column files (`eng.train`, `*.conll`, `*.txt`, `*.tsv`): one word per line, columns separated by
+    spaces or tabs, a blank line between sentences, `-DOCSTART-` lines skipped. The word and the tag are
+    read from `token_column` and `tag_column` (Python indices, -1 = last column).
+  * JSON lines / parquet (`*.jsonl`, `*.json`, `*.parquet`): one sentence per row,
+    `{"tokens": [...], "tags": [...]}` (keys `tokens_key`, `tags_key`).
+  * A hub dataset (`dataset_name`): columns `tokens_key` and `tags_key` (falling back to `ner_tags`);
+    integer ClassLabel tags are mapped to their names.
+  Tags may be IOB1 (the original CoNLL-2003), IOB2 or IOBES; every split is converted to IOB2 as it is
+  read, so everything downstream (labels, model, metrics, predictions) speaks IOB2 only.
+
+Model side (`encode` .. `predictions`): words are split into sub-words by the fast tokenizer; the label
+sits on the first sub-word of each word (the others get -100, or the word's I- tag with
+label_all_tokens). A sentence longer than max_seq_length becomes several overlapping windows, and each
+word is predicted from the one window where it has the most context on both sides (see `_owners`).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+
+from finetune.config import FinetuneConfig
+from finetune.metrics import chunks, entity_scores, iobes_to_iob2, to_iob2
+from mlm.config import arg
+from mlm.errors import ConfigError, DataError
+from mlm.records import iter_records, require_columns
+
+AutoModel = transformers.AutoModelForTokenClassification
+
+SPLITS = ("train", "validation", "test")
+IGNORE = -100  # label id that cross-entropy skips: specials, padding, non-first sub-words
+RECORD_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet")
+DOCSTART = "-DOCSTART-"
+
+
+@dataclass
+class Config(FinetuneConfig):
+    """Fine-tune an encoder for named-entity recognition (token classification)."""
+
+    task: str = arg("ner", "Task: cls (sequence classification), ner (token classification) or qa (extractive QA).")
+    token_column: int = arg(0, "CoNLL files: column holding the word (0 = first).")
+    tag_column: int = arg(-1, "CoNLL files: column holding the entity tag (-1 = last).")
+    tag_scheme: Literal["auto", "iob1", "iob2", "iobes"] = arg(
+        "auto",
+        "Tag scheme of the input files, converted to IOB2 on reading. auto: per file, iobes if any E-/S- tag, "
+        "else iob1/iob2 (which convert identically: an I-X that starts an entity becomes B-X).",
+    )
+    label_all_tokens: bool = arg(
+        False, "Train on every sub-word (the later ones of a word get its I- tag) instead of the first only."
+    )
+    stride: int = arg(
+        32, "Sentences longer than max_seq_length are split into windows overlapping by up to this many tokens."
+    )
+    tokens_key: str = arg("tokens", "JSON lines / parquet / hub datasets: field holding the list of words.")
+    tags_key: str = arg("tags", "JSON lines / parquet / hub datasets: field holding the list of tags ('ner_tags' is tried too).")
+    text_key: str = arg("text", "`mlm predict --input FILE.jsonl`: field holding raw text (split into words here).")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.stride < 0:
+            raise ConfigError(f"stride: must be >= 0, got {self.stride}")
+        # Overlap at most half a window, so every window moves on by at least half a window of new words.
+        if 2 * self.stride > self.max_seq_length:
+            raise ConfigError(
+                f"stride: {self.stride} is more than half of max_seq_length={self.max_seq_length}; use at most "
+                f"{self.max_seq_length // 2}"
+            )
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def load_splits(cfg: Config) -> dict[str, list[dict]]:
+    """{"train": [...], "validation": [...], "test": [...]} for the configured splits.
+
+    Each example: {"tokens": [str], "tags": [IOB2 str], "_where": "path:line", "_lines": [line per word]}.
+    """
+    if cfg.dataset_name:
+        splits = _load_hub(cfg)
+    else:
+        files = {"train": cfg.train_file, "validation": cfg.validation_file, "test": cfg.test_file}
+        splits = {split: read_file(path, cfg) for split, path in files.items() if path}
+    # Cutting to the first N is idempotent, so the loop applying the same limits again is harmless.
+    if cfg.max_train_samples is not None and "train" in splits:
+        splits["train"] = splits["train"][: cfg.max_train_samples]
+    if cfg.max_eval_samples is not None:
+        for split in ("validation", "test"):
+            if split in splits:
+                splits[split] = splits[split][: cfg.max_eval_samples]
+    return splits
+
+
+def read_file(path: str, cfg: Config) -> list[dict]:
+    """Labelled sentences of one file (CoNLL columns, or JSON lines / parquet by name), tags in IOB2."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    if path.lower().endswith(RECORD_SUFFIXES):
+        sentences = _read_records(path, cfg)
+    else:
+        sentences = _read_conll(path, cfg.token_column, cfg.tag_column)
+    if not sentences:
+        raise DataError(f"{path}: no sentences found")
+    return _convert_to_iob2(sentences, cfg.tag_scheme, path)
+
+
+def _read_conll(path: str, token_column: int, tag_column: int) -> list[dict]:
+    """Sentences of a CoNLL column file, tags as written (converted later, once the scheme is known)."""
+    sentences: list[dict] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    lines: list[int] = []
+    n_columns = first_line = None
+
+    def end_sentence():
+        # A -DOCSTART- line and the blank line after it would make an empty sentence: never emit one.
+        if tokens:
+            sentences.append({"tokens": list(tokens), "tags": list(tags), "_where": f"{path}:{lines[0]}",
+                              "_lines": list(lines)})
+        tokens.clear()
+        tags.clear()
+        lines.clear()
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                columns = line.split()  # any run of spaces/tabs; trailing whitespace and \r vanish
+                if not columns:
+                    end_sentence()
+                    continue
+                if columns[0] == DOCSTART:
+                    end_sentence()
+                    continue
+                if n_columns is None:
+                    _check_conll_layout(path, line_no, line, columns, token_column, tag_column)
+                    n_columns, first_line = len(columns), line_no
+                elif len(columns) != n_columns:
+                    raise DataError(
+                        f"{path}:{line_no}: {len(columns)} columns, but line {first_line} has {n_columns} "
+                        f"(every word line must have the same columns; a word containing a space?)"
+                    )
+                tokens.append(columns[token_column])
+                tags.append(columns[tag_column])
+                lines.append(line_no)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    end_sentence()
+    return sentences
+
+
+def _check_conll_layout(path, line_no, line, columns, token_column, tag_column) -> None:
+    """Reject files that are not CoNLL columns, and column indices the file does not have, at the first line."""
+    if line.lstrip().startswith(("{", "[")):
+        raise DataError(
+            f"{path}:{line_no}: looks like JSON, not CoNLL columns (name the file .jsonl with "
+            f'{{"tokens": [...], "tags": [...]}} per line)'
+        )
+    n = len(columns)
+    for name, index in (("token_column", token_column), ("tag_column", tag_column)):
+        if not -n <= index < n:
+            raise DataError(f"{path}:{line_no}: {name}={index} is out of range: the line has {n} columns")
+    if token_column % n == tag_column % n:
+        raise DataError(
+            f"{path}:{line_no}: token_column and tag_column name the same column of {n}; a CoNLL file needs a "
+            f"word column and a tag column"
+        )
+
+
+def _read_records(path: str, cfg: Config) -> list[dict]:
+    sentences = []
+    for line_no, row in iter_records(path):
+        where = f"{path}:{line_no}"
+        tags_key = _pick_tags_key(row, cfg.tags_key)
+        require_columns(path, line_no, row, [cfg.tokens_key, tags_key])
+        tokens, tags = row[cfg.tokens_key], row[tags_key]
+        _check_word_list(where, cfg.tokens_key, tokens)
+        _check_word_list(where, tags_key, tags)
+        if len(tokens) != len(tags):
+            raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} tags")
+        if tokens:
+            sentences.append({"tokens": tokens, "tags": tags, "_where": where, "_lines": [line_no] * len(tokens)})
+    return sentences
+
+
+def _pick_tags_key(row: dict, tags_key: str) -> str:
+    # HF token-classification datasets call the column ner_tags; accept it without a flag.
+    return "ner_tags" if tags_key not in row and "ner_tags" in row else tags_key
+
+
+def _check_word_list(where: str, key: str, value) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        hint = " (integer tags need their names: write the tag strings)" if isinstance(value, list) else ""
+        raise DataError(f"{where}: {key!r} must be a list of strings{hint}")
+
+
+def _load_hub(cfg: Config) -> dict[str, list[dict]]:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name)
+    except Exception as e:  # offline, unknown name, bad config: one line for the user
+        raise DataError(f"{cfg.dataset_name}: could not load the dataset ({type(e).__name__}: {e})") from None
+    splits = {}
+    for split in SPLITS:
+        if split not in dataset:
+            continue
+        data = dataset[split]
+        name = f"{cfg.dataset_name}[{split}]"
+        tags_key = _pick_tags_key({c: None for c in data.column_names}, cfg.tags_key)
+        require_columns(name, 0, {c: None for c in data.column_names}, [cfg.tokens_key, tags_key])
+        names = _class_label_names(data.features[tags_key])
+        sentences = []
+        for row_no, row in enumerate(data, 1):
+            tags = [names[t] for t in row[tags_key]] if names else row[tags_key]
+            where = f"{name}:{row_no}"
+            _check_word_list(where, tags_key, tags)
+            if row[cfg.tokens_key]:
+                sentences.append({"tokens": row[cfg.tokens_key], "tags": tags, "_where": where,
+                                  "_lines": [row_no] * len(tags)})
+        splits[split] = _convert_to_iob2(sentences, cfg.tag_scheme, name)
+    if "train" not in splits:
+        raise DataError(f"{cfg.dataset_name}: no 'train' split (has: {', '.join(dataset)})")
+    return splits
+
+
+def _class_label_names(feature) -> Optional[list[str]]:
+    """Tag names of a sequence-of-ClassLabel feature, or None when the tags are already strings."""
+    inner = getattr(feature, "feature", None)
+    return list(inner.names) if inner is not None and hasattr(inner, "names") else None
+
+
+# ------------------------------------------------------------------------------------------- tag schemes
+
+# The B/I/E/S prefixes each scheme may use; anything else is an error, not a silent guess.
+SCHEME_PREFIXES = {"iob1": "BI", "iob2": "BI", "iobes": "BIES"}
+
+
+def detect_scheme(tag_sequences: list[list[str]]) -> str:
+    """iobes if any E-/S- tag; else iob1 if some entity starts with I- (as in CoNLL-2003); else iob2.
+
+    iob1 and iob2 convert to IOB2 by the same rule, so the distinction only matters for messages.
+    """
+    iob1 = False
+    for tags in tag_sequences:
+        previous = "O"
+        for tag in tags:
+            if tag[:2] in ("E-", "S-"):
+                return "iobes"
+            if tag.startswith("I-") and previous[2:] != tag[2:]:
+                iob1 = True
+            previous = tag
+    return "iob1" if iob1 else "iob2"
+
+
+def _convert_to_iob2(sentences: list[dict], scheme: str, source: str) -> list[dict]:
+    detected = scheme == "auto"
+    if detected:
+        scheme = detect_scheme([s["tags"] for s in sentences])
+    allowed = SCHEME_PREFIXES[scheme]
+    for s in sentences:
+        for i, tag in enumerate(s["tags"]):
+            if tag != "O" and not (len(tag) > 2 and tag[0] in allowed and tag[1] == "-"):
+                expected = "O or " + "/".join(f"{p}-TYPE" for p in allowed)
+                how = " (detected from the file; set tag_scheme to choose)" if detected else ""
+                raise DataError(f"{_word_where(s, i)}: tag {tag!r} is not {scheme}{how}: expected {expected}")
+        # Both rewrite the chunks as conlleval reads them, so the result is always valid IOB2.
+        s["tags"] = iobes_to_iob2(s["tags"]) if scheme == "iobes" else to_iob2(s["tags"])
+    return sentences
+
+
+def _word_where(example: dict, i: int) -> str:
+    """'path:line' of word i (CoNLL files have one line per word; other sources one line per sentence)."""
+    lines = example.get("_lines")
+    if not lines:
+        return example.get("_where", "<input>")
+    path = example["_where"].rpartition(":")[0]
+    return f"{path}:{lines[i]}"
+
+
+# ------------------------------------------------------------------------------------------------ labels
+
+
+def label_list(train_examples: list[dict], cfg: Config) -> list[str]:
+    """["O", "B-T1", "I-T1", "B-T2", ...]: entity types sorted, both B- and I- for every type seen.
+
+    Both prefixes even when train only shows one, so the model can predict a whole entity of any type.
+    """
+    types = sorted({tag[2:] for ex in train_examples for tag in ex["tags"] if tag != "O"})
+    if not types:
+        raise DataError("training data has no entity tags (every tag is O): nothing to learn")
+    return ["O"] + [f"{prefix}-{t}" for t in types for prefix in "BI"]
+
+
+def model_kwargs(cfg: Config, labels: list[str]) -> dict:
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- features
+
+
+def encode(examples: list[dict], tokenizer, cfg: Config, labels: list[str], with_labels: bool) -> list[dict]:
+    """Sentences -> model windows, with the bookkeeping to map token outputs back to words.
+
+    Each feature: input_ids, attention_mask, [token_type_ids], [labels], plus
+      example_index  the sentence it came from
+      word_ids       per token, the index of its word in the sentence (None for [CLS]/[SEP])
+      owned_words    the words this window predicts (each word is owned by exactly one window)
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError("tokenizer: NER needs a fast tokenizer (word_ids); load it with AutoTokenizer")
+    label2id = {label: i for i, label in enumerate(labels)}
+    prefix, suffix = _special_frame(tokenizer)
+    budget = cfg.max_seq_length - len(prefix) - len(suffix)  # content tokens per window
+    # One batched call for all sentences, without specials: windows are cut from these token lists.
+    encoded = tokenizer([ex["tokens"] for ex in examples], is_split_into_words=True, add_special_tokens=False)
+    with_types = "token_type_ids" in tokenizer.model_input_names
+    features = []
+    for index, ex in enumerate(examples):
+        word_tokens = _group_by_word(encoded["input_ids"][index], encoded.word_ids(index), len(ex["tokens"]))
+        word_tokens = [ids[:budget] for ids in word_tokens]  # a single word longer than a window is cut
+        tag_ids = _tag_ids(ex, label2id) if with_labels else None
+        lengths = [len(ids) for ids in word_tokens]
+        windows = make_windows(lengths, budget, cfg.stride)
+        owners = _owners(lengths, windows)
+        for k, (start, end) in enumerate(windows):
+            word_ids = [None] * len(prefix)
+            for w in range(start, end):
+                word_ids += [w] * lengths[w]
+            word_ids += [None] * len(suffix)
+            input_ids = prefix + [t for w in range(start, end) for t in word_tokens[w]] + suffix
+            feature = {
+                "input_ids": input_ids,
+                "attention_mask": [1] * len(input_ids),
+                "example_index": index,
+                "word_ids": word_ids,
+                "owned_words": [w for w in range(start, end) if owners[w] == k],
+            }
+            if with_types:
+                feature["token_type_ids"] = [0] * len(input_ids)
+            if with_labels:
+                feature["labels"] = _token_labels(word_ids, tag_ids, labels, label2id, cfg.label_all_tokens)
+            features.append(feature)
+    return features
+
+
+def _special_frame(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a single sequence ([CLS] / [SEP] for BERT)."""
+    enc = tokenizer(["a"], is_split_into_words=True)
+    word_ids = enc.word_ids()
+    first = word_ids.index(0)
+    last = len(word_ids) - 1 - word_ids[::-1].index(0)
+    return list(enc["input_ids"][:first]), list(enc["input_ids"][last + 1:])
+
+
+def _group_by_word(input_ids: list[int], word_ids: list, n_words: int) -> list[list[int]]:
+    """Token ids of each word; [] for a word that tokenizes to nothing (zero-width or control characters)."""
+    groups: list[list[int]] = [[] for _ in range(n_words)]
+    for token, w in zip(input_ids, word_ids):
+        if w is not None:
+            groups[w].append(token)
+    return groups
+
+
+def _tag_ids(ex: dict, label2id: dict) -> list[int]:
+    if "tags" not in ex:
+        raise DataError(f"{ex.get('_where', '<input>')}: no tags to train or evaluate on")
+    ids = []
+    for i, tag in enumerate(ex["tags"]):
+        if tag not in label2id:
+            raise DataError(
+                f"{_word_where(ex, i)}: tag {tag!r} of word {ex['tokens'][i]!r} was never seen in the training data "
+                f"(labels: {', '.join(label2id)})"
+            )
+        ids.append(label2id[tag])
+    return ids
+
+
+def _token_labels(word_ids, tag_ids, labels, label2id, label_all_tokens) -> list[int]:
+    """The word's label on its first sub-word; later sub-words get -100, or the word's I- tag."""
+    out = []
+    previous = None
+    for w in word_ids:
+        if w is None:
+            out.append(IGNORE)
+        elif w != previous:
+            out.append(tag_ids[w])
+        elif label_all_tokens:
+            tag = labels[tag_ids[w]]
+            out.append(label2id["I-" + tag[2:]] if tag.startswith("B-") else tag_ids[w])
+        else:
+            out.append(IGNORE)
+        previous = w
+    return out
+
+
+def make_windows(lengths: list[int], budget: int, stride: int) -> list[tuple[int, int]]:
+    """Word ranges [start, end) of the windows of a sentence whose words have `lengths` sub-words.
+
+    Windows start and end at word boundaries, hold at most `budget` sub-words, and each one starts as far
+    back as possible while overlapping the previous by at most `stride` sub-words (always moving on by
+    at least one word). Words longer than `budget` must have been cut to it.
+    """
+    n = len(lengths)
+    if sum(lengths) <= budget:
+        return [(0, n)]
+    windows = []
+    start = 0
+    while True:
+        end, used = start, 0
+        while end < n and used + lengths[end] <= budget:
+            used += lengths[end]
+            end += 1
+        windows.append((start, end))
+        if end == n:
+            return windows
+        next_start, overlap = end, 0
+        while next_start - 1 > start and overlap + lengths[next_start - 1] <= stride:
+            next_start -= 1
+            overlap += lengths[next_start]
+        start = next_start
+
+
+def _owners(lengths: list[int], windows: list[tuple[int, int]]) -> list[Optional[int]]:
+    """For each word, the window that predicts it: the one where it has the most context.
+
+    A word's context in a window is min(sub-words before it, sub-words after it) inside that window (the
+    "max context" rule of BERT's SQuAD code): a word near a cut edge sees only one side, so it is taken
+    from the window where it sits most centrally. Ties go to the earlier window. Words with no sub-words
+    are owned by nobody and predicted "O".
+    """
+    best: list[Optional[int]] = [None] * len(lengths)
+    best_score = [-1] * len(lengths)
+    for k, (start, end) in enumerate(windows):
+        total = sum(lengths[start:end])
+        before = 0
+        for w in range(start, end):
+            if lengths[w]:
+                score = min(before, total - before - lengths[w])
+                if score > best_score[w]:
+                    best[w], best_score[w] = k, score
+            before += lengths[w]
+    return best
+
+
+def collate(features: list[dict], tokenizer) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest feature (outputs() relies on right padding); labels padded with -100."""
+    longest = max(len(f["input_ids"]) for f in features)
+    pads = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0,
+            "token_type_ids": tokenizer.pad_token_type_id, "labels": IGNORE}
+    batch = {}
+    for key, pad in pads.items():
+        if key in features[0]:
+            rows = [f[key] + [pad] * (longest - len(f[key])) for f in features]
+            batch[key] = torch.tensor(rows, dtype=torch.long)  # (B, T)
+    return batch
+
+
+def _model_inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy over labelled sub-words, how many there are) for exact global averaging."""
+    logits = model(**_model_inputs(batch)).logits  # (B, T, C)
+    labels = batch["labels"]  # (B, T)
+    # Float32 loss under bf16 autocast; sum (not mean) so a batch with no labels gives 0, not NaN.
+    total = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+    return total, (labels != IGNORE).sum()
+
+
+@torch.no_grad()
+def outputs(model, batch: dict) -> list[np.ndarray]:
+    """Per feature, its (T_i, C) logits as float32 numpy, padding cut off."""
+    logits = model(**_model_inputs(batch)).logits.float().cpu().numpy()  # (B, T, C)
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    return [logits[i, :n] for i, n in enumerate(lengths)]
+
+
+# ----------------------------------------------------------------------------------------- predictions
+
+
+def predictions(examples: list[dict], features: list[dict], outputs: list, cfg: Config, labels: list[str]) -> list[dict]:
+    """One record per sentence: tags per word (valid IOB2) and the entities they make.
+
+    Entity score: the mean, over the entity's words, of the softmax probability of the label the model
+    chose for that word (its argmax, before the IOB2 repair).
+    """
+    word_logits = _word_logits(examples, features, outputs)
+    records = []
+    for ex, logits in zip(examples, word_logits):
+        n = len(ex["tokens"])
+        tags, confidence = ["O"] * n, np.zeros(n)
+        for w, row in logits.items():
+            probs = _softmax(row)
+            best = int(probs.argmax())
+            tags[w], confidence[w] = labels[best], float(probs[best])
+        tags = to_iob2(tags)  # an I-X after O or after another type becomes B-X
+        record = {}
+        if "text" in ex:
+            record["text"] = ex["text"]
+        record["tokens"] = ex["tokens"]
+        record["predicted_tags"] = tags
+        if "tags" in ex:
+            record["gold_tags"] = ex["tags"]
+        # chunks: (type, start_word, end_word exclusive) in sentence order.
+        record["entities"] = [_entity(ex, kind, start, end, confidence) for kind, start, end in chunks(tags)]
+        records.append(record)
+    return records
+
+
+def _word_logits(examples, features, outputs) -> list[dict[int, np.ndarray]]:
+    """Per example, {word: logits of its first sub-word in the window that owns it}."""
+    per_example: list[dict[int, np.ndarray]] = [{} for _ in examples]
+    for feature, logits in zip(features, outputs):
+        owned = set(feature["owned_words"])
+        previous = None
+        for t, w in enumerate(feature["word_ids"]):
+            if w is not None and w != previous and w in owned:
+                per_example[feature["example_index"]][w] = np.asarray(logits[t])
+            previous = w
+    return per_example
+
+
+def _softmax(row: np.ndarray) -> np.ndarray:
+    z = np.exp(row - row.max())
+    return z / z.sum()
+
+
+def _entity(ex: dict, kind: str, start: int, end: int, confidence: np.ndarray) -> dict:
+    """end_word and end are exclusive: tokens[start_word:end_word], text[start:end]."""
+    entity = {"type": kind, "start_word": start, "end_word": end,
+              "text": " ".join(ex["tokens"][start:end]),
+              "score": round(float(confidence[start:end].mean()), 6)}
+    if "offsets" in ex:
+        begin, finish = ex["offsets"][start][0], ex["offsets"][end - 1][1]
+        entity.update(start=begin, end=finish, text=ex["text"][begin:finish])
+    return entity
+
+
+def metrics(examples: list[dict], predictions: list[dict], cfg: Config, labels: list[str]) -> dict:
+    """conlleval entity precision / recall / F1 (micro), token accuracy and per-type scores."""
+    gold = [ex["tags"] for ex in examples if "tags" in ex]
+    if not gold:
+        return {}
+    pred = [p["predicted_tags"] for ex, p in zip(examples, predictions) if "tags" in ex]
+    return entity_scores(gold, pred)
+
+
+# ----------------------------------------------------------------------------------------- raw input
+
+# A word is a run of letters/digits/underscore, or any other single non-space character. That is the
+# split BERT's own pre-tokenizer makes (whitespace, then every punctuation mark alone), so no word hides
+# inside another and each character offset maps to exactly one word.
+WORD_RE = re.compile(r"\w+|[^\w\s]")
+
+
+def split_words(text: str) -> tuple[list[str], list[list[int]]]:
+    """Words of raw text and their [start, end) character offsets."""
+    matches = list(WORD_RE.finditer(text))
+    return [m.group() for m in matches], [[m.start(), m.end()] for m in matches]
+
+
+def _text_example(text: str, where: str) -> dict:
+    tokens, offsets = split_words(text)
+    return {"text": text, "tokens": tokens, "offsets": offsets, "_where": where}
+
+
+def examples_from_text(cfg: Config, **fields) -> list[dict]:
+    """`mlm predict --text "..."`: one example per text (a string or a list of strings)."""
+    text = fields.get("text")
+    if text is None:
+        raise ConfigError("text: NER prediction needs --text (or --input FILE)")
+    texts = [text] if isinstance(text, str) else list(text)
+    return [_text_example(t, f"<text {i + 1}>") for i, t in enumerate(texts)]
+
+
+def examples_from_file(path: str, cfg: Config) -> list[dict]:
+    """`mlm predict --input FILE`: JSON lines with "text" (or pre-split "tokens", optionally "tags"),
+    or any other file as plain text, one text per non-blank line."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    if path.lower().endswith(RECORD_SUFFIXES):
+        return _examples_from_records(path, cfg)
+    examples = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if line.strip():
+                    examples.append(_text_example(line.rstrip("\r\n"), f"{path}:{line_no}"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    return examples
+
+
+def _examples_from_records(path: str, cfg: Config) -> list[dict]:
+    examples, labelled = [], []
+    for line_no, row in iter_records(path):
+        where = f"{path}:{line_no}"
+        if cfg.text_key in row:
+            if not isinstance(row[cfg.text_key], str):
+                raise DataError(f"{where}: {cfg.text_key!r} must be a string")
+            examples.append(_text_example(row[cfg.text_key], where))
+            continue
+        if cfg.tokens_key not in row:
+            raise DataError(f"{where}: needs {cfg.text_key!r} (raw text) or {cfg.tokens_key!r} (list of words)")
+        _check_word_list(where, cfg.tokens_key, row[cfg.tokens_key])
+        example = {"tokens": row[cfg.tokens_key], "_where": where}
+        tags_key = _pick_tags_key(row, cfg.tags_key)
+        if tags_key in row:
+            _check_word_list(where, tags_key, row[tags_key])
+            if len(row[tags_key]) != len(example["tokens"]):
+                raise DataError(f"{where}: {len(example['tokens'])} tokens but {len(row[tags_key])} tags")
+            example["tags"] = row[tags_key]
+            example["_lines"] = [line_no] * len(example["tokens"])
+            labelled.append(example)
+        examples.append(example)
+    if labelled:
+        _convert_to_iob2(labelled, cfg.tag_scheme, path)  # in place: gold tags in IOB2 like training data
+    return examples

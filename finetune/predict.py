@@ -1,0 +1,121 @@
+"""`mlm predict`: a fine-tuned checkpoint + text -> JSONL of labels / entities / answers with scores.
+
+    mlm predict --model outputs/cls --text "a gripping film"
+    mlm predict --model outputs/ner --input sentences.txt --output entities.jsonl
+    mlm predict --model outputs/qa --question "Who wrote it?" --context "..."
+    mlm predict --model outputs/cls --input dev.tsv --quantize     # dynamic int8 on CPU
+
+The task comes from the checkpoint (mlm_task.json, or config.json's architectures for any HF model).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from types import SimpleNamespace
+
+from mlm.errors import ConfigError, DataError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise ConfigError(message)
+
+    p = Parser(prog="mlm predict", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="A fine-tuned checkpoint directory.")
+    p.add_argument("--text", help="Text to classify or tag.")
+    p.add_argument("--text_pair", help="Second sentence of a pair (classification).")
+    p.add_argument("--question", help="Question (QA).")
+    p.add_argument("--context", help="Context to find the answer in (QA).")
+    p.add_argument("--input", help="File of inputs: .jsonl/.csv/.tsv with the task's fields, or .txt one text per line.")
+    p.add_argument("--output", help="Write JSONL here (default: stdout).")
+    p.add_argument("--batch_size", type=int, default=32, help="Inputs per forward pass.")
+    p.add_argument("--max_seq_length", type=int, default=None, help="Override the checkpoint's max_seq_length.")
+    p.add_argument("--quantize", action="store_true", help="Dynamic int8 quantisation of the Linear layers (CPU).")
+    return p
+
+
+def load_task(model_dir: str):
+    """(task module, config namespace, label names) for a checkpoint directory."""
+    from finetune.run import TASK_FILE
+    from finetune.tasks import ARCHITECTURE_SUFFIXES, TASKS
+    from mlm.model import check_checkpoint_dir
+
+    check_checkpoint_dir(model_dir, field="--model")
+    task_file = os.path.join(model_dir, TASK_FILE)
+    if os.path.isfile(task_file):
+        with open(task_file, encoding="utf-8") as f:
+            saved = json.load(f)
+        task = TASKS[saved["task"]]
+        defaults = {f.name: f.default for f in dataclasses.fields(task.Config)}
+        return task, SimpleNamespace(**{**defaults, **saved["config"]}), saved["labels"]
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    for arch in config.get("architectures") or []:
+        for suffix, name in ARCHITECTURE_SUFFIXES.items():
+            if arch.endswith(suffix):
+                task = TASKS[name]
+                defaults = {f.name: f.default for f in dataclasses.fields(task.Config)}
+                id2label = config.get("id2label") or {}
+                labels = [id2label[str(i)] for i in range(len(id2label))] if name != "qa" else []
+                return task, SimpleNamespace(**{**defaults, "task": name}), labels
+    raise DataError(f"--model: {model_dir} is not a fine-tuned task checkpoint (no {TASK_FILE}, no known architecture)")
+
+
+def load_model(task, model_dir: str, quantize: bool):
+    import torch
+
+    model = task.AutoModel.from_pretrained(model_dir)
+    model.eval()
+    if quantize:
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    return model
+
+
+def read_inputs(task, cfg, args) -> list[dict]:
+    if args.input:
+        return task.examples_from_file(args.input, cfg)
+    fields = {k: getattr(args, k) for k in ("text", "text_pair", "question", "context") if getattr(args, k) is not None}
+    if not fields:
+        raise ConfigError("nothing to predict: pass --text, --question/--context or --input FILE")
+    return task.examples_from_text(cfg, **fields)
+
+
+def predict(task, model, tokenizer, cfg, labels, examples: list[dict], batch_size: int) -> list[dict]:
+    from finetune.inference import compute_outputs
+
+    features = task.encode(examples, tokenizer, cfg, labels, with_labels=False)
+    outputs = compute_outputs(task, model, features, tokenizer, batch_size)
+    return task.predictions(examples, features, outputs, cfg, labels)
+
+
+def main(argv: list[str]) -> None:
+    from mlm.runlog import logger, setup_console_logging
+    from mlm.tokenizer import load_tokenizer
+
+    args = build_parser().parse_args(argv)
+    setup_console_logging(True)
+    task, cfg, labels = load_task(args.model)
+    if args.max_seq_length:
+        cfg.max_seq_length = args.max_seq_length
+    examples = read_inputs(task, cfg, args)
+    if not examples:
+        raise DataError(f"{args.input}: no inputs found")
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(task, args.model, args.quantize)
+    start = time.perf_counter()
+    records = predict(task, model, tokenizer, cfg, labels, examples, args.batch_size)
+    seconds = time.perf_counter() - start
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for record in records:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    finally:
+        if args.output:
+            out.close()
+    logger.info("%d predictions in %.2fs (%.1f/s)%s", len(records), seconds, len(records) / max(seconds, 1e-9),
+                f", written to {args.output}" if args.output else "")

@@ -1,0 +1,596 @@
+"""Extractive question answering (SQuAD v1.1 / v2.0): predict the answer as a span of the context.
+
+The model reads "[CLS] question [SEP] context [SEP]" and scores every token as the start and as the end
+of the answer. A context longer than max_seq_length is read in overlapping windows (doc_stride tokens
+shared between neighbours), so one example becomes several features; predictions() gathers the windows
+of each example again and cuts the best span out of the ORIGINAL context by character offsets.
+With version 2 (unanswerable questions) the span [CLS]..[CLS] means "no answer".
+
+    make finetune TASK=qa                                  # recipes/finetune/qa.yaml
+    mlm finetune --task qa --recipe recipes/finetune/qa.yaml --model_name_or_path DIR
+    mlm predict --task qa --model_name_or_path outputs/finetune-qa --question "..." --context "..."
+
+Data (train_file / validation_file / test_file):
+  * SQuAD JSON, v1.1 or v2.0: {"data": [{"title", "paragraphs": [{"context", "qas": [{"id", "question",
+    "answers": [{"text", "answer_start"}], "is_impossible"?}]}]}]}; v2's plausible_answers are ignored.
+  * JSON lines: {"id", "question", "context", "answers": {"text": [...], "answer_start": [...]}} per line
+    (the Hugging Face layout), or "answers": [{"text", "answer_start"}, ...]; "title" is optional.
+  * a hub dataset (dataset_name, e.g. squad / squad_v2) with the same columns.
+With only the official dev file at hand, split_articles "38:10" trains on its first 38 articles and
+evaluates on the next 10 (whole articles on each side, so no paragraph leaks across the split).
+
+Every example is {"id", "question", "context", "answers": {"text": [...], "answer_start": [...]},
+"title"?, "_where"}. An answer_start that does not point at its text is moved to the nearest occurrence
+of the text in the context; an answer whose text is not in the context keeps answer_start -1: such
+examples are dropped from training and left out of the evaluation loss (EM/F1 still use the text).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+
+from finetune.config import FinetuneConfig
+from mlm.config import arg
+from mlm.errors import ConfigError, DataError
+from mlm.records import iter_records
+
+logger = logging.getLogger("mlm")
+
+AutoModel = transformers.AutoModelForQuestionAnswering
+
+IGNORE = -100  # label of a feature whose answer position is unknown: left out of the loss
+SPECIAL_TOKENS_IN_PAIR = 3  # [CLS] question [SEP] context [SEP]
+SHOW_IDS = 5  # how many example ids a log line names
+
+
+@dataclass
+class Config(FinetuneConfig):
+    """Fine-tune an encoder for extractive question answering (SQuAD format); every field is also a --flag."""
+
+    task: str = arg("qa", "Task: qa (extractive question answering).")
+    max_seq_length: int = arg(384, "Tokens per window: [CLS] question [SEP] context window [SEP].")
+    doc_stride: int = arg(128, "Tokens shared by two neighbouring windows of a long context.")
+    max_query_length: int = arg(64, "Questions longer than this many tokens are cut to it before windowing.")
+    n_best_size: int = arg(20, "Start and end candidates (highest logits) per window when searching the best span.")
+    max_answer_length: int = arg(30, "Longest predicted answer in tokens.")
+    version_2_with_negative: Optional[bool] = arg(
+        None,
+        "SQuAD v2 mode: some questions have no answer ([CLS] span). Unset = auto: on when the loaded data has "
+        "unanswerable questions (is_impossible or empty answers); false with such data is an error.",
+    )
+    null_score_diff_threshold: float = arg(
+        0.0, "v2 only: predict no answer when null score - best span score > this (tune it on validation)."
+    )
+    split_articles: Optional[str] = arg(
+        None,
+        "TRAIN:VALID, e.g. 38:10: train on the first TRAIN articles (titles) of train_file and validate on the next "
+        "VALID ('38:' = all the rest); whole articles go to one side. Needs no validation_file; 'none' turns it off.",
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("doc_stride", "max_query_length", "n_best_size", "max_answer_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        # The longest question leaves this many tokens for the context; a window must advance by >= 1 token.
+        room = self.max_seq_length - self.max_query_length - SPECIAL_TOKENS_IN_PAIR
+        if self.doc_stride >= room:
+            raise ConfigError(
+                f"doc_stride: {self.doc_stride} must be < max_seq_length - max_query_length - 3 = {room} "
+                f"(max_seq_length {self.max_seq_length}, max_query_length {self.max_query_length})"
+            )
+        if isinstance(self.split_articles, str) and self.split_articles.strip().lower() in ("", "none", "null"):
+            self.split_articles = None
+        if self.split_articles is not None:
+            parse_split_articles(self.split_articles)  # fail early on a malformed value
+            if self.validation_file is not None:
+                raise ConfigError(
+                    "split_articles: set together with validation_file; pass --split_articles none to evaluate on "
+                    "validation_file"
+                )
+            if self.train_file is None:
+                raise ConfigError("split_articles: splits train_file by article, but no train_file is set")
+
+
+def parse_split_articles(value: str) -> tuple[int, Optional[int]]:
+    """'38:10' -> (38, 10); '38:' -> (38, None) meaning all remaining articles."""
+    head, sep, tail = value.partition(":")
+    try:
+        n_train = int(head)
+        n_valid = int(tail) if tail.strip() else None
+    except ValueError:
+        n_train = n_valid = -1
+    if not sep or n_train < 1 or (n_valid is not None and n_valid < 1):
+        raise ConfigError(f"split_articles: expected TRAIN:VALID article counts such as 38:10 or 38:, got {value!r}")
+    return n_train, n_valid
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def load_splits(cfg: Config) -> dict[str, list[dict]]:
+    """Raw examples of the configured splits, validated, answer offsets checked, v2 mode resolved.
+
+    Side effect: cfg.version_2_with_negative is set to True/False when it was None (auto), so the
+    saved run config and `mlm predict` make the same choice as training.
+    """
+    if cfg.dataset_name is not None and cfg.train_file is None:
+        splits = _load_hub(cfg)
+    else:
+        splits = {}
+        for split, path in (("train", cfg.train_file), ("validation", cfg.validation_file), ("test", cfg.test_file)):
+            if path is not None:
+                splits[split] = read_file(path)
+    if cfg.split_articles is not None:
+        splits["train"], splits["validation"] = split_by_article(splits["train"], cfg.split_articles, cfg.train_file)
+    for split, examples in splits.items():
+        _check_unique_ids(examples)
+        splits[split] = align_answers(examples, split)
+    _resolve_version_2(cfg, splits)
+    return splits
+
+
+def read_file(path: str, require_answers: bool = True) -> list[dict]:
+    """A SQuAD JSON file or a JSON-lines file -> examples (DataError naming the file and line / id)."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    if path.lower().endswith((".jsonl", ".jsonl.gz")):
+        return [_example(row, f"{path}:{line}", require_answers, str(line)) for line, row in iter_records(path)]
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # several JSON values: JSON lines saved as .json
+            return [_example(row, f"{path}:{line}", require_answers, str(line)) for line, row in iter_records(path)]
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+    if isinstance(data, dict) and "data" in data:
+        return _squad_examples(data, path, require_answers)
+    if isinstance(data, dict):  # a JSON-lines file with a single line
+        return [_example(data, f"{path}:1", require_answers, "1")]
+    raise DataError(f'{path}: expected SQuAD JSON ({{"data": [...]}}) or one JSON object per line')
+
+
+def _squad_examples(data: dict, path: str, require_answers: bool) -> list[dict]:
+    """Flatten data -> articles -> paragraphs -> qas; '_where' is the JSON path of the question."""
+    if not isinstance(data["data"], list):
+        raise DataError(f'{path}: "data" must be a list of articles')
+    examples = []
+    for a, article in enumerate(data["data"]):
+        where_a = f"{path}: data[{a}]"
+        if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
+            raise DataError(f'{where_a}: an article needs a "paragraphs" list')
+        title = article.get("title", f"article {a}")
+        for p, paragraph in enumerate(article["paragraphs"]):
+            where_p = f"{where_a}.paragraphs[{p}]"
+            if not isinstance(paragraph, dict) or not isinstance(paragraph.get("qas"), list):
+                raise DataError(f'{where_p}: a paragraph needs "context" and a "qas" list')
+            for q, qa in enumerate(paragraph["qas"]):
+                if not isinstance(qa, dict):
+                    raise DataError(f"{where_p}.qas[{q}]: expected an object")
+                row = {**qa, "context": paragraph.get("context"), "title": title}
+                if qa.get("is_impossible"):
+                    row["answers"] = []  # v2: plausible_answers are distractors, not answers
+                examples.append(_example(row, f"{where_p}.qas[{q}]", require_answers, None))
+    return examples
+
+
+def _example(row: dict, where: str, require_answers: bool, default_id: Optional[str]) -> dict:
+    """Validate one raw row and bring it to the common example layout."""
+    qid = row.get("id", default_id)
+    if qid is None:
+        raise DataError(f'{where}: missing field "id"')
+    qid = str(qid)
+    for name in ("question", "context"):
+        if name not in row or row[name] is None:
+            raise DataError(f'{where}: id {qid}: missing field "{name}"')
+        if not isinstance(row[name], str):
+            raise DataError(f'{where}: id {qid}: "{name}" must be a string, got {type(row[name]).__name__}')
+        if not row[name].strip():
+            raise DataError(f"{where}: id {qid}: empty {name}")
+    if "answers" not in row and require_answers:
+        raise DataError(f'{where}: id {qid}: missing field "answers" (use [] for an unanswerable question)')
+    example = {
+        "id": qid,
+        "question": row["question"],
+        "context": row["context"],
+        "answers": _answers(row.get("answers", []), where, qid),
+        "_where": where,
+    }
+    if row.get("title") is not None:
+        example["title"] = str(row["title"])
+    return example
+
+
+def _answers(raw, where: str, qid: str) -> dict:
+    """{"text": [...], "answer_start": [...]} or [{"text", "answer_start"}, ...] -> the dict layout.
+
+    Empty answer texts are dropped: an example left with no answer is unanswerable (SQuAD v2).
+    """
+    if isinstance(raw, dict):
+        texts, starts = raw.get("text"), raw.get("answer_start")
+        if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
+            raise DataError(f'{where}: id {qid}: "answers" needs lists "text" and "answer_start" of equal length')
+        pairs = list(zip(texts, starts))
+    elif isinstance(raw, list):
+        if not all(isinstance(a, dict) and "text" in a and "answer_start" in a for a in raw):
+            raise DataError(f'{where}: id {qid}: every answer needs "text" and "answer_start"')
+        pairs = [(a["text"], a["answer_start"]) for a in raw]
+    else:
+        raise DataError(f'{where}: id {qid}: "answers" must be a list or a {{"text", "answer_start"}} object')
+    answers = {"text": [], "answer_start": []}
+    for text, start in pairs:
+        if not isinstance(text, str) or isinstance(start, bool) or not isinstance(start, int):
+            raise DataError(f"{where}: id {qid}: an answer needs a string text and an integer answer_start")
+        if text.strip():
+            answers["text"].append(text)
+            answers["answer_start"].append(start)
+    return answers
+
+
+def _load_hub(cfg: Config) -> dict[str, list[dict]]:
+    """A hub dataset with SQuAD columns (id, title, context, question, answers)."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name)
+    except Exception as e:  # offline, unknown name, ...: several exception types
+        raise DataError(f"dataset_name: cannot load {cfg.dataset_name!r} ({type(e).__name__}: {e})") from None
+    splits = {}
+    for split in ("train", "validation", "test"):
+        if split in ds:
+            where = f"{cfg.dataset_name}[{split}]"
+            splits[split] = [_example(dict(row), f"{where}:{i + 1}", True, None) for i, row in enumerate(ds[split])]
+    return splits
+
+
+def split_by_article(examples: list[dict], value: str, path: str) -> tuple[list[dict], list[dict]]:
+    """First TRAIN articles / next VALID articles, an article being all the examples of one title."""
+    n_train, n_valid = parse_split_articles(value)
+    order: dict[str, int] = {}  # title -> article rank by first appearance
+    for ex in examples:
+        if "title" not in ex:
+            raise DataError(f"{ex['_where']}: id {ex['id']}: split_articles needs a title on every example")
+        order.setdefault(ex["title"], len(order))
+    needed = n_train + (n_valid or 1)
+    if len(order) < needed:
+        raise DataError(f"{path}: split_articles {value} needs at least {needed} articles, the file has {len(order)}")
+    end = len(order) if n_valid is None else n_train + n_valid
+    train = [ex for ex in examples if order[ex["title"]] < n_train]
+    valid = [ex for ex in examples if n_train <= order[ex["title"]] < end]
+    logger.info("split_articles %s: %d articles / %d questions for training, %d / %d for validation (%s)",
+                value, n_train, len(train), end - n_train, len(valid), path)
+    return train, valid
+
+
+def _check_unique_ids(examples: list[dict]) -> None:
+    """Predictions and metrics are keyed by id, so two questions with one id would silently merge."""
+    seen: dict[str, str] = {}
+    for ex in examples:
+        if ex["id"] in seen:
+            raise DataError(f"{ex['_where']}: duplicate id {ex['id']} (first at {seen[ex['id']]})")
+        seen[ex["id"]] = ex["_where"]
+
+
+# ---------------------------------------------------------------------------------------- answer offsets
+
+
+def locate_answer(context: str, text: str, start: int) -> Optional[int]:
+    """The character offset of `text` in `context`: `start` when it matches, else the nearest occurrence.
+
+    Offsets are often off by a few characters in hand-made or converted data (whitespace, HTML entities);
+    the nearest occurrence is the most likely intended one. None when the text is not in the context.
+    """
+    if 0 <= start and context[start:start + len(text)] == text:
+        return start
+    occurrences, pos = [], context.find(text)
+    while pos != -1:
+        occurrences.append(pos)
+        pos = context.find(text, pos + 1)
+    if not occurrences:
+        return None
+    return min(occurrences, key=lambda p: (abs(p - start), p))
+
+
+def align_answers(examples: list[dict], split: str) -> list[dict]:
+    """Fix answer_start offsets in place; mark answers not found in the context with -1.
+
+    Training drops an example none of whose answers can be located (its label would be a guess);
+    evaluation keeps it: EM/F1 compare texts, and encode() leaves it out of the loss.
+    """
+    fixed, lost, kept = [], [], []
+    for ex in examples:
+        answers = ex["answers"]
+        for i, (text, start) in enumerate(zip(answers["text"], answers["answer_start"])):
+            found = locate_answer(ex["context"], text, start)
+            if found is None:
+                lost.append(ex["id"])
+                answers["answer_start"][i] = -1
+            elif found != start:
+                fixed.append(ex["id"])
+                answers["answer_start"][i] = found
+        unlocatable = answers["text"] and all(s < 0 for s in answers["answer_start"])
+        if not (unlocatable and split == "train"):
+            kept.append(ex)
+    if fixed:
+        logger.warning("%s: moved %d answer_start offsets to the nearest occurrence of the answer text (ids: %s)",
+                       split, len(fixed), _some(fixed))
+    if lost:
+        dropped = len(examples) - len(kept)
+        action = f"skipped {dropped} examples for training" if split == "train" else "kept for EM/F1, out of the loss"
+        logger.warning("%s: %d answers whose text is not in the context; %s (ids: %s)", split, len(lost), action,
+                       _some(lost))
+    return kept
+
+
+def _some(ids: list[str]) -> str:
+    unique = list(dict.fromkeys(ids))
+    return ", ".join(unique[:SHOW_IDS]) + (", ..." if len(unique) > SHOW_IDS else "")
+
+
+def _resolve_version_2(cfg: Config, splits: dict[str, list[dict]]) -> None:
+    unanswerable = [ex for examples in splits.values() for ex in examples if not ex["answers"]["text"]]
+    if cfg.version_2_with_negative is None:
+        cfg.version_2_with_negative = bool(unanswerable)
+        logger.info("version_2_with_negative: %s (%d unanswerable questions in the data)",
+                    cfg.version_2_with_negative, len(unanswerable))
+    elif unanswerable and not cfg.version_2_with_negative:
+        raise ConfigError(
+            f"version_2_with_negative: false, but the data has {len(unanswerable)} questions without an answer "
+            f"(first: {unanswerable[0]['_where']} id {unanswerable[0]['id']}); set it to true or leave it unset"
+        )
+
+
+# --------------------------------------------------------------------------------------------- features
+
+
+def label_list(train_examples: list[dict], cfg: Config) -> list[str]:
+    return []  # spans, not classes
+
+
+def model_kwargs(cfg: Config, labels: list[str]) -> dict:
+    return {}  # the QA head always has two outputs (start, end)
+
+
+def encode(examples: list[dict], tokenizer, cfg: Config, labels: list[str], with_labels: bool) -> list[dict]:
+    """Examples -> windows ("features"); several per example when the context is long.
+
+    Each feature keeps "example_index" (its example's position in `examples`) and "offset_mapping":
+    (char_start, char_end) in the context for context tokens, None for question and special tokens, so
+    post-processing can only pick context spans. With labels, "start_positions"/"end_positions" are the
+    answer's tokens when the window holds the WHOLE answer, else 0/0 ([CLS]); IGNORE when unknown.
+    """
+    _check_tokenizer(tokenizer)
+    if not examples:
+        return []
+    questions = truncate_questions([ex["question"] for ex in examples], tokenizer, cfg.max_query_length)
+    enc = tokenizer(
+        questions,
+        [ex["context"] for ex in examples],
+        truncation="only_second",
+        max_length=cfg.max_seq_length,
+        stride=cfg.doc_stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding=False,
+    )
+    features = []
+    for i, example_index in enumerate(enc["overflow_to_sample_mapping"]):
+        sequence_ids = enc.sequence_ids(i)
+        offsets = [tuple(o) if s == 1 else None for o, s in zip(enc["offset_mapping"][i], sequence_ids)]
+        feature = {"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i]}
+        if "token_type_ids" in enc:
+            feature["token_type_ids"] = enc["token_type_ids"][i]
+        feature["example_index"] = example_index
+        feature["offset_mapping"] = offsets
+        if with_labels:
+            start, end = answer_token_span(examples[example_index]["context"], examples[example_index]["answers"], offsets)
+            feature["start_positions"], feature["end_positions"] = start, end
+        features.append(feature)
+    return features
+
+
+def _check_tokenizer(tokenizer) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError("tokenizer_name: QA needs a fast (Rust `tokenizers`) tokenizer for character offsets")
+    if tokenizer.padding_side != "right":
+        raise ConfigError(f"tokenizer_name: QA windows assume right padding, the tokenizer pads {tokenizer.padding_side}")
+
+
+def truncate_questions(questions: list[str], tokenizer, max_query_length: int) -> list[str]:
+    """Cut each question text after its max_query_length-th token (so windows keep room for the context).
+
+    Leading whitespace is stripped too: some SQuAD questions start with many spaces that would only
+    shift the offsets. Cutting the text (not the ids) keeps a single tokenizer call for question + context.
+    """
+    questions = [q.lstrip() for q in questions]
+    enc = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for question, ids, offsets in zip(questions, enc["input_ids"], enc["offset_mapping"]):
+        out.append(question if len(ids) <= max_query_length else question[: offsets[max_query_length - 1][1]])
+    return out
+
+
+def answer_token_span(context: str, answers: dict, offsets: list) -> tuple[int, int]:
+    """(start, end) token indices of the first locatable answer inside this window.
+
+    0/0 ([CLS]) when the question has no answer or the window does not hold the whole answer;
+    IGNORE/IGNORE when the example has answers but none could be located in the context.
+    """
+    if not answers["text"]:
+        return 0, 0
+    located = [(t, s) for t, s in zip(answers["text"], answers["answer_start"]) if s >= 0]
+    if not located:
+        return IGNORE, IGNORE
+    text, char_start = located[0]
+    char_end = char_start + len(text)
+    # Spaces at the edges of an answer belong to no token; trim them so the edge tokens are found.
+    while char_start < char_end and context[char_start].isspace():
+        char_start += 1
+    while char_end > char_start and context[char_end - 1].isspace():
+        char_end -= 1
+    context_tokens = [i for i, o in enumerate(offsets) if o is not None]
+    if not context_tokens:
+        return 0, 0
+    first, last = context_tokens[0], context_tokens[-1]
+    if not (offsets[first][0] <= char_start and offsets[last][1] >= char_end):
+        return 0, 0  # the answer starts before or ends after this window
+    start = max(i for i in context_tokens if offsets[i][0] <= char_start)
+    end = min(i for i in context_tokens if offsets[i][1] >= char_end)
+    return start, end
+
+
+def collate(features: list[dict], tokenizer) -> dict[str, torch.Tensor]:
+    """Pad to the longest feature in the batch (right side); labels when the features have them."""
+    length = max(len(f["input_ids"]) for f in features)
+    pads = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0, "token_type_ids": 0}
+    batch = {}
+    for key, pad in pads.items():
+        if key in features[0]:
+            batch[key] = torch.tensor([f[key] + [pad] * (length - len(f[key])) for f in features], dtype=torch.long)
+    for key in ("start_positions", "end_positions"):
+        if key in features[0]:
+            batch[key] = torch.tensor([f[key] for f in features], dtype=torch.long)
+    return batch
+
+
+# -------------------------------------------------------------------------------------------- the model
+
+
+def _logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(start, end) logits, each (B, T) in float32, padding positions pushed to -inf-ish.
+
+    Masking the padding makes a feature's loss independent of how much its batch was padded.
+    """
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    out = model(**inputs)
+    pad = batch["attention_mask"] == 0  # (B, T)
+    start = out.start_logits.float().masked_fill(pad, torch.finfo(torch.float32).min)
+    end = out.end_logits.float().masked_fill(pad, torch.finfo(torch.float32).min)
+    return start, end
+
+
+def loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum over features of (CE(start) + CE(end)) / 2, number of features with a known answer position)."""
+    start, end = _logits(model, batch)  # (B, T) each
+    ce = F.cross_entropy(start, batch["start_positions"], ignore_index=IGNORE, reduction="sum")
+    ce = ce + F.cross_entropy(end, batch["end_positions"], ignore_index=IGNORE, reduction="sum")
+    return ce / 2, (batch["start_positions"] != IGNORE).sum()
+
+
+@torch.no_grad()
+def outputs(model, batch: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One (start_logits, end_logits) pair per feature, numpy float32 cut to its true length."""
+    start, end = _logits(model, batch)
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    start, end = start.cpu().numpy(), end.cpu().numpy()
+    return [(start[i, :n], end[i, :n]) for i, n in enumerate(lengths)]
+
+
+# ------------------------------------------------------------------------------------- post-processing
+
+
+def best_span(start_logits: np.ndarray, end_logits: np.ndarray, offsets: list, n_best_size: int,
+              max_answer_length: int) -> Optional[tuple[float, int, int]]:
+    """(score, start token, end token) of the best context span in one window, or None.
+
+    Only the n_best_size highest start and end logits are paired (the usual SQuAD search); a pair
+    counts when both tokens are in the context, end >= start and the span has <= max_answer_length tokens.
+    """
+    n = len(offsets)
+    if len(start_logits) != n or len(end_logits) != n:
+        raise ValueError(f"logits of length {len(start_logits)}/{len(end_logits)} for a feature of {n} tokens")
+    in_context = np.array([o is not None for o in offsets])
+    starts = np.argsort(-start_logits, kind="stable")[:n_best_size]
+    ends = np.argsort(-end_logits, kind="stable")[:n_best_size]
+    length = ends[None, :] - starts[:, None] + 1  # (S, E) span length in tokens
+    ok = in_context[starts][:, None] & in_context[ends][None, :] & (length >= 1) & (length <= max_answer_length)
+    if not ok.any():
+        return None
+    scores = np.where(ok, start_logits[starts][:, None] + end_logits[ends][None, :], -np.inf)
+    s, e = np.unravel_index(int(np.argmax(scores)), scores.shape)
+    return float(scores[s, e]), int(starts[s]), int(ends[e])
+
+
+def predictions(examples: list[dict], features: list[dict], outputs: list, cfg: Config, labels: list[str]) -> list[dict]:
+    """One record per example: the best span over all its windows, cut from the original context.
+
+    v2: the null score is the lowest [CLS] score (start[0] + end[0]) over the windows; the answer is ""
+    when null score - best span score > null_score_diff_threshold.
+    Record: {"id", "prediction_text", "start", "end" (character offsets, None for ""), "score",
+    "null_score" (v2), "gold_answers" (when the example has answers)}.
+    """
+    if len(features) != len(outputs):
+        raise ValueError(f"{len(outputs)} outputs for {len(features)} features")
+    windows: dict[int, list[int]] = {}
+    for f, feature in enumerate(features):
+        windows.setdefault(feature["example_index"], []).append(f)
+    v2 = bool(cfg.version_2_with_negative)
+    records = []
+    for index, example in enumerate(examples):
+        best, null_score = None, None
+        for f in windows.get(index, []):
+            start_logits, end_logits = outputs[f]
+            offsets = features[f]["offset_mapping"]
+            cls_score = float(start_logits[0] + end_logits[0])
+            null_score = cls_score if null_score is None else min(null_score, cls_score)
+            span = best_span(start_logits, end_logits, offsets, cfg.n_best_size, cfg.max_answer_length)
+            if span is not None and (best is None or span[0] > best[0]):
+                best = (span[0], offsets[span[1]][0], offsets[span[2]][1])
+        record = {"id": example["id"], "prediction_text": "", "start": None, "end": None, "score": None}
+        if best is not None:
+            record.update(prediction_text=example["context"][best[1]:best[2]], start=best[1], end=best[2], score=best[0])
+        if v2:
+            record["null_score"] = null_score
+            if null_score is not None and (best is None or null_score - best[0] > cfg.null_score_diff_threshold):
+                record.update(prediction_text="", start=None, end=None, score=null_score)
+        if example["answers"]["text"] or v2:
+            record["gold_answers"] = list(example["answers"]["text"])
+        records.append(record)
+    return records
+
+
+def write_squad_predictions(records: Iterable[dict], path: str) -> None:
+    """The official evaluation-script format: one JSON object {id: answer text}."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({r["id"]: r["prediction_text"] for r in records}, f, ensure_ascii=False, indent=1)
+
+
+def metrics(examples: list[dict], predictions: list[dict], cfg: Config, labels: list[str]) -> dict:
+    """Official SQuAD exact_match and f1 (0-100); HasAns_/NoAns_ breakdowns in v2 mode."""
+    from finetune.metrics import squad_scores
+
+    gold = {ex["id"]: list(ex["answers"]["text"]) for ex in examples}
+    pred = {r["id"]: r["prediction_text"] for r in predictions}
+    return squad_scores(gold, pred, version_2=bool(cfg.version_2_with_negative))
+
+
+# ------------------------------------------------------------------------------------- mlm predict
+
+
+def examples_from_text(cfg: Config, **fields) -> list[dict]:
+    """`mlm predict --question Q --context C`: one example without answers."""
+    if fields.get("text") is not None:
+        raise ConfigError("--text: the qa task takes --question and --context")
+    for name in ("question", "context"):
+        if not isinstance(fields.get(name), str) or not fields[name].strip():
+            raise ConfigError(f"--{name}: required (and non-empty) for the qa task")
+    return [_example({"id": "0", "question": fields["question"], "context": fields["context"]},
+                     "--question/--context", False, None)]
+
+
+def examples_from_file(path: str, cfg: Config) -> list[dict]:
+    """`mlm predict --input FILE`: JSON lines with question and context (id, answers optional) or SQuAD JSON."""
+    examples = read_file(path, require_answers=False)
+    _check_unique_ids(examples)
+    return examples

@@ -1,0 +1,151 @@
+"""Fine-tuning, top to bottom: task data -> features -> model -> the shared loop -> metrics and predictions.
+
+    mlm finetune --task ner --recipe recipes/finetune/ner.yaml        # or: make finetune TASK=ner
+    accelerate launch -m mlm finetune --task cls --train_file train.csv --validation_file dev.csv
+
+output_dir afterwards holds the final (best) model with its tokenizer and `mlm_task.json` (what
+`mlm predict` needs), `metrics.json` (eval_* and test_*), `log.jsonl`, `predictions/<split>.jsonl`
+and `checkpoints/step-N/`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from mlm.config import parse_config
+from mlm.errors import ConfigError
+
+TASK_FILE = "mlm_task.json"
+
+
+def task_name_from_args(argv: list[str]) -> str | None:
+    """--task from the flags, else the recipe's `task` key."""
+    for i, token in enumerate(argv):
+        if token == "--task" and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith("--task="):
+            return token.split("=", 1)[1]
+    for i, token in enumerate(argv):
+        if token == "--recipe" and i + 1 < len(argv):
+            return _recipe_task(argv[i + 1])
+    return None
+
+
+def _recipe_task(path: str) -> str | None:
+    import yaml
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"--recipe: {path}: file not found")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError:
+            return None  # parse_config reports the YAML error with its line
+    return data.get("task") if isinstance(data, dict) else None
+
+
+def parse_finetune_args(argv: list[str]):
+    from finetune.tasks import TASKS
+
+    task = task_name_from_args(argv)
+    if task is None:
+        if "-h" in argv or "--help" in argv:
+            print("usage: mlm finetune --task {%s} [--recipe FILE.yaml] [--FIELD VALUE ...]\n"
+                  "Run `mlm finetune --task NAME --help` for the fields of a task." % ",".join(TASKS))
+            raise SystemExit(0)
+        raise ConfigError(f"task: missing; pass --task {{{','.join(TASKS)}}}")
+    if task not in TASKS:
+        raise ConfigError(f"task: unknown task {task!r} (choose from {', '.join(TASKS)})")
+    argv = argv if any(t == "--task" or t.startswith("--task=") for t in argv) else ["--task", task, *argv]
+    return parse_config(TASKS[task].Config, argv, prog=f"mlm finetune --task {task}")
+
+
+def load_backbone(task, cfg, labels):
+    """The task model on the backbone: a new head on top of the pretrained encoder."""
+    from mlm.errors import DataError
+    from mlm.model import check_checkpoint_dir
+
+    check_checkpoint_dir(cfg.model_name_or_path)
+    try:
+        model = task.AutoModel.from_pretrained(cfg.model_name_or_path, **task.model_kwargs(cfg, labels))
+    except (OSError, ValueError) as e:
+        raise DataError(f"model_name_or_path: cannot load {cfg.model_name_or_path}: {str(e).splitlines()[0]}") from None
+    if cfg.max_seq_length > model.config.max_position_embeddings:
+        raise ConfigError(f"max_seq_length: {cfg.max_seq_length} exceeds the model's max_position_embeddings "
+                          f"({model.config.max_position_embeddings})")
+    return model
+
+
+def main(cfg) -> dict:
+    import torch
+
+    from finetune.inference import compute_outputs
+    from finetune.tasks import TASKS
+    from mlm.loop import make_accelerator, train
+    from mlm.runlog import logger, plot_losses, write_json
+    from mlm.tokenizer import load_tokenizer
+
+    task = TASKS[cfg.task]
+    accelerator = make_accelerator(cfg)
+    torch.manual_seed(cfg.seed)
+    splits = task.load_splits(cfg)
+    if cfg.max_train_samples is not None:
+        splits["train"] = splits["train"][: cfg.max_train_samples]
+    if cfg.max_eval_samples is not None:
+        splits.update({s: splits[s][: cfg.max_eval_samples] for s in ("validation", "test") if s in splits})
+    labels = task.label_list(splits["train"], cfg)
+    logger.info("%s: %s; labels: %s", cfg.task, ", ".join(f"{len(v)} {k}" for k, v in splits.items()),
+                ", ".join(labels[:20]) + (" ..." if len(labels) > 20 else "") if labels else "-")
+
+    tokenizer = load_tokenizer(cfg.tokenizer_name or cfg.model_name_or_path)
+    features = {
+        split: task.encode(examples, tokenizer, cfg, labels, with_labels=(split == "train"))
+        for split, examples in splits.items()
+    }
+    model = load_backbone(task, cfg, labels)
+
+    def evaluate_split(model, split: str):
+        outputs = compute_outputs(task, model, features[split], tokenizer, cfg.per_device_eval_batch_size, accelerator)
+        records = task.predictions(splits[split], features[split], outputs, cfg, labels)
+        return task.metrics(splits[split], records, cfg, labels), records
+
+    evaluate = (lambda m: evaluate_split(m, "validation")[0]) if "validation" in splits else None
+
+    def export(model, state_dict, output_dir):
+        model.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(output_dir)
+        with open(os.path.join(output_dir, TASK_FILE), "w", encoding="utf-8") as f:
+            json.dump({"task": cfg.task, "labels": labels, "config": dataclasses.asdict(cfg)}, f, indent=2)
+
+    lengths = [len(f["input_ids"]) for f in features["train"]] if cfg.group_by_length else None
+    metrics = train(cfg, accelerator, model, features["train"], lambda b: task.collate(b, tokenizer), task.loss,
+                    evaluate, export, lengths=lengths)
+
+    # The final (best) model on every evaluated split, with its predictions.
+    final_model = accelerator.unwrap_model(model)
+    for split in [s for s in ("validation", "test") if s in splits]:
+        split_metrics, records = evaluate_split(final_model, split)
+        prefix = "eval" if split == "validation" else "test"
+        metrics.update({f"{prefix}_{k}": v for k, v in split_metrics.items()})
+        if accelerator.is_main_process:
+            write_predictions(cfg, split, records)
+    if accelerator.is_main_process:
+        write_json(os.path.join(cfg.output_dir, "metrics.json"), metrics)
+        plot_losses(os.path.join(cfg.output_dir, "log.jsonl"), os.path.join(cfg.output_dir, "loss.png"))
+        shown = [k for k in metrics if k.startswith(("eval_", "test_")) and isinstance(metrics[k], float)]
+        logger.info("done: %s", ", ".join(f"{k} {metrics[k]:.4f}" for k in shown[:8]))
+        logger.info("model written to %s", cfg.output_dir)
+    return metrics
+
+
+def write_predictions(cfg, split: str, records: list[dict]) -> None:
+    folder = os.path.join(cfg.output_dir, "predictions")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{split}.jsonl"), "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    if cfg.task == "qa":  # the {id: answer} file the official SQuAD scorers read
+        from finetune.qa import write_squad_predictions
+
+        write_squad_predictions(records, os.path.join(folder, f"{split}_squad.json"))

@@ -1,0 +1,70 @@
+"""The `mlm` command: pretrain, finetune, predict, tokenizer.
+
+    mlm pretrain [--recipe FILE.yaml] [--FIELD VALUE ...]
+    mlm finetune --task {cls,ner,qa} [--recipe FILE.yaml] [--FIELD VALUE ...]
+    mlm predict --model DIR (--text "..." | --question "..." --context "..." | --input FILE) [--output FILE]
+    mlm tokenizer --train_file FILES --output_dir DIR [--vocab_size N]
+
+Every subcommand prints `--help` with all fields and defaults. Errors the user can fix (bad flags,
+recipe keys, input files) are one line on stderr and exit status 1, without a traceback.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from mlm.errors import UserError
+
+USAGE = __doc__.split("\n\n")[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage:\n" + USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    commands = {"pretrain": _pretrain, "finetune": _finetune, "predict": _predict, "tokenizer": _tokenizer}
+    if command not in commands:
+        print(f"mlm: error: unknown command {command!r} (choose from {', '.join(commands)})", file=sys.stderr)
+        return 2
+    try:
+        commands[command](rest)
+    except UserError as e:
+        print(f"mlm {command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"mlm {command}: interrupted (the last complete checkpoint is intact)", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _pretrain(argv):
+    from mlm.config import parse_config
+    from mlm.pretrain import PretrainConfig, main
+
+    main(parse_config(PretrainConfig, argv, prog="mlm pretrain"))
+
+
+def _finetune(argv):
+    from finetune.run import main, parse_finetune_args
+
+    main(parse_finetune_args(argv))
+
+
+def _predict(argv):
+    from finetune.predict import main
+
+    main(argv)
+
+
+def _tokenizer(argv):
+    from mlm.config import parse_config
+    from mlm.tokenizer_cli import TokenizerConfig, main
+
+    main(parse_config(TokenizerConfig, argv, prog="mlm tokenizer"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

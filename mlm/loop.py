@@ -1,0 +1,443 @@
+"""THE training loop, shared by pretraining and every fine-tuning task.
+
+    result = train(cfg, accelerator, model, train_data, collate_fn, loss_fn, evaluate=evaluate, export=export)
+
+`loss_fn(model, batch) -> (loss_sum, count)` returns a SUM over the batch's targets (masked tokens,
+labelled tokens, examples) and how many there were. The loop normalises gradients by the number of
+targets in the whole optimizer step (all micro-batches on all processes), so a step's update does not
+depend on how the global batch is split into processes and accumulation steps.
+
+Data order is ours, not accelerate's: one seeded permutation per epoch is cut into global batches of
+per_device x processes examples and rank r takes slice r. One process with batch 2B and two processes
+with batch B therefore see the same examples at every step, and the data position of a checkpoint is
+just (epoch, batch index).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mlm.checkpoint import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
+from mlm.config import TrainingConfig
+from mlm.errors import ConfigError, DataError
+from mlm.runlog import RunLog, logger, setup_console_logging
+
+LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, torch.Tensor]]
+
+
+# ----------------------------------------------------------------------------------------------- setup
+
+
+def make_accelerator(cfg: TrainingConfig):
+    """An Accelerator with the precision picked per device: bf16 where the GPU has it, fp32 on CPUs."""
+    from accelerate import Accelerator
+
+    precision = cfg.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    kwargs = {}
+    if cfg.torch_compile:
+        kwargs["dynamo_backend"] = "inductor"
+    if cfg.report_to != "none":
+        kwargs["log_with"] = cfg.report_to
+        kwargs["project_dir"] = cfg.output_dir
+    accelerator = Accelerator(mixed_precision=precision, **kwargs)
+    setup_console_logging(accelerator.is_main_process)
+    return accelerator
+
+
+def prepare_output_dir(cfg: TrainingConfig, accelerator) -> Optional[str]:
+    """Refuse to clobber a finished or checkpointed run unless asked; return the checkpoint to resume."""
+    resume = resolve_resume(cfg.output_dir, cfg.resume_from_checkpoint)
+    if resume is None and not cfg.overwrite_output_dir:
+        if os.path.exists(os.path.join(cfg.output_dir, "metrics.json")) or list_checkpoints(cfg.output_dir):
+            raise ConfigError(
+                f"output_dir: {cfg.output_dir} already holds a run; pass --resume_from_checkpoint latest to continue "
+                "it or --overwrite_output_dir to start over"
+            )
+    if resume is None and cfg.overwrite_output_dir and accelerator.is_main_process:
+        shutil.rmtree(os.path.join(cfg.output_dir, "checkpoints"), ignore_errors=True)
+    if accelerator.is_main_process:
+        os.makedirs(cfg.output_dir, exist_ok=True)
+    accelerator.wait_for_everyone()
+    return resume
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    """AdamW; biases and normalisation weights (every 1-D parameter) get no weight decay."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
+
+
+def build_scheduler(optimizer, cfg: TrainingConfig, total_steps: int):
+    """Linear warmup, then linear / cosine decay to 0, or constant."""
+    from transformers import get_scheduler
+
+    if cfg.warmup_steps is not None:
+        warmup = cfg.warmup_steps
+    else:
+        warmup = math.ceil((cfg.warmup_ratio or 0.0) * total_steps)
+    name = "constant_with_warmup" if cfg.lr_scheduler_type == "constant" else cfg.lr_scheduler_type
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+class ShardedBatchSampler:
+    """This rank's share of each global batch, from one seeded permutation per epoch.
+
+    With `lengths`, examples of similar length are grouped (within windows of 50 global batches) so that
+    dynamic padding wastes little, and the order of the global batches is then shuffled.
+    """
+
+    def __init__(self, num_examples, per_device_batch, rank=0, world=1, seed=0, shuffle=True, lengths=None):
+        self.n, self.per_device, self.rank, self.world = num_examples, per_device_batch, rank, world
+        self.seed, self.shuffle = seed, shuffle
+        self.lengths = None if lengths is None else np.asarray(lengths)
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_device * self.world
+
+    def global_batches(self, epoch: int) -> list[np.ndarray]:
+        order = np.arange(self.n)
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.shuffle:
+            order = rng.permutation(self.n)
+        if self.lengths is not None:
+            window = self.global_batch * 50
+            chunks = [order[i : i + window] for i in range(0, self.n, window)]
+            order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
+        batches = [order[i : i + self.global_batch] for i in range(0, self.n, self.global_batch)]
+        if len(batches[-1]) < self.world:  # a rank would get nothing: drop the scrap
+            batches.pop()
+        if self.lengths is not None and self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's slice of every global batch of the epoch (a short last batch is split evenly)."""
+        out = []
+        for batch in self.global_batches(epoch):
+            if len(batch) == self.global_batch:
+                part = batch[self.rank * self.per_device : (self.rank + 1) * self.per_device]
+            else:
+                part = np.array_split(batch, self.world)[self.rank]
+            out.append(part.tolist())
+        return out
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.n, self.global_batch)
+        return full + (1 if rest >= self.world else 0)
+
+
+class KeyedDataset(Dataset):
+    """Adds `example_id = epoch * len + index` to dict items: a key for per-example randomness (masks)."""
+
+    def __init__(self, data, epoch: int):
+        self.data, self.epoch = data, epoch
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        item = self.data[index]
+        if isinstance(item, dict):
+            item = {**item, "example_id": self.epoch * len(self.data) + index}
+        return item
+
+
+def micro_batches(sampler, data, collate_fn, epoch: int, position: int, num_workers: int = 0):
+    """Endless stream of (epoch, position after this batch, batch), starting at a data position."""
+    while True:
+        batches = sampler.epoch_batches(epoch)[position:]
+        # Its own generator: a DataLoader draws a base seed, which must not consume the global RNG
+        # (dropout) differently in a resumed run.
+        generator = torch.Generator().manual_seed(sampler.seed + epoch)
+        loader = DataLoader(KeyedDataset(data, epoch), batch_sampler=batches, collate_fn=collate_fn,
+                            num_workers=num_workers, generator=generator)
+        for batch in loader:
+            position += 1
+            yield epoch, position, batch
+        epoch, position = epoch + 1, 0
+
+
+def shard_range(n: int, rank: int, world: int) -> range:
+    """Contiguous, near-equal shard of range(n) for evaluation (no padding, no duplicates)."""
+    bounds = np.linspace(0, n, world + 1).round().astype(int)
+    return range(bounds[rank], bounds[rank + 1])
+
+
+def eval_batches(data, collate_fn, batch_size: int, accelerator):
+    """This rank's evaluation batches, moved to the device; gather results in rank order."""
+    indices = list(shard_range(len(data), accelerator.process_index, accelerator.num_processes))
+    for start in range(0, len(indices), batch_size):
+        items = [data[i] for i in indices[start : start + batch_size]]
+        yield to_device(collate_fn(items), accelerator.device)
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+# ------------------------------------------------------------------------------------------------ loop
+
+
+@dataclass
+class TrainState:
+    """Everything beyond model/optimizer/scheduler/RNG that an exact resume needs (trainer_state.json)."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # micro-batches of `epoch` already consumed
+    tokens: int = 0
+    examples: int = 0
+    train_seconds: float = 0.0
+    best_metric: Optional[float] = None
+    best_step: Optional[int] = None
+    best_metrics: Optional[dict] = None
+    evals_without_improvement: int = 0
+    num_processes: int = 1
+    total_steps: int = 0
+
+
+def plan_steps(cfg: TrainingConfig, batches_per_epoch: int, accumulation: int) -> tuple[int, int]:
+    """(total optimizer steps, steps per epoch)."""
+    steps_per_epoch = max(1, batches_per_epoch // accumulation)
+    if cfg.max_steps > 0:
+        return cfg.max_steps, steps_per_epoch
+    return max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch)), steps_per_epoch
+
+
+def train(
+    cfg: TrainingConfig,
+    accelerator,
+    model: torch.nn.Module,
+    train_data,
+    collate_fn: Callable,
+    loss_fn: LossFn,
+    evaluate: Optional[Callable[[torch.nn.Module], dict]] = None,
+    export: Optional[Callable[[torch.nn.Module, dict, str], None]] = None,
+    lengths: Optional[np.ndarray] = None,
+    flops_per_token: Optional[float] = None,
+) -> dict:
+    """Train `model` on `train_data`; evaluate, checkpoint, early-stop; export the final model to output_dir.
+
+    `export(unwrapped_model, state_dict, output_dir)` writes the final model (main process only).
+    Returns the metrics of the run: global_step, train_loss, throughput, and eval_* of the final (or best)
+    model. `evaluate(model)` runs on every rank and returns the same metrics everywhere.
+    """
+    resume = prepare_output_dir(cfg, accelerator)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    accumulation = cfg.accumulation_steps(world)
+    sampler = ShardedBatchSampler(len(train_data), cfg.per_device_train_batch_size, rank, world, cfg.seed, True, lengths)
+    if len(sampler) == 0:
+        raise DataError(f"training data has {len(train_data)} examples: fewer than the {world} processes")
+    total_steps, steps_per_epoch = plan_steps(cfg, len(sampler), accumulation)
+    eval_every = cfg.eval_steps or steps_per_epoch
+    save_every = eval_every if cfg.metric_for_best_model else (cfg.save_steps or eval_every)
+
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # Not prepared: an AcceleratedScheduler would step once per process per optimizer step.
+    accelerator.register_for_checkpointing(scheduler)
+
+    state = TrainState(num_processes=world, total_steps=total_steps)
+    if resume:
+        saved = load_checkpoint(accelerator, resume)
+        if saved["num_processes"] != world:
+            raise ConfigError(
+                f"resume_from_checkpoint: {resume} was written by {saved['num_processes']} processes; resume with "
+                f"the same number (this run has {world}) so every rank gets back its own data shard and RNG state"
+            )
+        state = TrainState(**{**saved, "total_steps": total_steps})
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume, state.step, state.epoch, state.position)
+    if cfg.report_to != "none":
+        accelerator.init_trackers(os.path.basename(os.path.abspath(cfg.output_dir)), config=dataclasses.asdict(cfg))
+
+    run_log = RunLog(cfg.output_dir, accelerator.is_main_process, accelerator, resume_step=state.step)
+    global_batch = cfg.per_device_train_batch_size * world * accumulation
+    logger.info(
+        "training %d steps: %d examples, global batch %d = %d per device x %d processes x %d accumulation; "
+        "%d steps per epoch",
+        total_steps, len(train_data), global_batch, cfg.per_device_train_batch_size, world, accumulation, steps_per_epoch,
+    )
+
+    stream = micro_batches(sampler, train_data, collate_fn, state.epoch, state.position)
+    params = [p for p in model.parameters() if p.requires_grad]
+    progress = _progress_bar(cfg, accelerator, total_steps, state.step)
+    interval = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # loss sum, count, tokens, examples
+    interval_start, last_eval_step, last_metrics = time.perf_counter(), None, None
+    stop = False
+
+    while state.step < total_steps and not stop:
+        model.train()
+        step_start = time.perf_counter()
+        local = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
+        for micro in range(accumulation):
+            epoch, position, batch = next(stream)
+            batch = to_device(batch, accelerator.device)
+            sync = micro == accumulation - 1
+            with nullcontext() if sync else accelerator.no_sync(model):
+                loss_sum, count = loss_fn(model, batch)
+                # A constant divisor keeps the backward pass in a sane range; the exact global
+                # normalisation is applied to the gradients below, once the step's count is known.
+                accelerator.backward(loss_sum / cfg.per_device_train_batch_size)
+            local += torch.stack([loss_sum.detach().double(), count.double(), *_batch_size(batch)])
+        totals = accelerator.reduce(local, reduction="sum")
+        scale = cfg.per_device_train_batch_size * world / totals[1].item() if totals[1] > 0 else 0.0
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        state.step += 1
+        state.epoch, state.position = epoch, position
+        state.tokens += int(totals[2].item())
+        state.examples += int(totals[3].item())
+        state.train_seconds += time.perf_counter() - step_start
+        interval += totals
+        progress.update(1)
+
+        if state.step % cfg.logging_steps == 0 or state.step == total_steps:
+            seconds = time.perf_counter() - interval_start
+            record = {
+                "step": state.step,
+                "epoch": round(state.epoch + state.position / max(1, len(sampler)), 4),
+                "loss": (interval[0] / interval[1]).item() if interval[1] > 0 else float("nan"),
+                "learning_rate": scheduler.get_last_lr()[0],
+                "tokens_per_second": interval[2].item() / seconds,
+                "examples_per_second": interval[3].item() / seconds,
+            }
+            if grad_norm is not None:
+                record["grad_norm"] = float(grad_norm)
+            if flops_per_token:
+                record["tflops"] = record["tokens_per_second"] * flops_per_token / 1e12
+            run_log.log(record)
+            progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}",
+                                 tok_s=f"{record['tokens_per_second']:.0f}", refresh=False)
+            interval.zero_()
+            interval_start = time.perf_counter()
+
+        pause = time.perf_counter()  # evaluation and checkpoint time is not training throughput
+        if evaluate is not None and (state.step % eval_every == 0 or state.step == total_steps):
+            last_metrics = _evaluate(evaluate, model, state, run_log)
+            last_eval_step = state.step
+            stop = _update_best(cfg, state, last_metrics)
+        if state.step % save_every == 0 or state.step == total_steps or stop:
+            _save(cfg, accelerator, state)
+        interval_start += time.perf_counter() - pause
+    progress.close()
+
+    if stop:
+        logger.info("early stopping at step %d: no improvement of %s in %d evaluations",
+                    state.step, cfg.metric_for_best_model, cfg.early_stopping_patience)
+    if evaluate is not None and last_eval_step != state.step:
+        last_metrics = _evaluate(evaluate, model, state, run_log)
+    use_best = bool(cfg.metric_for_best_model and cfg.load_best_model_at_end and state.best_step is not None)
+    if use_best and state.best_step != state.step:
+        logger.info("restoring the best checkpoint (step %d, %s = %.4f)", state.best_step,
+                    cfg.metric_for_best_model, state.best_metric)
+        accelerator.load_state(os.path.join(cfg.output_dir, "checkpoints", f"step-{state.best_step}"))
+    final = {"global_step": state.step, **((state.best_metrics if use_best else last_metrics) or {})}
+    if use_best:
+        final["best_step"] = state.best_step
+
+    train_records = [r for r in run_log.records() if "loss" in r]
+    final.update({
+        "train_loss": train_records[-1]["loss"] if train_records else None,
+        "train_runtime": round(state.train_seconds, 3),
+        "train_tokens_per_second": state.tokens / max(state.train_seconds, 1e-9),
+        "train_examples_per_second": state.examples / max(state.train_seconds, 1e-9),
+        "train_tokens": state.tokens,
+        "global_batch_size": global_batch,
+        "num_processes": world,
+    })
+    if export is not None:
+        accelerator.wait_for_everyone()
+        state_dict = accelerator.get_state_dict(model)  # every rank takes part (FSDP gathers shards here)
+        if accelerator.is_main_process:
+            export(accelerator.unwrap_model(model), state_dict, cfg.output_dir)
+    accelerator.wait_for_everyone()
+    if cfg.report_to != "none":
+        accelerator.end_training()
+    return final
+
+
+def _batch_size(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(real tokens, examples) in a batch, for throughput."""
+    mask = batch.get("attention_mask")
+    ids = batch["input_ids"]
+    tokens = mask.sum() if mask is not None else torch.tensor(ids.numel())
+    return tokens.double().to(ids.device), torch.tensor(float(ids.shape[0]), dtype=torch.float64, device=ids.device)
+
+
+def _evaluate(evaluate, model, state: TrainState, run_log: RunLog) -> dict:
+    start = time.perf_counter()
+    model.eval()
+    with torch.no_grad():
+        raw = evaluate(model)
+    model.train()
+    metrics = {k if k.startswith("eval_") else f"eval_{k}": v for k, v in raw.items()}
+    metrics["eval_runtime"] = round(time.perf_counter() - start, 3)
+    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    run_log.log({"step": state.step, **flat})
+    shown = ", ".join(f"{k[5:]} {v:.4f}" for k, v in flat.items() if k != "eval_runtime")
+    logger.info("eval at step %d: %s", state.step, shown)
+    return metrics
+
+
+def _update_best(cfg: TrainingConfig, state: TrainState, metrics: dict) -> bool:
+    """Track the best evaluation; return True when early stopping should end the run."""
+    if not cfg.metric_for_best_model:
+        return False
+    name = cfg.metric_for_best_model
+    key = name if name.startswith("eval_") else f"eval_{name}"
+    if key not in metrics:
+        raise ConfigError(f"metric_for_best_model: {name!r} is not among the metrics ({', '.join(sorted(metrics))})")
+    value = float(metrics[key])
+    better = state.best_metric is None or (value > state.best_metric if cfg.greater_is_better else value < state.best_metric)
+    if better:
+        state.best_metric, state.best_step, state.best_metrics = value, state.step, metrics
+        state.evals_without_improvement = 0
+        return False
+    state.evals_without_improvement += 1
+    patience = cfg.early_stopping_patience
+    return patience is not None and state.evals_without_improvement >= patience
+
+
+def _save(cfg: TrainingConfig, accelerator, state: TrainState) -> None:
+    keep = set()
+    if state.best_step is not None:
+        keep.add(os.path.join(cfg.output_dir, "checkpoints", f"step-{state.best_step}"))
+    record = {k: v for k, v in dataclasses.asdict(state).items()}
+    save_checkpoint(accelerator, cfg.output_dir, state.step, record, cfg.save_total_limit, keep)
+
+
+def _progress_bar(cfg, accelerator, total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True,
+                disable=cfg.disable_tqdm or not accelerator.is_main_process)

@@ -1,0 +1,147 @@
+"""Build the encoder + MLM head, and run the head on masked positions only.
+
+    hf_model = build_masked_lm(model_name_or_path=None, preset="mini", vocab_size=len(tok), max_seq_length=128)
+    model = SparseMaskedLM(hf_model)           # forward(batch from MaskingCollator) -> loss_sum, count, correct
+    hf_model.save_pretrained(out)              # a stock BertForMaskedLM checkpoint (safetensors)
+
+This is the only pretraining module that names transformers model classes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+
+from mlm.errors import ConfigError, DataError
+
+# (layers, hidden, heads): BERT-base/large (Devlin et al. 2018) and the compact models of
+# Turc et al. 2019 ("Well-Read Students Learn Better"); intermediate size is always 4 x hidden.
+PRESETS = {
+    "tiny": (2, 128, 2),
+    "mini": (4, 256, 4),
+    "small": (4, 512, 8),
+    "medium": (8, 512, 8),
+    "base": (12, 768, 12),
+    "large": (24, 1024, 16),
+}
+
+
+def preset_config(preset: str, vocab_size: int, max_position_embeddings: int = 512, **overrides):
+    """A BertConfig for a named size; explicit fields (hidden_size=..., ...) override the preset."""
+    from transformers import BertConfig
+
+    if preset not in PRESETS:
+        raise ConfigError(f"model_preset: unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    layers, hidden, heads = PRESETS[preset]
+    fields = dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads, intermediate_size=4 * hidden)
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    if fields["hidden_size"] % fields["num_attention_heads"]:
+        raise ConfigError(
+            f"hidden_size: {fields['hidden_size']} is not divisible by num_attention_heads {fields['num_attention_heads']}"
+        )
+    return BertConfig(vocab_size=vocab_size, max_position_embeddings=max_position_embeddings, **fields)
+
+
+def check_checkpoint_dir(path: str, field: str = "model_name_or_path") -> None:
+    """Fail with one line when a local path is not a Hugging Face checkpoint directory."""
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise DataError(f"{field}: {path} is not a checkpoint directory (no config.json)")
+        try:
+            with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+                json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}/config.json: not valid JSON ({e})") from None
+        weights = [n for n in os.listdir(path) if n.endswith((".safetensors", ".bin")) or n.endswith(".index.json")]
+        if not weights:
+            raise DataError(f"{field}: {path} has a config.json but no weights (model.safetensors)")
+    elif os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") > 1:
+        raise DataError(f"{field}: {path} is not a directory")
+
+
+def build_masked_lm(
+    model_name_or_path: Optional[str],
+    preset: str,
+    vocab_size: int,
+    max_seq_length: int,
+    attn_implementation: str = "sdpa",
+    **overrides,
+):
+    """A BertForMaskedLM (or any AutoModelForMaskedLM) from a checkpoint, or fresh from a preset."""
+    from transformers import AutoModelForMaskedLM, BertForMaskedLM
+
+    if model_name_or_path:
+        check_checkpoint_dir(model_name_or_path)
+        try:
+            model = AutoModelForMaskedLM.from_pretrained(model_name_or_path, attn_implementation=attn_implementation)
+        except (OSError, ValueError) as e:
+            raise DataError(f"model_name_or_path: cannot load {model_name_or_path}: {str(e).splitlines()[0]}") from None
+        if model.config.vocab_size < vocab_size:
+            raise ConfigError(
+                f"tokenizer_name: tokenizer has {vocab_size} ids but the checkpoint's vocabulary has "
+                f"{model.config.vocab_size}"
+            )
+    else:
+        max_positions = max(512, max_seq_length)
+        model = BertForMaskedLM._from_config(
+            preset_config(preset, vocab_size, max_positions, **overrides), attn_implementation=attn_implementation
+        )
+    limit = model.config.max_position_embeddings
+    if max_seq_length > limit:
+        raise ConfigError(f"max_seq_length: {max_seq_length} exceeds the model's max_position_embeddings ({limit})")
+    return model
+
+
+def mlm_head(model) -> nn.Module:
+    """The module mapping hidden states (..., H) to vocabulary logits (..., V)."""
+    for name in ("cls", "lm_head"):  # BERT family / RoBERTa family
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            return head
+    raise ConfigError(f"model_name_or_path: {type(model).__name__} has no MLM head this framework knows (cls/lm_head)")
+
+
+class SparseMaskedLM(nn.Module):
+    """Encoder + MLM head where the head (H x V projection) runs only on the masked positions.
+
+    The head is most of the compute of a small BERT (V >> H); on 15% of the positions it costs 15%.
+    The loss equals BertForMaskedLM's on the same weights and batch (tests/test_model.py).
+    """
+
+    def __init__(self, hf_model):
+        super().__init__()
+        self.model = hf_model
+        mlm_head(hf_model)  # fail early for a model without a known head
+
+    def forward(self, input_ids, attention_mask, masked_positions, masked_labels, token_type_ids=None):
+        hidden = self.model.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state  # (B, T, H)
+        index = masked_positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))  # (B, K, H)
+        logits = mlm_head(self.model)(torch.gather(hidden, 1, index)).float()  # (B, K, V)
+        labels = masked_labels.reshape(-1)  # (B*K,)
+        logits = logits.reshape(-1, logits.size(-1))
+        loss_sum = nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+        valid = labels != -100
+        correct = ((logits.argmax(-1) == labels) & valid).sum()
+        return {"loss_sum": loss_sum, "count": valid.sum(), "correct": correct}
+
+
+def count_parameters(model, exclude_embeddings: bool = True) -> int:
+    """Parameters that cost FLOPs per token (token and position embeddings are lookups)."""
+    total = sum(p.numel() for p in model.parameters())
+    if exclude_embeddings:
+        emb = model.base_model.embeddings
+        total -= sum(p.numel() for n, p in emb.named_parameters() if n.endswith(("word_embeddings.weight", "position_embeddings.weight")))
+    return total
+
+
+def train_flops_per_token(config, seq_len: int, head_fraction: float) -> float:
+    """Training FLOPs per token: 6N (encoder weights) + 12*L*S*h (attention scores and mixing)
+    + f*6*h*(h+V) (the MLM head, run on a fraction f of the positions)."""
+    h, L, V, inter = config.hidden_size, config.num_hidden_layers, config.vocab_size, config.intermediate_size
+    encoder = L * (4 * h * h + 2 * h * inter)  # Q, K, V, O projections + the two feed-forward matrices
+    return 6 * encoder + 12 * L * seq_len * h + head_fraction * 6 * h * (h + V)

@@ -1,0 +1,190 @@
+"""Masked-language-model pretraining, top to bottom.
+
+    mlm pretrain --recipe recipes/pretrain/demo.yaml            # or: make pretrain
+    accelerate launch -m mlm pretrain --recipe ...              # several processes / GPUs
+
+corpus -> tokenizer -> packed blocks (memmap cache) -> masking collator -> encoder + sparse MLM head
+-> the shared loop -> a standard Hugging Face checkpoint at output_dir.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+
+from mlm.config import TrainingConfig, arg
+from mlm.errors import ConfigError
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("MLM_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "mlm"))
+
+
+@dataclass
+class PretrainConfig(TrainingConfig):
+    """Pretrain a BERT-style encoder with masked-language modelling; every field is also a --flag."""
+
+    output_dir: str = arg("outputs/pretrain", "Where checkpoints, logs, metrics and the final model are written.")
+    train_file: Optional[str] = arg(
+        None, "Corpus: a file, a glob, or several separated by commas (.txt/.jsonl/.csv/.tsv/.parquet, .gz ok). "
+        "Empty: the embedded default corpus (docstrings of the Python standard library and installed packages)."
+    )
+    validation_file: Optional[str] = arg(None, "Validation corpus (default: hold out validation_split_percentage).")
+    dataset_name: Optional[str] = arg(None, "A hub dataset name instead of files (needs network), e.g. wikitext.")
+    dataset_config_name: Optional[str] = arg(None, "Configuration of dataset_name, e.g. wikitext-103-raw-v1.")
+    text_column: str = arg("text", "Text column of .jsonl/.csv/.tsv/.parquet files and hub datasets.")
+    document_separator: Literal["blank_line", "line"] = arg(
+        "blank_line", ".txt files: documents are separated by blank lines, or one document per line."
+    )
+    validation_split_percentage: float = arg(5.0, "Percent of documents held out for validation (no validation_file).")
+    cache_dir: Optional[str] = arg(None, "Cache of packed token arrays and trained tokenizers ($MLM_CACHE_DIR or ~/.cache/mlm).")
+    tokenizer_name: Optional[str] = arg(None, "Existing tokenizer dir/name; default: train a WordPiece tokenizer.")
+    vocab_size: int = arg(30522, "Vocabulary size of a newly trained WordPiece tokenizer.")
+    do_lower_case: bool = arg(True, "Lower-case (and strip accents) in a newly trained tokenizer.")
+    model_name_or_path: Optional[str] = arg(None, "Continue from a local HF BERT-family checkpoint instead of a preset.")
+    model_preset: Literal["tiny", "mini", "small", "medium", "base", "large"] = arg(
+        "mini", "Size of a new model: tiny 2x128, mini 4x256, small 4x512, medium 8x512, base 12x768, large 24x1024."
+    )
+    hidden_size: Optional[int] = arg(None, "Override the preset's hidden size.")
+    num_hidden_layers: Optional[int] = arg(None, "Override the preset's number of layers.")
+    num_attention_heads: Optional[int] = arg(None, "Override the preset's number of attention heads.")
+    intermediate_size: Optional[int] = arg(None, "Override the preset's feed-forward size (default 4 x hidden).")
+    hidden_dropout_prob: float = arg(0.1, "Dropout on hidden states.")
+    attention_probs_dropout_prob: float = arg(0.1, "Dropout on attention probabilities.")
+    max_seq_length: int = arg(128, "Tokens per packed training sequence, [CLS] and [SEP] included.")
+    mlm_probability: float = arg(0.15, "Fraction of (non-special) tokens selected for prediction.")
+    mask_replace_prob: float = arg(0.8, "Of the selected tokens: fraction replaced by [MASK].")
+    random_replace_prob: float = arg(0.1, "Of the selected tokens: fraction replaced by a random token (rest kept).")
+    whole_word_masking: bool = arg(False, "Select whole words (all their ## pieces) instead of single tokens.")
+    learning_rate: float = arg(5e-4, "Peak learning rate of AdamW.")
+    adam_beta2: float = arg(0.98, "AdamW beta2 (0.98 is the usual choice for MLM pretraining).")
+    warmup_ratio: Optional[float] = arg(None, "Fraction of steps with linear warmup (exclusive with warmup_steps).")
+    num_train_epochs: float = arg(1.0, "Epochs over the packed corpus (ignored when max_steps > 0).")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.mlm_probability < 1:
+            raise ConfigError(f"mlm_probability: must be in (0, 1), got {self.mlm_probability}")
+        if self.mask_replace_prob < 0 or self.random_replace_prob < 0 or self.mask_replace_prob + self.random_replace_prob > 1:
+            raise ConfigError("mask_replace_prob + random_replace_prob: must be non-negative and sum to at most 1")
+        if self.max_seq_length < 8:
+            raise ConfigError(f"max_seq_length: must be >= 8, got {self.max_seq_length}")
+        if not 0 <= self.validation_split_percentage < 100:
+            raise ConfigError(f"validation_split_percentage: must be in [0, 100), got {self.validation_split_percentage}")
+
+
+def prepare_tokenizer(cfg: PretrainConfig, train_corpus):
+    """An existing tokenizer, the checkpoint's, or a WordPiece trained on the corpus (cached by fingerprint)."""
+    import hashlib
+
+    from mlm.tokenizer import load_tokenizer, train_wordpiece
+
+    if cfg.tokenizer_name or cfg.model_name_or_path:
+        return load_tokenizer(cfg.tokenizer_name or cfg.model_name_or_path)
+    key = f"{train_corpus.fingerprint()}|{cfg.vocab_size}|{cfg.do_lower_case}"
+    path = os.path.join(cfg.cache_dir or default_cache_dir(), "tokenizers", hashlib.sha256(key.encode()).hexdigest()[:16])
+    if os.path.isfile(os.path.join(path, "tokenizer.json")):
+        return load_tokenizer(path)
+    tmp = path + f".tmp{os.getpid()}"
+    train_wordpiece(train_corpus.documents(), tmp, vocab_size=cfg.vocab_size, lowercase=cfg.do_lower_case)
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-trained tokenizer in the cache
+    return load_tokenizer(path)
+
+
+def mlm_loss(model, batch):
+    """(sum of token losses, number of masked tokens) for the shared loop."""
+    out = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+        masked_positions=batch["masked_positions"], masked_labels=batch["masked_labels"],
+    )
+    return out["loss_sum"], out["count"]
+
+
+def make_evaluate(valid_data, collate, batch_size: int, accelerator):
+    """MLM loss, perplexity and masked-token accuracy on fixed validation masks (never (B, T, V) logits)."""
+    from mlm.loop import KeyedDataset, eval_batches
+
+    keyed = KeyedDataset(valid_data, epoch=0)  # example_id = index: the same masks at every evaluation
+
+    def evaluate(model) -> dict:
+        totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
+        for batch in eval_batches(keyed, collate, batch_size, accelerator):
+            out = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                masked_positions=batch["masked_positions"], masked_labels=batch["masked_labels"],
+            )
+            totals += torch.stack([out["loss_sum"].double(), out["count"].double(), out["correct"].double()])
+        loss_sum, count, correct = accelerator.reduce(totals, reduction="sum").tolist()
+        loss = loss_sum / max(count, 1)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "masked_accuracy": correct / max(count, 1)}
+
+    return evaluate
+
+
+def main(cfg: PretrainConfig) -> dict:
+    from mlm.collator import MaskingCollator
+    from mlm.corpus import corpus_sources
+    from mlm.loop import make_accelerator, train
+    from mlm.model import SparseMaskedLM, build_masked_lm, train_flops_per_token
+    from mlm.packing import build_packed_dataset
+    from mlm.runlog import logger, plot_losses, write_json
+
+    accelerator = make_accelerator(cfg)
+    torch.manual_seed(cfg.seed)
+    train_corpus, valid_corpus = corpus_sources(
+        train_file=cfg.train_file, validation_file=cfg.validation_file, dataset_name=cfg.dataset_name,
+        dataset_config_name=cfg.dataset_config_name, text_column=cfg.text_column,
+        document_separator=cfg.document_separator,
+    )
+    logger.info("corpus: %s", train_corpus.description)
+    with accelerator.main_process_first():  # rank 0 tokenises and packs; the others then hit the cache
+        tokenizer = prepare_tokenizer(cfg, train_corpus)
+        train_blocks, valid_blocks = build_packed_dataset(
+            train_corpus, valid_corpus, tokenizer, cfg.max_seq_length, cfg.cache_dir or default_cache_dir(),
+            validation_split_percentage=cfg.validation_split_percentage,
+        )
+    logger.info("packed: %d training and %d validation blocks of %d tokens", len(train_blocks), len(valid_blocks),
+                cfg.max_seq_length)
+    if cfg.max_eval_samples is not None and len(valid_blocks) > cfg.max_eval_samples:
+        valid_blocks = torch.utils.data.Subset(valid_blocks, range(cfg.max_eval_samples))
+
+    hf_model = build_masked_lm(
+        cfg.model_name_or_path, cfg.model_preset, len(tokenizer), cfg.max_seq_length,
+        hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
+        hidden_dropout_prob=cfg.hidden_dropout_prob, attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
+    )
+    n_params = sum(p.numel() for p in hf_model.parameters())
+    logger.info("model: %s, %.1fM parameters", _shape(hf_model.config), n_params / 1e6)
+    collate = MaskingCollator(
+        tokenizer, mlm_probability=cfg.mlm_probability, mask_replace_prob=cfg.mask_replace_prob,
+        random_replace_prob=cfg.random_replace_prob, whole_word_masking=cfg.whole_word_masking, seed=cfg.seed,
+    )
+    evaluate = make_evaluate(valid_blocks, collate, cfg.per_device_eval_batch_size, accelerator) if len(valid_blocks) else None
+
+    def export(model, state_dict, output_dir):
+        weights = {k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")}
+        model.model.save_pretrained(output_dir, state_dict=weights, safe_serialization=True)
+        tokenizer.save_pretrained(output_dir)
+
+    flops = train_flops_per_token(hf_model.config, cfg.max_seq_length, cfg.mlm_probability)
+    metrics = train(cfg, accelerator, SparseMaskedLM(hf_model), train_blocks, collate, mlm_loss, evaluate, export,
+                    flops_per_token=flops)
+    if "eval_loss" in metrics:
+        metrics["perplexity"] = metrics["eval_perplexity"]
+        metrics["masked_accuracy"] = metrics["eval_masked_accuracy"]
+    metrics.update({"num_parameters": n_params, "train_flops_per_token": flops})
+    if accelerator.is_main_process:
+        write_json(os.path.join(cfg.output_dir, "metrics.json"), metrics)
+        plot_losses(os.path.join(cfg.output_dir, "log.jsonl"), os.path.join(cfg.output_dir, "loss.png"))
+        logger.info("done: %s", ", ".join(f"{k} {metrics[k]:.4g}" for k in ("eval_loss", "perplexity", "masked_accuracy", "train_tokens_per_second") if k in metrics))
+        logger.info("model written to %s", cfg.output_dir)
+    return metrics
+
+
+def _shape(config) -> str:
+    return (f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, {config.num_attention_heads} heads, "
+            f"vocab {config.vocab_size}")

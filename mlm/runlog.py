@@ -1,0 +1,113 @@
+"""What a run reports: readable console logs, `log.jsonl`, `metrics.json`, optional trackers, a loss plot.
+
+Only the main process writes; other ranks get a RunLog that does nothing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+
+logger = logging.getLogger("mlm")
+
+
+def setup_console_logging(is_main: bool) -> None:
+    """One readable line per event on the main process; warnings only elsewhere."""
+    if logger.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if is_main else logging.WARNING)
+    logger.propagate = False
+    # transformers and datasets are chatty about things the user did on purpose
+    for name in ("transformers", "datasets", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def write_json(path: str, data: dict) -> None:
+    """Write JSON atomically (temp file + rename): a crash never leaves a truncated file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True, default=_jsonable)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+class RunLog:
+    """log.jsonl lines (train and eval), console lines, tracker calls; inert on non-main ranks."""
+
+    def __init__(self, output_dir: str, active: bool, accelerator=None, resume_step: int = 0):
+        self.active = active
+        self.accelerator = accelerator
+        self.path = os.path.join(output_dir, "log.jsonl")
+        if active:
+            os.makedirs(output_dir, exist_ok=True)
+            if resume_step:
+                self._truncate_after(resume_step)
+            elif os.path.exists(self.path):
+                os.remove(self.path)
+
+    def _truncate_after(self, step: int) -> None:
+        """On resume, drop lines logged after the checkpoint: they will be logged again."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, encoding="utf-8") as f:
+            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        with open(self.path, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+
+    def log(self, record: dict) -> None:
+        if not self.active:
+            return
+        record = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in record.items()}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=_jsonable) + "\n")
+        if self.accelerator is not None and self.accelerator.trackers:
+            numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+            self.accelerator.log(numbers, step=record.get("step"))
+
+    def records(self) -> list[dict]:
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_losses(log_path: str, out_path: str) -> str | None:
+    """Training loss (and eval loss when logged) against step, as a PNG; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    with open(log_path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    if not train:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path

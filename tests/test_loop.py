@@ -1,0 +1,133 @@
+"""The shared loop on a toy regression: exact normalisation, accumulation, resume, best model, sampler."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mlm.config import TrainingConfig
+from mlm.errors import ConfigError
+from mlm.loop import ShardedBatchSampler, make_accelerator, shard_range, train
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.Linear(8, 1))
+
+    def forward(self, x):
+        return self.lin(x).squeeze(-1)
+
+
+def toy_data(n=37):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+    return [{"x": x[i], "y": y[i]} for i in range(n)]
+
+
+def collate(items):
+    x = torch.stack([it["x"] for it in items])
+    return {"input_ids": torch.zeros(len(items), 1, dtype=torch.long), "x": x, "y": torch.stack([it["y"] for it in items])}
+
+
+def squared_error(model, batch):
+    err = (model(batch["x"]) - batch["y"]) ** 2
+    return err.sum(), torch.tensor(len(err))
+
+
+def run(tmp_path, name, loss_fn=squared_error, dropout=True, **overrides):
+    fields = dict(output_dir=str(tmp_path / name), per_device_train_batch_size=8, learning_rate=0.05, max_steps=20,
+                  logging_steps=1, save_steps=10, disable_tqdm=True, warmup_steps=2, weight_decay=0.0)
+    cfg = TrainingConfig(**{**fields, **overrides})
+    model = Toy()
+    if not dropout:
+        model.lin[1].p = 0.0
+    metrics = train(cfg, make_accelerator(cfg), model, toy_data(), collate, loss_fn)
+    losses = [json.loads(l)["loss"] for l in open(tmp_path / name / "log.jsonl") if '"loss"' in l]
+    return metrics, losses, model
+
+
+def test_accumulation_equals_one_big_batch(tmp_path):
+    _, big, m1 = run(tmp_path, "big", dropout=False, per_device_train_batch_size=8)
+    _, acc, m2 = run(tmp_path, "acc", dropout=False, per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    assert np.allclose(big, acc, atol=1e-5)
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        assert torch.allclose(p, q, atol=1e-5)
+
+
+def test_resume_continues_exactly(tmp_path):
+    _, straight, m_straight = run(tmp_path, "straight")
+    calls = {"n": 0}
+
+    def interrupted(model, batch):
+        calls["n"] += 1
+        if calls["n"] > 13:  # after the step-10 checkpoint
+            raise KeyboardInterrupt
+        return squared_error(model, batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "resumed", loss_fn=interrupted)
+    assert (tmp_path / "resumed" / "checkpoints" / "step-10" / "model.safetensors").exists()
+    metrics, resumed, m_resumed = run(tmp_path, "resumed", resume_from_checkpoint="latest")
+    assert metrics["global_step"] == 20
+    assert len(resumed) == 20 and resumed == straight  # dropout, data order and optimizer all restored
+    for p, q in zip(m_straight.parameters(), m_resumed.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    run(tmp_path, "once", max_steps=2)
+    (tmp_path / "once" / "metrics.json").write_text("{}")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run(tmp_path, "once", max_steps=2)
+
+
+def test_best_checkpoint_is_kept_and_restored(tmp_path):
+    scores = iter([0.5, 0.9, 0.7, 0.6, 0.4])
+
+    def evaluate(model):
+        return {"score": next(scores)}
+
+    cfg = TrainingConfig(output_dir=str(tmp_path / "best"), per_device_train_batch_size=8, max_steps=10, eval_steps=2,
+                         save_total_limit=1, metric_for_best_model="score", early_stopping_patience=2,
+                         disable_tqdm=True, logging_steps=1)
+    model = Toy()
+    metrics = train(cfg, make_accelerator(cfg), model, toy_data(), collate, squared_error, evaluate)
+    # evaluations at steps 2, 4, 6, 8: best 0.9 at step 4, then two worse ones -> stop at step 8
+    assert metrics["global_step"] == 8 and metrics["best_step"] == 4 and metrics["eval_score"] == 0.9
+    kept = sorted(p.name for p in (tmp_path / "best" / "checkpoints").iterdir())
+    assert kept == ["step-4", "step-8"]
+    from safetensors.torch import load_file
+
+    best = load_file(str(tmp_path / "best" / "checkpoints" / "step-4" / "model.safetensors"))
+    assert torch.equal(best["lin.0.weight"], model.lin[0].weight.detach())
+
+
+def test_sampler_shards_global_batches_and_short_last_batch():
+    one = ShardedBatchSampler(10, 4, rank=0, world=1, seed=3)
+    r0 = ShardedBatchSampler(10, 2, rank=0, world=2, seed=3)
+    r1 = ShardedBatchSampler(10, 2, rank=1, world=2, seed=3)
+    for epoch in range(2):
+        for b, b0, b1 in zip(one.epoch_batches(epoch), r0.epoch_batches(epoch), r1.epoch_batches(epoch)):
+            assert b == b0 + b1  # rank slices make up the single-process batch
+    assert [len(b) for b in r0.epoch_batches(0)] == [2, 2, 1] and len(r0) == 3
+    assert sorted(sum(one.epoch_batches(0), [])) == list(range(10))
+    assert one.epoch_batches(0) != one.epoch_batches(1)
+    assert len(ShardedBatchSampler(9, 4, rank=0, world=2)) == 1  # 1 leftover example cannot feed 2 ranks
+    assert len(ShardedBatchSampler(10, 4, rank=0, world=2)) == 2
+
+
+def test_length_grouping_batches_similar_lengths():
+    lengths = np.array([5, 50, 6, 51, 7, 52, 8, 53])
+    batches = ShardedBatchSampler(8, 4, seed=0, lengths=lengths).epoch_batches(0)
+    spreads = sorted(int(np.ptp(lengths[b])) for b in batches)
+    assert spreads == [3, 3]
+
+
+def test_eval_shards_cover_everything_once():
+    parts = [shard_range(5, r, 2) for r in range(2)]
+    assert [list(p) for p in parts] == [[0, 1, 2], [3, 4]] or [list(p) for p in parts] == [[0, 1], [2, 3, 4]]
+    assert sum((list(shard_range(7, r, 3)) for r in range(3)), []) == list(range(7))
