@@ -133,7 +133,7 @@ def read_table(path: str, cfg: Config, label_required: bool) -> list[dict]:
             # For csv/tsv the columns come from the header, line 1; jsonl/parquet name the first row.
             where = f"{path}:1" if delimited else f"{path}:{line}"
             columns = resolve_columns(list(row), cfg, label_required, where, delimited)
-        examples.append(_example(row, columns, f"{path}:{line}", path, line))
+        examples.append(_example(row, columns, f"{path}:{line}", path, line, label_required))
     if not examples:
         raise DataError(f"{path}: no examples (the file is empty or holds only a header)")
     return examples
@@ -174,14 +174,19 @@ def _delimiter_hint(header: str) -> str:
     return ""
 
 
-def _example(row: dict, columns, where: str, path: str, line: int) -> dict:
+def _example(row: dict, columns, where: str, path: str, line: int, label_required: bool) -> dict:
+    """{"text", "text_pair"?, "label"?, "_where"}; jsonl rows may differ, so every row is checked."""
     text_col, pair_col, label_col = columns
-    require_columns(path, line, row, [c for c in columns if c is not None])  # jsonl rows may differ
+    needed = [text_col, pair_col, label_col if label_required else None]
+    require_columns(path, line, row, [c for c in needed if c is not None])
     example = {"text": _text(row[text_col], where, text_col), "_where": where}
     if pair_col is not None:
         example["text_pair"] = _text(row[pair_col], where, pair_col)
-    if label_col is not None and row[label_col] is not None:  # None: a null in jsonl/parquet = unlabeled
-        example["label"] = row[label_col]
+    value = row.get(label_col) if label_col is not None else None
+    if value is not None:
+        example["label"] = value
+    elif label_required:  # a null in jsonl / parquet
+        raise DataError(f"{where}: column {label_col!r}: missing label (null)")
     return example
 
 
@@ -219,7 +224,7 @@ def _hub_examples(dataset, cfg: Config, source: str, label_required: bool) -> li
     for i, row in enumerate(dataset, 1):
         if to_names is not None:
             row[columns[2]] = to_names(row[columns[2]])
-        examples.append(_example(row, columns, f"{source}:{i}", source, i))
+        examples.append(_example(row, columns, f"{source}:{i}", source, i, label_required))
     if not examples:
         raise DataError(f"{source}: no examples")
     return examples
@@ -288,7 +293,7 @@ def _normalise_labels(examples: list[dict], cfg: Config) -> None:
         if kind == "regression":
             ex["label"] = _regression_target(value, f"{where}: {column}")
         elif kind == "multi_label":
-            ex["label"] = _label_set(value, cfg.label_separator, f"{where}: {column}")
+            ex["label"] = _label_set(value, cfg.label_separator)
         else:
             if isinstance(value, (list, tuple, dict)):
                 raise DataError(f"{where}: {column}: label {value!r} is not one class (multi-label? set "
@@ -308,7 +313,8 @@ def _regression_target(value, where: str) -> float:
     return number
 
 
-def _label_set(value, separator: Optional[str], where: str) -> list[str]:
+def _label_set(value, separator: Optional[str]) -> list[str]:
+    """A multi-label value (list, separator-joined string, or one label) -> distinct label names."""
     if isinstance(value, str):
         parts = value.split(separator) if separator is not None else [value]
     elif isinstance(value, (list, tuple)):
@@ -329,7 +335,7 @@ def label_list(train_examples: list[dict], cfg: Config) -> list[str]:
         if ex.get("label") is None:
             continue
         if kind == "multi_label":
-            names.update(_label_set(ex["label"], cfg.label_separator, ex.get("_where", "?")))
+            names.update(_label_set(ex["label"], cfg.label_separator))
         else:
             names.add(label_name(ex["label"]))
     if not names:
@@ -361,7 +367,7 @@ def encode(examples: list[dict], tokenizer, cfg: Config, labels: list[str], with
     """Tokenize (pairs truncated longest_first), no padding; features keep "example_index".
 
     Every gold label is checked against `labels` (DataError at its file:line when training never saw
-    it); with_labels adds the model target as "labels".""""""
+    it); with_labels adds the model target as "labels"."""
     kind = problem_type(cfg, labels)
     label2id = {name: i for i, name in enumerate(labels)}
     features, truncated = [], 0
@@ -413,7 +419,7 @@ def _target(example: dict, kind: str, label2id: dict, labels: list[str], separat
     if kind == "regression":
         return _regression_target(example["label"], where)
     if kind == "multi_label":
-        names = _label_set(example["label"], separator, where)
+        names = _label_set(example["label"], separator)
     else:
         names = [label_name(example["label"])]
     for name in names:
@@ -533,7 +539,7 @@ def _gold(value, kind: str, cfg: Config, where: str):
     if kind == "regression":
         return _regression_target(value, where)
     if kind == "multi_label":
-        return _label_set(value, cfg.label_separator, where)
+        return _label_set(value, cfg.label_separator)
     return label_name(value)
 
 

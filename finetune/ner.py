@@ -4,7 +4,7 @@ Run it (CoNLL-2003, three epochs):
 
     make finetune TASK=ner                                     # recipes/finetune/ner.yaml
     mlm finetune --task ner --recipe recipes/finetune/ner.yaml --model_name_or_path outputs/pretrain-demo
-    mlm predict --task ner --model outputs/finetune-ner --text "John Smith visited Paris."
+    mlm predict --model outputs/finetune-ner --text "John Smith visited Paris."   # or --input FILE
 
 Data (`load_splits`):
   * CoNLL column files (`eng.train`, `*.conll`, `*.txt`, `*.tsv`): one word per line, columns separated by
@@ -21,6 +21,12 @@ Model side (`encode` .. `predictions`): words are split into sub-words by the fa
 sits on the first sub-word of each word (the others get -100, or the word's I- tag with
 label_all_tokens). A sentence longer than max_seq_length becomes several overlapping windows, and each
 word is predicted from the one window where it has the most context on both sides (see `_owners`).
+
+Output (`predictions`, one JSON record per sentence): tokens, predicted_tags (IOB2; the argmax is repaired
+so that an I-X not continuing an X entity becomes B-X), gold_tags when known, and entities
+[{type, start_word, end_word (exclusive), text, score}], score = mean over the entity's words of the
+probability the model gave its chosen label. Raw text (`mlm predict --text`) is split into words by
+`WORD_RE`, and its entities also carry character offsets start/end (exclusive) into the text.
 """
 from __future__ import annotations
 
@@ -64,10 +70,14 @@ class Config(FinetuneConfig):
         False, "Train on every sub-word (the later ones of a word get its I- tag) instead of the first only."
     )
     stride: int = arg(
-        32, "Sentences longer than max_seq_length are split into windows overlapping by up to this many tokens."
+        32,
+        "Sentences longer than max_seq_length are split at word boundaries into windows overlapping by up to this "
+        "many tokens (at most max_seq_length / 2); each word is predicted from the window where it is most central.",
     )
     tokens_key: str = arg("tokens", "JSON lines / parquet / hub datasets: field holding the list of words.")
-    tags_key: str = arg("tags", "JSON lines / parquet / hub datasets: field holding the list of tags ('ner_tags' is tried too).")
+    tags_key: str = arg(
+        "tags", "JSON lines / parquet / hub datasets: field holding the list of tags ('ner_tags' is tried too)."
+    )
     text_key: str = arg("text", "`mlm predict --input FILE.jsonl`: field holding raw text (split into words here).")
 
     def __post_init__(self):
@@ -95,14 +105,7 @@ def load_splits(cfg: Config) -> dict[str, list[dict]]:
     else:
         files = {"train": cfg.train_file, "validation": cfg.validation_file, "test": cfg.test_file}
         splits = {split: read_file(path, cfg) for split, path in files.items() if path}
-    # Cutting to the first N is idempotent, so the loop applying the same limits again is harmless.
-    if cfg.max_train_samples is not None and "train" in splits:
-        splits["train"] = splits["train"][: cfg.max_train_samples]
-    if cfg.max_eval_samples is not None:
-        for split in ("validation", "test"):
-            if split in splits:
-                splits[split] = splits[split][: cfg.max_eval_samples]
-    return splits
+    return splits  # max_train_samples / max_eval_samples are applied by finetune/run.py
 
 
 def read_file(path: str, cfg: Config) -> list[dict]:
@@ -115,7 +118,7 @@ def read_file(path: str, cfg: Config) -> list[dict]:
         sentences = _read_conll(path, cfg.token_column, cfg.tag_column)
     if not sentences:
         raise DataError(f"{path}: no sentences found")
-    return _convert_to_iob2(sentences, cfg.tag_scheme, path)
+    return _convert_to_iob2(sentences, cfg.tag_scheme)
 
 
 def _read_conll(path: str, token_column: int, tag_column: int) -> list[dict]:
@@ -220,18 +223,24 @@ def _load_hub(cfg: Config) -> dict[str, list[dict]]:
             continue
         data = dataset[split]
         name = f"{cfg.dataset_name}[{split}]"
-        tags_key = _pick_tags_key({c: None for c in data.column_names}, cfg.tags_key)
-        require_columns(name, 0, {c: None for c in data.column_names}, [cfg.tokens_key, tags_key])
+        tags_key = _pick_tags_key(dict.fromkeys(data.column_names), cfg.tags_key)
+        for key in (cfg.tokens_key, tags_key):
+            if key not in data.column_names:
+                raise DataError(f"{name}: no column {key!r} (columns: {', '.join(data.column_names)}); "
+                                f"set --tokens_key / --tags_key")
         names = _class_label_names(data.features[tags_key])
         sentences = []
         for row_no, row in enumerate(data, 1):
             tags = [names[t] for t in row[tags_key]] if names else row[tags_key]
             where = f"{name}:{row_no}"
+            _check_word_list(where, cfg.tokens_key, row[cfg.tokens_key])
             _check_word_list(where, tags_key, tags)
+            if len(tags) != len(row[cfg.tokens_key]):
+                raise DataError(f"{where}: {len(row[cfg.tokens_key])} tokens but {len(tags)} tags")
             if row[cfg.tokens_key]:
                 sentences.append({"tokens": row[cfg.tokens_key], "tags": tags, "_where": where,
                                   "_lines": [row_no] * len(tags)})
-        splits[split] = _convert_to_iob2(sentences, cfg.tag_scheme, name)
+        splits[split] = _convert_to_iob2(sentences, cfg.tag_scheme)
     if "train" not in splits:
         raise DataError(f"{cfg.dataset_name}: no 'train' split (has: {', '.join(dataset)})")
     return splits
@@ -266,7 +275,8 @@ def detect_scheme(tag_sequences: list[list[str]]) -> str:
     return "iob1" if iob1 else "iob2"
 
 
-def _convert_to_iob2(sentences: list[dict], scheme: str, source: str) -> list[dict]:
+def _convert_to_iob2(sentences: list[dict], scheme: str) -> list[dict]:
+    """Check every tag against the scheme (auto: detected over the whole file), then rewrite it in IOB2, in place."""
     detected = scheme == "auto"
     if detected:
         scheme = detect_scheme([s["tags"] for s in sentences])
@@ -319,6 +329,8 @@ def model_kwargs(cfg: Config, labels: list[str]) -> dict:
 def encode(examples: list[dict], tokenizer, cfg: Config, labels: list[str], with_labels: bool) -> list[dict]:
     """Sentences -> model windows, with the bookkeeping to map token outputs back to words.
 
+    Gold tags of a type unseen in training raise DataError (file:line of the word), with or without labels.
+
     Each feature: input_ids, attention_mask, [token_type_ids], [labels], plus
       example_index  the sentence it came from
       word_ids       per token, the index of its word in the sentence (None for [CLS]/[SEP])
@@ -336,7 +348,10 @@ def encode(examples: list[dict], tokenizer, cfg: Config, labels: list[str], with
     for index, ex in enumerate(examples):
         word_tokens = _group_by_word(encoded["input_ids"][index], encoded.word_ids(index), len(ex["tokens"]))
         word_tokens = [ids[:budget] for ids in word_tokens]  # a single word longer than a window is cut
-        tag_ids = _tag_ids(ex, label2id) if with_labels else None
+        if with_labels and "tags" not in ex:
+            raise DataError(f"{ex.get('_where', '<input>')}: no tags to train on")
+        # Gold tags are checked even without labels: evaluation would score a type the model cannot predict.
+        tag_ids = _tag_ids(ex, label2id) if "tags" in ex else None
         lengths = [len(ids) for ids in word_tokens]
         windows = make_windows(lengths, budget, cfg.stride)
         owners = _owners(lengths, windows)
@@ -380,8 +395,6 @@ def _group_by_word(input_ids: list[int], word_ids: list, n_words: int) -> list[l
 
 
 def _tag_ids(ex: dict, label2id: dict) -> list[int]:
-    if "tags" not in ex:
-        raise DataError(f"{ex.get('_where', '<input>')}: no tags to train or evaluate on")
     ids = []
     for i, tag in enumerate(ex["tags"]):
         if tag not in label2id:
@@ -497,7 +510,9 @@ def outputs(model, batch: dict) -> list[np.ndarray]:
 # ----------------------------------------------------------------------------------------- predictions
 
 
-def predictions(examples: list[dict], features: list[dict], outputs: list, cfg: Config, labels: list[str]) -> list[dict]:
+def predictions(
+    examples: list[dict], features: list[dict], outputs: list, cfg: Config, labels: list[str]
+) -> list[dict]:
     """One record per sentence: tags per word (valid IOB2) and the entities they make.
 
     Entity score: the mean, over the entity's words, of the softmax probability of the label the model
@@ -633,5 +648,5 @@ def _examples_from_records(path: str, cfg: Config) -> list[dict]:
             labelled.append(example)
         examples.append(example)
     if labelled:
-        _convert_to_iob2(labelled, cfg.tag_scheme, path)  # in place: gold tags in IOB2 like training data
+        _convert_to_iob2(labelled, cfg.tag_scheme)  # in place: gold tags in IOB2 like training data
     return examples

@@ -62,7 +62,13 @@ def load_task(model_dir: str):
                 defaults = {f.name: f.default for f in dataclasses.fields(task.Config)}
                 id2label = config.get("id2label") or {}
                 labels = [id2label[str(i)] for i in range(len(id2label))] if name != "qa" else []
-                return task, SimpleNamespace(**{**defaults, "task": name}), labels
+                settings = {**defaults, "task": name}
+                if name == "cls" and config.get("problem_type"):  # HF's name -> ours (multi-label, regression)
+                    from finetune.classification import HF_PROBLEM_TYPES
+
+                    ours = {v: k for k, v in HF_PROBLEM_TYPES.items()}
+                    settings["problem_type"] = ours.get(config["problem_type"], settings.get("problem_type"))
+                return task, SimpleNamespace(**settings), labels
     raise DataError(f"--model: {model_dir} is not a fine-tuned task checkpoint (no {TASK_FILE}, no known architecture)")
 
 

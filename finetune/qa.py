@@ -14,7 +14,8 @@ Data (train_file / validation_file / test_file):
   * SQuAD JSON, v1.1 or v2.0: {"data": [{"title", "paragraphs": [{"context", "qas": [{"id", "question",
     "answers": [{"text", "answer_start"}], "is_impossible"?}]}]}]}; v2's plausible_answers are ignored.
   * JSON lines: {"id", "question", "context", "answers": {"text": [...], "answer_start": [...]}} per line
-    (the Hugging Face layout), or "answers": [{"text", "answer_start"}, ...]; "title" is optional.
+    (the Hugging Face layout), or "answers": [{"text", "answer_start"}, ...]; "title" is optional, and
+    "id" too (default: the line number). [] or empty texts mean "no answer" (v2).
   * a hub dataset (dataset_name, e.g. squad / squad_v2) with the same columns.
 With only the official dev file at hand, split_articles "38:10" trains on its first 38 articles and
 evaluates on the next 10 (whole articles on each side, so no paragraph leaks across the split).
@@ -307,7 +308,7 @@ def align_answers(examples: list[dict], split: str) -> list[dict]:
     Training drops an example none of whose answers can be located (its label would be a guess);
     evaluation keeps it: EM/F1 compare texts, and encode() leaves it out of the loss.
     """
-    fixed, lost, kept = [], [], []
+    fixed, lost, kept, skipped = [], [], [], []
     for ex in examples:
         answers = ex["answers"]
         for i, (text, start) in enumerate(zip(answers["text"], answers["answer_start"])):
@@ -319,16 +320,17 @@ def align_answers(examples: list[dict], split: str) -> list[dict]:
                 fixed.append(ex["id"])
                 answers["answer_start"][i] = found
         unlocatable = answers["text"] and all(s < 0 for s in answers["answer_start"])
-        if not (unlocatable and split == "train"):
-            kept.append(ex)
+        (skipped if unlocatable and split == "train" else kept).append(ex)
     if fixed:
         logger.warning("%s: moved %d answer_start offsets to the nearest occurrence of the answer text (ids: %s)",
                        split, len(fixed), _some(fixed))
     if lost:
-        dropped = len(examples) - len(kept)
-        action = f"skipped {dropped} examples for training" if split == "train" else "kept for EM/F1, out of the loss"
-        logger.warning("%s: %d answers whose text is not in the context; %s (ids: %s)", split, len(lost), action,
+        effect = "left out of the evaluation loss, still scored by EM/F1" if split != "train" else "not used as labels"
+        logger.warning("%s: %d answers whose text is not in the context, %s (ids: %s)", split, len(lost), effect,
                        _some(lost))
+    if skipped:
+        logger.warning("%s: skipped %d examples none of whose answers is in the context (ids: %s)", split,
+                       len(skipped), _some([ex["id"] for ex in skipped]))
     return kept
 
 
@@ -393,8 +395,10 @@ def encode(examples: list[dict], tokenizer, cfg: Config, labels: list[str], with
         feature["example_index"] = example_index
         feature["offset_mapping"] = offsets
         if with_labels:
-            start, end = answer_token_span(examples[example_index]["context"], examples[example_index]["answers"], offsets)
-            feature["start_positions"], feature["end_positions"] = start, end
+            example = examples[example_index]
+            feature["start_positions"], feature["end_positions"] = answer_token_span(
+                example["context"], example["answers"], offsets
+            )
         features.append(feature)
     return features
 
@@ -403,7 +407,9 @@ def _check_tokenizer(tokenizer) -> None:
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError("tokenizer_name: QA needs a fast (Rust `tokenizers`) tokenizer for character offsets")
     if tokenizer.padding_side != "right":
-        raise ConfigError(f"tokenizer_name: QA windows assume right padding, the tokenizer pads {tokenizer.padding_side}")
+        raise ConfigError(
+            f"tokenizer_name: QA windows assume right padding, the tokenizer pads {tokenizer.padding_side}"
+        )
 
 
 def truncate_questions(questions: list[str], tokenizer, max_query_length: int) -> list[str]:
@@ -521,7 +527,9 @@ def best_span(start_logits: np.ndarray, end_logits: np.ndarray, offsets: list, n
     return float(scores[s, e]), int(starts[s]), int(ends[e])
 
 
-def predictions(examples: list[dict], features: list[dict], outputs: list, cfg: Config, labels: list[str]) -> list[dict]:
+def predictions(
+    examples: list[dict], features: list[dict], outputs: list, cfg: Config, labels: list[str]
+) -> list[dict]:
     """One record per example: the best span over all its windows, cut from the original context.
 
     v2: the null score is the lowest [CLS] score (start[0] + end[0]) over the windows; the answer is ""
@@ -548,7 +556,9 @@ def predictions(examples: list[dict], features: list[dict], outputs: list, cfg: 
                 best = (span[0], offsets[span[1]][0], offsets[span[2]][1])
         record = {"id": example["id"], "prediction_text": "", "start": None, "end": None, "score": None}
         if best is not None:
-            record.update(prediction_text=example["context"][best[1]:best[2]], start=best[1], end=best[2], score=best[0])
+            score, char_start, char_end = best
+            record.update(prediction_text=example["context"][char_start:char_end], start=char_start, end=char_end,
+                          score=score)
         if v2:
             record["null_score"] = null_score
             if null_score is not None and (best is None or null_score - best[0] > cfg.null_score_diff_threshold):

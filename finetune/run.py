@@ -90,11 +90,11 @@ def main(cfg) -> dict:
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
     splits = task.load_splits(cfg)
+    labels = task.label_list(splits["train"], cfg)  # from the whole training split, before any sampling
     if cfg.max_train_samples is not None:
         splits["train"] = splits["train"][: cfg.max_train_samples]
     if cfg.max_eval_samples is not None:
         splits.update({s: splits[s][: cfg.max_eval_samples] for s in ("validation", "test") if s in splits})
-    labels = task.label_list(splits["train"], cfg)
     logger.info("%s: %s; labels: %s", cfg.task, ", ".join(f"{len(v)} {k}" for k, v in splits.items()),
                 ", ".join(labels[:20]) + (" ..." if len(labels) > 20 else "") if labels else "-")
 

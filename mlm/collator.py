@@ -78,9 +78,13 @@ def _mix64(z: np.ndarray) -> np.ndarray:
     return z
 
 
-def _row_keys(seed: int, example_ids: np.ndarray) -> np.ndarray:
+def _seed_key(seed: int) -> np.ndarray:
+    """(1,) uint64 hash of the seed."""
+    return _mix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) + _GOLDEN)
+
+
+def _row_keys(seed_key: np.ndarray, example_ids: np.ndarray) -> np.ndarray:
     """(S, B) uint64: a key per stream and row, from (seed, example_id, stream) only."""
-    seed_key = _mix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) + _GOLDEN)  # (1,)
     row = _mix64(seed_key ^ example_ids.astype(np.uint64))  # (B,)
     return _mix64(row[None, :] ^ _STREAM_SALT[:, None])
 
@@ -91,11 +95,6 @@ def _hash_at(keys: np.ndarray, positions: np.ndarray) -> np.ndarray:
     keys (B,); positions (B, N) or (N,) -> (B, N). Unrelated to the padded length or the batch.
     """
     return _mix64(keys[:, None] + (positions.astype(np.uint64) + np.uint64(1)) * _GOLDEN)
-
-
-def _uniform(h: np.ndarray) -> np.ndarray:
-    """Floats in [0, 1) from the top 53 bits of a hash."""
-    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
 def _random_order(h: np.ndarray, candidate: np.ndarray, K: int) -> np.ndarray:
@@ -155,6 +154,11 @@ class MaskingCollator:
         self.random_replace_prob = float(random_replace_prob)
         self.whole_word_masking = bool(whole_word_masking)
         self.seed = int(seed)
+        self._seed_key = _seed_key(self.seed)
+        # The 80/10/10 draw compares the top 53 bits of a hash, a uniform integer in [0, 2^53), with
+        # these thresholds: the same as comparing a uniform float in [0, 1) with the probabilities.
+        self._mask_below = np.uint64(round(self.mask_replace_prob * 2**53))
+        self._random_below = np.uint64(round((self.mask_replace_prob + self.random_replace_prob) * 2**53))
         self.max_predictions = max_predictions
         self.pad_id = int(tokenizer.pad_token_id)
         self.mask_id = int(tokenizer.mask_token_id)
@@ -167,6 +171,7 @@ class MaskingCollator:
                 special.add(getattr(tokenizer, name))
         self.is_special = np.zeros(self.vocab_size, dtype=bool)  # (V,)
         self.is_special[[i for i in special if 0 <= i < self.vocab_size]] = True
+        self.is_maskable = ~self.is_special  # (V,)
         self.nonspecial_ids = np.flatnonzero(~self.is_special).astype(np.int64)  # random replacements
         if len(self.nonspecial_ids) == 0 and self.random_replace_prob > 0:
             raise ConfigError("random_replace_prob: the tokenizer has no non-special token to draw from")
@@ -183,7 +188,7 @@ class MaskingCollator:
         # The epsilon keeps float noise (0.3 * 10 = 3.0000000000000004) from adding a slot.
         k = max(1, math.ceil(self.mlm_probability * seq_len - 1e-9))
         if self.whole_word_masking:
-            k = min(seq_len, k + WWM_EXTRA_SLOTS) if seq_len > 0 else k
+            k = min(max(seq_len, 1), k + WWM_EXTRA_SLOTS)
         return k
 
     # ------------------------------------------------------------------ batching
@@ -196,16 +201,19 @@ class MaskingCollator:
                 raise DataError(f"example {i}: input_ids must be one sequence of ids, got shape {r.shape}")
         lengths = np.array([len(r) for r in rows], dtype=np.int64)
         T = int(lengths.max())
+        if T == 0:
+            raise DataError("every example of the batch has an empty input_ids")
         if T > _MAX_LEN:
             raise DataError(f"rows of {T} tokens are longer than the {_MAX_LEN} the collator supports")
         if (lengths == T).all():
-            ids = np.stack(rows).astype(np.int64, copy=False)  # packed rows: one copy, no padding
+            ids = np.stack(rows, dtype=np.int64)  # packed rows: one copy, no padding
         else:
             ids = np.full((len(rows), T), self.pad_id, dtype=np.int64)
             for i, r in enumerate(rows):
                 ids[i, : len(r)] = r
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            bad = int(ids.max()) if ids.max() >= self.vocab_size else int(ids.min())
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= self.vocab_size:
+            bad = high if high >= self.vocab_size else low
             raise DataError(
                 f"token id {bad} is outside the tokenizer's vocabulary of {self.vocab_size}: "
                 "were the blocks built with another tokenizer?"
@@ -220,15 +228,15 @@ class MaskingCollator:
         B, T = ids.shape
         K = self.num_predictions(T)
         pos = np.arange(T, dtype=np.int64)
-        attention_mask = (pos[None, :] < lengths[:, None]).astype(np.int64)  # (B, T)
-        maskable = ~self.is_special[ids]  # (B, T); padding is [PAD], so never maskable
+        attention_mask = (pos[None, :] < lengths[:, None]).astype(np.int64)  # (B, T), 0 on padding
+        maskable = self.is_maskable[ids]  # (B, T); padding is [PAD], so never maskable
 
         n_maskable = maskable.sum(axis=1)  # (B,)
         # np.rint rounds half to even, like Python's round in BERT's script.
         num_to_mask = np.where(n_maskable > 0, np.maximum(1, np.rint(self.mlm_probability * n_maskable)), 0)
         num_to_mask = np.minimum(num_to_mask, K).astype(np.int64)  # (B,)
 
-        keys = _row_keys(self.seed, example_ids)  # (S, B)
+        keys = _row_keys(self._seed_key, example_ids)  # (S, B)
         h = _hash_at(keys[_SELECT], pos)  # (B, T)
         if self.whole_word_masking:
             positions, used, decide_at = self._choose_words(ids, maskable, h, num_to_mask, K)
@@ -240,22 +248,21 @@ class MaskingCollator:
             positions[~used] = 0
             decide_at = positions
 
-        originals = np.take_along_axis(ids, positions, axis=1)  # (B, K)
+        rows = np.arange(B)[:, None]  # (B, 1)
+        originals = ids[rows, positions]  # (B, K)
         masked_labels = np.where(used, originals, -100)  # (B, K)
 
         # 80/10/10, one draw per unit: per token, or per word when decide_at is the word's start.
-        u = _uniform(_hash_at(keys[_ACTION], decide_at))  # (B, K)
-        new = originals.copy()
-        new[u < self.mask_replace_prob] = self.mask_id
-        randomise = (u >= self.mask_replace_prob) & (u < self.mask_replace_prob + self.random_replace_prob)
+        u = _hash_at(keys[_ACTION], decide_at) >> np.uint64(11)  # (B, K) uniform in [0, 2^53)
+        new = np.where(u < self._mask_below, self.mask_id, originals)  # (B, K)
+        randomise = (u >= self._mask_below) & (u < self._random_below)
         if randomise.any():  # each token its own random id, uniform over the non-special ids
             hr = _hash_at(keys[_TOKEN], positions)  # (B, K)
             random_ids = self.nonspecial_ids[(hr % np.uint64(len(self.nonspecial_ids))).astype(np.int64)]
             new[randomise] = random_ids[randomise]
         # Write the used slots only: unused slots also point at position 0, which may hold a real mask.
-        rows = np.broadcast_to(np.arange(B)[:, None], (B, K))
         masked_ids = ids.copy()
-        masked_ids[rows[used], positions[used]] = new[used]
+        np.put(masked_ids, (rows * T + positions)[used], new[used])
 
         return {
             "input_ids": torch.from_numpy(masked_ids),
@@ -293,29 +300,31 @@ class MaskingCollator:
         start of each chosen token's word, where its 80/10/10 draw is read.
         """
         B, T = ids.shape
+        rows = np.arange(B)[:, None]  # (B, 1)
         word_start, word_len, start_of = self._words(ids, maskable)
         # A word longer than K can never fit: leaving it out keeps it from ending the selection early.
         order = _random_order(h, word_start & (word_len <= K), K)  # (B, K) word starts, T = none
         # Every word has >= 1 token and num_to_mask <= K, so K words are always enough.
-        lens = np.take_along_axis(np.concatenate([word_len, np.zeros((B, 1), np.int64)], axis=1), order, axis=1)
+        lens = np.where(order < T, word_len[rows, np.minimum(order, T - 1)], 0)  # (B, K)
         after = np.cumsum(lens, axis=1)  # tokens taken up to and including this word
         take = (lens > 0) & (after - lens < num_to_mask[:, None]) & (after <= K)  # a prefix of the order
 
+        # A token is chosen when the start of its word is. (np.put on the taken slots only: a plain
+        # scatter with the untaken slots pointing anywhere could overwrite a taken start.)
+        chosen_start = np.zeros((B, T), dtype=bool)
+        np.put(chosen_start, (rows * T + order)[take], True)
+        chosen = maskable & chosen_start[rows, start_of]  # (B, T)
+
         starved = ~take[:, 0] & (num_to_mask > 0)
         if starved.any():  # every word of the row is longer than K: single tokens, for >= 1 mask
-            order[starved] = _random_order(h[starved], maskable[starved], K)
-            lens[starved] = 1
-            take[starved] = np.arange(K)[None, :] < num_to_mask[starved][:, None]
-
-        # Mark the chosen spans [start, start + len) with +1/-1 and a running sum; column T is scratch.
-        begin = np.zeros((B, T + 1), dtype=np.int8)
-        end = np.zeros((B, T + 1), dtype=np.int8)
-        np.put_along_axis(begin, np.where(take, order, T), 1, axis=1)
-        np.put_along_axis(end, np.where(take, order + lens, T), 1, axis=1)
-        chosen = np.cumsum(begin - end, axis=1, dtype=np.int8)[:, :T] > 0  # (B, T)
+            single = _random_order(h[starved], maskable[starved], K)  # (S, K)
+            pick = np.arange(K)[None, :] < num_to_mask[starved][:, None]
+            fallback = np.zeros((len(single), T), dtype=bool)
+            np.put(fallback, (np.arange(len(single))[:, None] * T + single)[pick], True)
+            chosen[starved] = fallback
 
         positions = np.sort(np.where(chosen, np.arange(T), T), axis=1)[:, :K]  # at most K per row
         used = positions < T
         positions[~used] = 0
-        decide_at = np.take_along_axis(start_of, positions, axis=1)
+        decide_at = start_of[rows, positions]  # (B, K)
         return positions, used, decide_at

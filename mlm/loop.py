@@ -26,6 +26,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from accelerate.utils import DistributedType
 
 from mlm.checkpoint import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from mlm.config import TrainingConfig
@@ -284,6 +285,7 @@ def train(
 
     stream = micro_batches(sampler, train_data, collate_fn, state.epoch, state.position)
     params = [p for p in model.parameters() if p.requires_grad]
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
     progress = _progress_bar(cfg, accelerator, total_steps, state.step)
     interval = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # loss sum, count, tokens, examples
     interval_start, last_eval_step, last_metrics = time.perf_counter(), None, None
@@ -299,13 +301,16 @@ def train(
             sync = micro == accumulation - 1
             with nullcontext() if sync else accelerator.no_sync(model):
                 loss_sum, count = loss_fn(model, batch)
-                # A constant divisor keeps the backward pass in a sane range; the exact global
-                # normalisation is applied to the gradients below, once the step's count is known.
-                accelerator.backward(loss_sum / cfg.per_device_train_batch_size)
+                if deepspeed:  # DeepSpeed owns the gradients: fall back to the per-micro-batch mean
+                    accelerator.backward(loss_sum / count.clamp(min=1))
+                else:
+                    # A constant divisor keeps the backward pass in a sane range; the exact global
+                    # normalisation is applied to the gradients below, once the step's count is known.
+                    accelerator.backward(loss_sum / cfg.per_device_train_batch_size)
             local += torch.stack([loss_sum.detach().double(), count.double(), *_batch_size(batch)])
         totals = accelerator.reduce(local, reduction="sum")
         scale = cfg.per_device_train_batch_size * world / totals[1].item() if totals[1] > 0 else 0.0
-        for p in params:
+        for p in params if not deepspeed else ():
             if p.grad is not None:
                 p.grad.mul_(scale)
         grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None

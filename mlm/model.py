@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from mlm.collator import gather_masked
 from mlm.errors import ConfigError, DataError
 
 # (layers, hidden, heads): BERT-base/large (Devlin et al. 2018) and the compact models of
@@ -120,8 +121,7 @@ class SparseMaskedLM(nn.Module):
         hidden = self.model.base_model(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
         ).last_hidden_state  # (B, T, H)
-        index = masked_positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))  # (B, K, H)
-        logits = mlm_head(self.model)(torch.gather(hidden, 1, index)).float()  # (B, K, V)
+        logits = mlm_head(self.model)(gather_masked(hidden, masked_positions)).float()  # (B, K, V)
         labels = masked_labels.reshape(-1)  # (B*K,)
         logits = logits.reshape(-1, logits.size(-1))
         loss_sum = nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")

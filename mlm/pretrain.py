@@ -140,8 +140,15 @@ def main(cfg: PretrainConfig) -> dict:
         document_separator=cfg.document_separator,
     )
     logger.info("corpus: %s", train_corpus.description)
-    with accelerator.main_process_first():  # rank 0 tokenises and packs; the others then hit the cache
+    with accelerator.main_process_first():  # rank 0 trains the tokenizer; the others then hit the cache
         tokenizer = prepare_tokenizer(cfg, train_corpus)
+    hf_model = build_masked_lm(
+        cfg.model_name_or_path, cfg.model_preset, len(tokenizer), cfg.max_seq_length,
+        hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
+        hidden_dropout_prob=cfg.hidden_dropout_prob, attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
+    )
+    with accelerator.main_process_first():  # rank 0 tokenises and packs; the others then hit the cache
         train_blocks, valid_blocks = build_packed_dataset(
             train_corpus, valid_corpus, tokenizer, cfg.max_seq_length, cfg.cache_dir or default_cache_dir(),
             validation_split_percentage=cfg.validation_split_percentage,
@@ -151,12 +158,6 @@ def main(cfg: PretrainConfig) -> dict:
     if cfg.max_eval_samples is not None and len(valid_blocks) > cfg.max_eval_samples:
         valid_blocks = torch.utils.data.Subset(valid_blocks, range(cfg.max_eval_samples))
 
-    hf_model = build_masked_lm(
-        cfg.model_name_or_path, cfg.model_preset, len(tokenizer), cfg.max_seq_length,
-        hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
-        hidden_dropout_prob=cfg.hidden_dropout_prob, attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
-    )
     n_params = sum(p.numel() for p in hf_model.parameters())
     logger.info("model: %s, %.1fM parameters", _shape(hf_model.config), n_params / 1e6)
     collate = MaskingCollator(

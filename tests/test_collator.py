@@ -156,15 +156,18 @@ def test_random_replacements_never_produce_special_ids_with_a_real_tokenizer(tin
     assert (batch["input_ids"][:, -1] == tiny_tokenizer.sep_token_id).all()
 
 
-def test_a_mask_at_position_zero_is_written():
+@pytest.mark.parametrize("wwm", [False, True])
+def test_a_mask_at_position_zero_is_written(wwm):
     # No [CLS]: position 0 is maskable, and unused slots also point at 0; they must not undo the mask.
-    rows = [np.array([31, 32]), np.array([33])] * 50
-    collate = MaskingCollator(ODD, mask_replace_prob=1.0, random_replace_prob=0.0, max_predictions=4)
+    rows = [np.array([31, 32]), np.array([33]), np.array([34, 20, 35])] * 50
+    collate = MaskingCollator(ODD, mask_replace_prob=1.0, random_replace_prob=0.0, max_predictions=4,
+                              whole_word_masking=wwm)
     batch = collate_rows(collate, rows)
     used = used_slots(batch)
     new = torch.gather(batch["input_ids"], 1, batch["masked_positions"])
     assert (new[used] == ODD.mask_token_id).all()
-    assert (batch["masked_positions"][used] == 0).any()
+    assert ((batch["masked_positions"] == 0) & used).sum() > 50
+    assert (batch["input_ids"][:, 0] == ODD.mask_token_id).sum() == ((batch["masked_positions"] == 0) & used).sum()
 
 
 def test_at_least_one_mask_in_a_row_with_one_maskable_token():
@@ -357,6 +360,15 @@ def test_whole_word_masking_respects_k_and_never_splits_a_word():
         assert 1 <= len(chosen) <= 4
 
 
+def test_a_word_longer_than_k_does_not_block_the_others():
+    row = np.array([11, 31, 20, 21, 22, 23, 32, 13])  # a 5-token word and a 1-token word, K = 2
+    collate = MaskingCollator(ODD, whole_word_masking=True, max_predictions=2)
+    batch = collate_rows(collate, [row] * 50)
+    used = used_slots(batch)
+    assert (used.sum(1) == 1).all()
+    assert (batch["masked_positions"][:, 0] == 6).all()
+
+
 def test_whole_word_masking_still_masks_a_row_whose_only_word_is_longer_than_k():
     # One word of 5 tokens, K = 2: the >= 1 mask guarantee wins over never splitting a word.
     row = np.array([11, 31, 20, 21, 22, 23, 13])
@@ -387,6 +399,15 @@ def test_bad_settings_raise_config_error(kwargs):
         MaskingCollator(ODD, **kwargs)
 
 
-def test_ids_outside_the_vocabulary_raise_data_error():
+def test_bad_rows_raise_data_error():
+    collate = MaskingCollator(ODD)
     with pytest.raises(DataError, match="outside the tokenizer's vocabulary"):
-        MaskingCollator(ODD)([{"input_ids": np.array([11, 40, 13]), "example_id": 0}])
+        collate([{"input_ids": np.array([11, 40, 13]), "example_id": 0}])
+    with pytest.raises(DataError, match="outside the tokenizer's vocabulary"):
+        collate([{"input_ids": [11, -1, 13]}, {"input_ids": [11, 13]}])
+    with pytest.raises(DataError, match="one sequence of ids"):
+        collate([{"input_ids": np.zeros((2, 3), dtype=np.int64)}])
+    with pytest.raises(DataError, match="one sequence of ids"):
+        collate([{"input_ids": np.zeros((2, 3), dtype=np.int64)}, {"input_ids": [11, 13]}])
+    with pytest.raises(DataError, match="empty"):
+        collate([{"input_ids": []}])

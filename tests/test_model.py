@@ -72,3 +72,21 @@ def test_flops_per_token_formula():
     h, L, V = 256, 4, 16000
     n = L * (4 * h * h + 2 * h * 4 * h)
     assert train_flops_per_token(config, 128, 0.15) == 6 * n + 12 * L * 128 * h + 0.15 * 6 * h * (h + V)
+
+
+def test_tiny_model_overfits_a_repeated_batch(tiny_tokenizer):
+    from mlm.collator import MaskingCollator
+
+    model = SparseMaskedLM(_tiny_model(vocab=len(tiny_tokenizer)).train())
+    ids = tiny_tokenizer(["the movie was great and the plot was fun", "john visited paris and london"],
+                         padding="max_length", max_length=16)["input_ids"]
+    batch = MaskingCollator(tiny_tokenizer, mlm_probability=0.3, seed=0)([{"input_ids": r, "example_id": 0} for r in ids])
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "masked_positions", "masked_labels")}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        out = model(**inputs)
+        loss = out["loss_sum"] / out["count"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05 and out["correct"].item() == out["count"].item()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from finetune import qa
-from mlm.config import parse_config
+from mlm.config import load_recipe, parse_config
 from mlm.errors import ConfigError, DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,7 +136,8 @@ def test_hub_dataset_goes_through_the_same_checks(monkeypatch):
     ({"id": "q7", "question": "  ", "context": "john .", "answers": []}, r"id q7: empty question"),
     ({"id": "q7", "question": "who ?", "context": "", "answers": []}, r"id q7: empty context"),
     ({"id": "q7", "question": "who ?", "context": "john ."}, r'id q7: missing field "answers"'),
-    ({"id": "q7", "question": "who ?", "context": "john .", "answers": [{"text": "john"}]}, r'id q7: every answer needs "text" and "answer_start"'),
+    ({"id": "q7", "question": "who ?", "context": "john .", "answers": [{"text": "john"}]},
+     r'id q7: every answer needs "text" and "answer_start"'),
     ({"id": "q7", "question": "who ?", "context": "john .", "answers": {"text": ["a"], "answer_start": []}},
      r"id q7: .*equal length"),
     ({"id": "q7", "question": "who ?", "context": "john .", "answers": [{"text": "john", "answer_start": "0"}]},
@@ -221,8 +222,10 @@ def test_answer_start_mismatch_is_fixed_or_skipped_and_logged(tmp_path, caplog):
     assert [ex["id"] for ex in splits["validation"]] == ["ok", "off", "lost", "half"]  # kept for EM/F1
     text = caplog.text
     assert "train: moved 1 answer_start offsets" in text and "(ids: off)" in text
-    assert "train: 2 answers whose text is not in the context; skipped 1 examples for training (ids: lost, half)" in text
-    assert "validation: 2 answers whose text is not in the context; kept for EM/F1" in text
+    assert "train: 2 answers whose text is not in the context, not used as labels (ids: lost, half)" in text
+    assert "train: skipped 1 examples none of whose answers is in the context (ids: lost)" in text
+    assert "validation: 2 answers whose text is not in the context, left out of the evaluation loss" in text
+    assert "validation: skipped" not in text
 
 
 # ------------------------------------------------------------------------------------------ windows
@@ -489,6 +492,10 @@ def test_loss_and_outputs_with_a_tiny_model(tiny_qa_model, tiny_tokenizer):
     features = qa.encode(examples, tiny_tokenizer, windows_cfg(), [], with_labels=True)
     batch = qa.collate(features, tiny_tokenizer)
     loss_sum, count = qa.loss(tiny_qa_model, batch)
+    loss_sum.backward()  # trainable: the QA head gets a gradient
+    assert tiny_qa_model.qa_outputs.weight.grad.abs().sum() > 0
+    tiny_qa_model.zero_grad()
+    loss_sum = loss_sum.detach()
     assert loss_sum.dim() == 0 and torch.isfinite(loss_sum) and loss_sum > 0
     assert int(count) == len(features) - 1  # the unlocatable answer is left out
     # padding is masked, so the batch loss is the sum of the features' own losses
@@ -545,11 +552,16 @@ def test_examples_from_file_jsonl_and_squad(tmp_path, tiny_tokenizer):
 
 
 @pytest.mark.parametrize("name", ["qa.yaml", "qa-tiny.yaml"])
-def test_recipes_load(name):
-    cfg = parse_config(qa.Config, ["--recipe", os.path.join(ROOT, "recipes", "finetune", name)])
+def test_recipes_load(name, tmp_path):
+    path = os.path.join(ROOT, "recipes", "finetune", name)
+    assert load_recipe(path, qa.Config)["task"] == "qa"  # unknown keys raise
+    # qa.yaml reads its file from data_dir (the shared data folder, or DATA= with make): any folder parses
+    extra = ["--data_dir", str(tmp_path)] if "data_dir" in load_recipe(path, qa.Config) else []
+    cfg = parse_config(qa.Config, ["--recipe", path, *extra])
     assert cfg.task == "qa" and cfg.split_articles is not None
-    assert cfg.train_file.endswith("squad/dev-v1.1.json")
+    assert cfg.train_file.endswith("dev-v1.1.json") and cfg.validation_file is None
     if name == "qa.yaml":
+        assert cfg.train_file == os.path.join(str(tmp_path), "dev-v1.1.json")
         assert (cfg.max_seq_length, cfg.doc_stride, cfg.metric_for_best_model) == (384, 128, "f1")
         assert cfg.split_articles == "38:10" and cfg.accumulation_steps(1) == 2
     else:

@@ -1,0 +1,373 @@
+"""Tokenise a corpus once and pack it into fixed-length blocks on disk, behind a fingerprinted cache.
+
+    train_blocks, valid_blocks = build_packed_dataset(train, validation, tokenizer, max_seq_length=128,
+                                                      cache_dir="cache/packed")
+    len(train_blocks)                      # number of blocks
+    train_blocks[0]["input_ids"]           # (T,) int64 copy: [CLS] t_1 ... t_{T-2} [SEP]
+    train_blocks.num_tokens                # non-[PAD] tokens over all blocks
+
+How blocks are made
+-------------------
+* Documents are tokenised in batches by the Rust backend (no special tokens added), joined into one stream
+  with one [SEP] between consecutive documents, and the stream is cut every T-2 tokens (T = max_seq_length);
+  each block is [CLS] chunk [SEP]. A block may hold the end of one document and the start of the next, as in
+  RoBERTa's FULL-SENTENCES packing and HF run_mlm's group_texts.
+* The final partial chunk of each split is KEPT, padded: [CLS] tail [SEP] [PAD] ... [PAD]. No token is dropped
+  (a tiny validation set still yields one block); at most one block per split holds [PAD], so consumers must
+  build the attention mask as input_ids != pad_token_id. `num_tokens` counts the non-[PAD] positions.
+* Text that spells a special token ("[MASK]" inside a docstring) is tokenised as ordinary text, so the only
+  special tokens in a block are the [CLS], [SEP] and [PAD] placed here.
+* Without a validation corpus, a document is held out when a hash of its text falls in the first
+  `validation_split_percentage` % of the hash range: deterministic, independent of document order, and
+  duplicates of a text always land on the same side. If that leaves validation empty (a tiny corpus), the last
+  training document is moved there instead.
+
+Storage
+-------
+cache_dir/<fingerprint>/ holds train.bin and validation.bin (rows of T token ids, uint16 when the vocabulary
+fits, else uint32, read back with np.memmap) and meta.json (counts, timings). Blocks are appended to the files
+as batches are tokenised, so memory stays flat whatever the corpus size. The fingerprint covers the corpus
+fingerprints, the tokenizer (its full tokenizer.json and special ids), T, the split settings and a format
+version. The cache is built in a temporary folder and renamed into place: an interrupted run never leaves a
+half-written cache, and a later run with the same inputs reuses it.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import operator
+import os
+import shutil
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from mlm.errors import ConfigError, DataError
+
+logger = logging.getLogger("mlm")
+
+FORMAT_VERSION = 1
+BATCH_DOCUMENTS = 1000        # documents handed to the Rust tokenizer at a time
+BATCH_CHARS = 4_000_000       # ... or fewer when they are long, so a batch stays a few MB
+SPLITS = ("train", "validation")
+
+
+class PackedBlocks:
+    """Fixed-length token blocks in a binary file, read through np.memmap (nothing loaded up front)."""
+
+    def __init__(self, path: str, seq_length: int, dtype, num_tokens: int):
+        self.path = path
+        self.seq_length = seq_length
+        self.dtype = np.dtype(dtype)
+        self.num_tokens = num_tokens
+        row_bytes = seq_length * self.dtype.itemsize
+        size = os.path.getsize(path)
+        if size % row_bytes:
+            raise DataError(f"{path}: {size} bytes is not a whole number of blocks: corrupt cache, delete its folder")
+        self._len = size // row_bytes
+        self._rows = None  # opened on first access, and again in each DataLoader worker
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index) -> dict:
+        i = operator.index(index)
+        if i < 0:
+            i += self._len
+        if not 0 <= i < self._len:
+            raise IndexError(f"block {index} out of range ({self._len} blocks)")
+        return {"input_ids": np.array(self._data()[i], dtype=np.int64)}  # (T,) a copy, not a view of the file
+
+    def _data(self) -> np.ndarray:
+        if self._rows is None:
+            shape = (self._len, self.seq_length)
+            # np.memmap refuses an empty file; an empty split is a valid (if useless) dataset.
+            self._rows = np.memmap(self.path, self.dtype, mode="r", shape=shape) if self._len else np.empty(shape, self.dtype)
+        return self._rows
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_rows"] = None  # pickling a memmap would copy the whole file into the pickle
+        return state
+
+    def __repr__(self) -> str:
+        return f"PackedBlocks({self._len} x {self.seq_length} {self.dtype.name}, {self.num_tokens} tokens, {self.path})"
+
+
+# ------------------------------------------------------------------------------------------------ entry
+
+
+def build_packed_dataset(train, validation, tokenizer, max_seq_length: int, cache_dir: str,
+                         validation_split_percentage: float = 5) -> tuple[PackedBlocks, PackedBlocks]:
+    """Tokenise and pack `train` (and `validation`, or a held-out part of train) into cache_dir, or reuse it."""
+    if max_seq_length < 3:
+        raise ConfigError(f"max_seq_length: must be >= 3 ([CLS] + a token + [SEP]), got {max_seq_length}")
+    if not 0 <= validation_split_percentage < 100:
+        raise ConfigError(f"validation_split_percentage: must be in [0, 100), got {validation_split_percentage}")
+    backend = _plain_backend(tokenizer)
+    specials = _special_ids(tokenizer)
+    dtype = np.uint16 if len(tokenizer) <= 1 << 16 else np.uint32
+    holdout = float(validation_split_percentage) if validation is None else None
+    fingerprint = _fingerprint(train, validation, backend, specials, dtype, max_seq_length, holdout)
+    final_dir = os.path.join(cache_dir, fingerprint)
+
+    if not os.path.isfile(os.path.join(final_dir, "meta.json")):
+        _build(train, validation, backend, specials, dtype, max_seq_length, holdout, cache_dir, final_dir, fingerprint)
+    else:
+        logger.info("packing: reusing the cached blocks in %s", final_dir)
+    return _open(final_dir)
+
+
+def _open(folder: str) -> tuple[PackedBlocks, PackedBlocks]:
+    with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    blocks = []
+    for split in SPLITS:
+        info = meta["splits"][split]
+        path = os.path.join(folder, f"{split}.bin")
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: missing from the packing cache: delete {folder} and run again")
+        packed = PackedBlocks(path, meta["max_seq_length"], meta["dtype"], info["num_tokens"])
+        if len(packed) != info["blocks"]:
+            raise DataError(f"{path}: {len(packed)} blocks but meta.json says {info['blocks']}: delete {folder}")
+        blocks.append(packed)
+    return blocks[0], blocks[1]
+
+
+# --------------------------------------------------------------------------------------------- tokenizer
+
+
+def _plain_backend(tokenizer):
+    """A private copy of the Rust tokenizer: no truncation or padding, special-token text read as plain text."""
+    from tokenizers import Tokenizer
+
+    source = getattr(tokenizer, "backend_tokenizer", None)
+    if source is None:
+        raise ConfigError("tokenizer: packing needs a fast tokenizer (one with a backend_tokenizer)")
+    backend = Tokenizer.from_str(source.to_str())  # a copy: the caller's tokenizer is left untouched
+    backend.no_truncation()  # transformers leaves truncation settings on the backend after a call
+    backend.no_padding()
+    backend.encode_special_tokens = True
+    return backend
+
+
+def _special_ids(tokenizer) -> dict:
+    ids = {name: getattr(tokenizer, f"{name}_token_id", None) for name in ("cls", "sep", "pad")}
+    for name, value in ids.items():
+        if value is None:
+            raise ConfigError(f"tokenizer: has no {name}_token; packing writes [CLS] chunk [SEP] (+ [PAD]) blocks")
+    return ids
+
+
+def _fingerprint(train, validation, backend, specials, dtype, max_seq_length, holdout) -> str:
+    parts = {
+        "format": FORMAT_VERSION,
+        "train": train.fingerprint(),
+        "validation": validation.fingerprint() if validation is not None else None,
+        "holdout_percentage": holdout,
+        "tokenizer": hashlib.blake2b(backend.to_str().encode(), digest_size=16).hexdigest(),
+        "specials": specials,
+        "dtype": np.dtype(dtype).name,
+        "max_seq_length": max_seq_length,
+    }
+    return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=10).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ build
+
+
+def _build(train, validation, backend, specials, dtype, max_seq_length, holdout, cache_dir, final_dir, fingerprint):
+    from tqdm.auto import tqdm
+
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp_dir = os.path.join(cache_dir, f".tmp-{fingerprint}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.makedirs(tmp_dir)
+    start = time.perf_counter()
+    held = f", holding out {holdout:g}% of its documents for validation" if holdout else ""
+    logger.info("packing: tokenising %s%s into blocks of %d -> %s", train.description, held, max_seq_length, final_dir)
+    # One worker thread runs the Rust tokenizer (which releases the GIL and fans out over all cores) while
+    # this thread reads documents and writes blocks, so the Python side hides behind the tokenizer.
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlm-tokenize")
+    bar = tqdm(desc="packing", unit="doc", disable=None, dynamic_ncols=True)
+    splits = {
+        split: _Split(os.path.join(tmp_dir, f"{split}.bin"), backend, specials, dtype, max_seq_length, worker, bar)
+        for split in SPLITS
+    }
+    try:
+        _route(train, validation, holdout, splits)
+        for split in splits.values():
+            split.close()
+        bar.close()
+        if splits["train"].documents == 0:
+            raise DataError(f"{train.description}: the training split is empty after holding out validation documents")
+        meta = {
+            "format": FORMAT_VERSION,
+            "fingerprint": fingerprint,
+            "max_seq_length": max_seq_length,
+            "dtype": np.dtype(dtype).name,
+            "train_corpus": train.description,
+            "validation_corpus": validation.description if validation is not None else None,
+            "validation_split_percentage": holdout,
+            "seconds": round(time.perf_counter() - start, 2),
+            "splits": {name: split.counts() for name, split in splits.items()},
+        }
+        with open(os.path.join(tmp_dir, "meta.json"), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2)
+        _publish(tmp_dir, final_dir)
+    finally:
+        worker.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+        for split in splits.values():
+            split.file.close()
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # a no-op once renamed
+    _log_built(meta, final_dir)
+
+
+def _route(train, validation, holdout, splits) -> None:
+    """Send every document to its split; hold out validation documents from train when asked."""
+    if validation is not None:
+        for doc in validation.documents():
+            splits["validation"].add(doc)
+    threshold = round(holdout * 100) if holdout else 0  # in units of 1/10,000 of the hash range
+    pending = None  # the latest training document, kept back in case validation ends up empty
+    for doc in train.documents():
+        if threshold and _hash_bucket(doc) < threshold:
+            splits["validation"].add(doc)
+            continue
+        if pending is not None:
+            splits["train"].add(pending)
+        pending = doc
+    if pending is not None:
+        empty_holdout = threshold and splits["validation"].added == 0
+        splits["validation" if empty_holdout else "train"].add(pending)
+
+
+def _hash_bucket(text: str) -> int:
+    """0..9999 from the text itself, so the split does not depend on document order."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % 10_000
+
+
+def _publish(tmp_dir: str, final_dir: str) -> None:
+    """Rename the finished folder into place; if another process got there first, keep theirs."""
+    try:
+        os.rename(tmp_dir, final_dir)
+    except OSError:
+        if not os.path.isfile(os.path.join(final_dir, "meta.json")):
+            raise
+
+
+def _log_built(meta: dict, folder: str) -> None:
+    seconds = meta["seconds"]
+    for name, counts in meta["splits"].items():
+        logger.info(
+            "packing: %s: %d documents -> %d tokens -> %d blocks of %d (%d pad)",
+            name, counts["documents"], counts["text_tokens"], counts["blocks"], meta["max_seq_length"],
+            counts["pad_tokens"],
+        )
+    total = sum(c["text_tokens"] for c in meta["splits"].values())
+    logger.info("packing: done in %.1fs (%.0f tokens/s), cached in %s", seconds, total / max(seconds, 1e-9), folder)
+
+
+class _Split:
+    """Queues one split's documents, tokenises them a batch at a time and appends finished blocks to its file."""
+
+    def __init__(self, path: str, backend, specials: dict, dtype, seq_length: int, worker, progress):
+        self.backend = backend
+        self.worker = worker
+        self.progress = progress
+        self.cls, self.sep, self.pad = specials["cls"], specials["sep"], specials["pad"]
+        self.dtype = np.dtype(dtype)
+        self.seq_length = seq_length
+        self.file = open(path, "wb")
+        self.queue: list[str] = []
+        self.queued_chars = 0
+        self.carry = np.empty(0, self.dtype)  # the stream's tail (< T-2 tokens) waiting for the next batch
+        self.pending = None  # (future of the batch being tokenised, its size)
+        self.added = 0  # documents received (some may still be queued or being tokenised)
+        self.documents = self.text_tokens = self.blocks = self.pad_tokens = 0
+
+    def add(self, text: str) -> None:
+        self.added += 1
+        self.queue.append(text)
+        self.queued_chars += len(text)
+        if len(self.queue) >= BATCH_DOCUMENTS or self.queued_chars >= BATCH_CHARS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the queued batch to the worker, then pack the previous batch while the worker tokenises."""
+        if not self.queue:
+            return
+        batch, self.queue, self.queued_chars = self.queue, [], 0
+        # encode_batch_fast skips the character offsets we do not need (measured ~10% faster than encode_batch).
+        future = self.worker.submit(self.backend.encode_batch_fast, batch, add_special_tokens=False)
+        self._pack_pending()
+        self.pending = (future, len(batch))
+
+    def _pack_pending(self) -> None:
+        if self.pending is None:
+            return
+        future, size = self.pending
+        self.pending = None
+        encodings = future.result()  # re-raises a tokenizer error here
+        self.progress.update(size)
+        ids = [x for x in (e.ids for e in encodings) if x]  # a document with no token (only control chars) is skipped
+        if ids:
+            self._append(self._join(ids))
+
+    def _join(self, ids: list[list[int]]) -> np.ndarray:
+        """One flat array: [SEP] before every document except the split's first one."""
+        lengths = np.fromiter(map(len, ids), np.int64, count=len(ids))
+        tokens = np.fromiter(itertools.chain.from_iterable(ids), self.dtype, count=int(lengths.sum()))
+        stream = np.empty(len(tokens) + len(ids), self.dtype)
+        sep_at = np.cumsum(lengths + 1) - (lengths + 1)  # each document is preceded by its separator
+        is_sep = np.zeros(len(stream), bool)
+        is_sep[sep_at] = True
+        stream[sep_at] = self.sep
+        stream[~is_sep] = tokens
+        if self.documents == 0:
+            stream = stream[1:]
+        self.documents += len(ids)
+        self.text_tokens += len(tokens)
+        return stream
+
+    def _append(self, stream: np.ndarray) -> None:
+        """Write every full block the carried tail + stream makes; keep the rest for the next batch."""
+        body = self.seq_length - 2
+        buffer = np.concatenate([self.carry, stream])
+        full = len(buffer) // body
+        if full:
+            rows = np.empty((full, self.seq_length), self.dtype)  # (N, T)
+            rows[:, 0] = self.cls
+            rows[:, 1:-1] = buffer[: full * body].reshape(full, body)
+            rows[:, -1] = self.sep
+            self.file.write(rows.tobytes())
+            self.blocks += full
+        self.carry = buffer[full * body:].copy()
+
+    def close(self) -> None:
+        self.flush()
+        self._pack_pending()
+        if len(self.carry):  # the last, partial block: padded rather than dropped
+            row = np.full(self.seq_length, self.pad, self.dtype)
+            row[0] = self.cls
+            row[1: 1 + len(self.carry)] = self.carry
+            row[1 + len(self.carry)] = self.sep
+            self.file.write(row.tobytes())
+            self.blocks += 1
+            self.pad_tokens = self.seq_length - 2 - len(self.carry)
+            self.carry = self.carry[:0]
+        self.file.close()
+
+    def counts(self) -> dict:
+        return {
+            "documents": self.documents,
+            "text_tokens": self.text_tokens,
+            "blocks": self.blocks,
+            "pad_tokens": self.pad_tokens,
+            "num_tokens": self.blocks * self.seq_length - self.pad_tokens,
+        }

@@ -1,0 +1,174 @@
+"""Pretraining end to end on a tiny config: outputs, loss falls, exact resume, CLI errors."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mlm.cli import main as cli_main
+from mlm.config import parse_config
+from mlm.pretrain import PretrainConfig, main
+
+SENTENCES = [
+    "the cat sat on the mat and looked at the dog",
+    "a dog ran in the park with a red ball",
+    "birds sing in the morning when the sun rises",
+    "the river flows to the sea past the old mill",
+    "children read books in the quiet library",
+    "the baker makes fresh bread every morning",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    docs = [" ".join(SENTENCES[(i + j) % len(SENTENCES)] for j in range(3)) for i in range(60)]
+    path.write_text("\n\n".join(docs) + "\n")
+    return str(path)
+
+
+def tiny_args(corpus, output_dir, cache, **extra):
+    args = dict(train_file=corpus, output_dir=str(output_dir), cache_dir=str(cache), vocab_size=200,
+                max_seq_length=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                per_device_train_batch_size=8, per_device_eval_batch_size=16, max_steps=20, logging_steps=5,
+                eval_steps=10, save_steps=10, learning_rate=3e-3, warmup_steps=2, disable_tqdm=True,
+                validation_split_percentage=10)
+    args.update(extra)
+    argv = []
+    for key, value in args.items():
+        argv += [f"--{key}", str(value)]
+    return parse_config(PretrainConfig, argv)
+
+
+def losses(output_dir):
+    with open(os.path.join(output_dir, "log.jsonl")) as f:
+        return [r["loss"] for r in map(json.loads, f) if "loss" in r]
+
+
+def test_pretrain_writes_a_standard_checkpoint_and_learns(corpus, tmp_path):
+    metrics = main(tiny_args(corpus, tmp_path / "run", tmp_path / "cache", max_steps=60, logging_steps=10, eval_steps=30, save_steps=30))
+    out = tmp_path / "run"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "metrics.json", "log.jsonl", "loss.png"):
+        assert (out / name).exists(), name
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-30", "step-60"]
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("eval_loss", "perplexity", "masked_accuracy", "train_tokens_per_second", "global_step"):
+        assert key in saved
+    assert saved["global_step"] == 60 and metrics["global_step"] == 60
+    records = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [10, 20, 30, 40, 50, 60]
+    assert all({"step", "loss", "learning_rate"} <= set(r) for r in records if "loss" in r)
+    train_losses = losses(out)
+    assert train_losses[-1] < 0.8 * train_losses[0]  # a repetitive corpus: even 60 steps of a tiny model learn it
+    assert saved["eval_loss"] < math.log(model_vocab(out)) - 1  # well below a uniform guess
+
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    model = AutoModelForMaskedLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.vocab_size == len(tok) <= 200
+    enc = tok("the cat sat on the [MASK]", return_tensors="pt")
+    with torch.no_grad():
+        assert model(**enc).logits.shape == (1, enc["input_ids"].shape[1], model.config.vocab_size)
+
+
+def test_twenty_steps_equal_ten_plus_resume_plus_ten(corpus, tmp_path, monkeypatch):
+    import mlm.pretrain as pretrain
+
+    main(tiny_args(corpus, tmp_path / "straight", tmp_path / "cache", logging_steps=1))
+    straight = losses(tmp_path / "straight")
+    calls = {"n": 0}
+    real_loss = pretrain.mlm_loss
+
+    def interrupt_after_ten(model, batch):
+        calls["n"] += 1
+        if calls["n"] > 10:
+            raise KeyboardInterrupt
+        return real_loss(model, batch)
+
+    monkeypatch.setattr(pretrain, "mlm_loss", interrupt_after_ten)
+    with pytest.raises(KeyboardInterrupt):
+        main(tiny_args(corpus, tmp_path / "resumed", tmp_path / "cache", logging_steps=1))
+    monkeypatch.setattr(pretrain, "mlm_loss", real_loss)
+    main(tiny_args(corpus, tmp_path / "resumed", tmp_path / "cache", logging_steps=1, resume_from_checkpoint="latest"))
+    resumed = losses(tmp_path / "resumed")
+    assert len(straight) == len(resumed) == 20
+    assert resumed == straight  # masks, dropout, data order, optimizer and schedule all continue exactly
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def run_cli(capsys, *argv):
+    """Exit code and the error lines (log lines on stderr are not errors); never a traceback."""
+    code = cli_main(list(argv))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, [line for line in err.splitlines() if line.startswith("mlm ")]
+
+
+def test_cli_errors_are_one_line(corpus, tmp_path, capsys):
+    bad_recipe = tmp_path / "bad.yaml"
+    bad_recipe.write_text("max_step: 10\n")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"hello \xff\xfe world\n")
+    no_vocab = tmp_path / "novocab"
+    no_vocab.mkdir()
+    cases = [
+        (["pretrain", "--max_stepz", "3"], "--max_stepz"),
+        (["pretrain", "--max_steps", "many"], "max_steps"),
+        (["pretrain", "--recipe", str(bad_recipe)], "unknown key 'max_step'"),
+        (["pretrain", "--train_file", str(tmp_path / "missing.txt"), "--output_dir", str(tmp_path / "o1")], "missing.txt"),
+        (["pretrain", "--train_file", str(empty), "--output_dir", str(tmp_path / "o2"), "--cache_dir", str(tmp_path / "c")], "empty.txt"),
+        (["pretrain", "--train_file", str(binary), "--output_dir", str(tmp_path / "o3"), "--cache_dir", str(tmp_path / "c")], "binary.txt"),
+        (["pretrain", "--train_file", corpus, "--tokenizer_name", str(no_vocab), "--output_dir", str(tmp_path / "o4")], "novocab"),
+        (["pretrain", "--train_file", corpus, "--model_name_or_path", str(no_vocab), "--output_dir", str(tmp_path / "o5")], "novocab"),
+        (["pretrain", "--warmup_ratio", "0.1", "--warmup_steps", "5"], "warmup"),
+    ]
+    for argv, needle in cases:
+        code, err = run_cli(capsys, *argv)
+        assert code != 0, argv
+        assert len(err) == 1 and needle in err[0], (argv, err)
+
+
+def test_sequence_longer_than_positions_is_refused_and_nothing_is_damaged(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    main(tiny_args(corpus, out, tmp_path / "cache", max_steps=4, eval_steps=4, save_steps=4))
+    before = (out / "model.safetensors").read_bytes()
+    code, err = run_cli(capsys, "pretrain", "--train_file", corpus, "--model_name_or_path", str(out),
+                        "--max_seq_length", "1024", "--output_dir", str(tmp_path / "again"), "--cache_dir", str(tmp_path / "cache"))
+    assert code == 1 and len(err) == 1 and "max_seq_length" in err[0]
+    code, err = run_cli(capsys, "pretrain", "--train_file", corpus, "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
+                        "--max_seq_length", "32", "--max_steps", "2")
+    assert code == 1 and "already holds a run" in err[0]
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_module_entry_point_and_help():
+    result = subprocess.run([sys.executable, "-m", "mlm", "pretrain", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    for field in ("--mlm_probability", "--per_device_train_batch_size", "--resume_from_checkpoint", "--whole_word_masking"):
+        assert field in result.stdout
+    result = subprocess.run([sys.executable, "-m", "mlm", "pretrain", "--bogus", "1"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "--bogus" in result.stderr
+
+
+def test_wikitext2_bounded_run(data_dir, tmp_path):
+    wiki = os.path.join(data_dir, "wikitext-2-raw")
+    metrics = main(tiny_args(os.path.join(wiki, "wiki.valid.raw"), tmp_path / "wiki", tmp_path / "cache",
+                             validation_file=os.path.join(wiki, "wiki.test.raw"), document_separator="line",
+                             vocab_size=2000, max_seq_length=64, max_steps=30, eval_steps=30, save_steps=30,
+                             max_eval_samples=64, learning_rate=2e-3))
+    assert metrics["global_step"] == 30
+    assert metrics["eval_loss"] < 7.0 < __import__("math").log(2000) + 0.5  # below a uniform guess over the vocab
+
+
+def model_vocab(out):
+    return json.loads((out / "config.json").read_text())["vocab_size"]
