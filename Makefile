@@ -1,11 +1,12 @@
 # mlm: make install | pretrain | finetune TASK=cls|ner|qa | predict | test | bench
 #   make pretrain RECIPE=recipes/pretrain/wikitext2.yaml ARGS="--max_steps 500"
 #   make finetune TASK=ner MODEL=outputs/pretrain-demo DATA=/path/to/conll2003
+#   make finetune TASK=qa RECIPE=recipes/finetune/qa-tiny.yaml
 #   make pretrain LAUNCH="accelerate launch --config_file recipes/accelerate/cpu-2proc.yaml"
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-RECIPE ?= recipes/pretrain/demo.yaml
+RECIPE ?=
 TASK ?= cls
 ARGS ?=
 MODEL ?=
@@ -28,10 +29,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 pretrain: install
-	$(RUN) pretrain --recipe $(RECIPE) $(ARGS)
+	$(RUN) pretrain --recipe $(or $(RECIPE),recipes/pretrain/demo.yaml) $(ARGS)
 
 finetune: install
-	$(RUN) finetune --task $(TASK) --recipe recipes/finetune/$(TASK).yaml \
+	$(RUN) finetune --task $(TASK) --recipe $(or $(RECIPE),recipes/finetune/$(TASK).yaml) \
 		$(if $(MODEL),--model_name_or_path $(MODEL)) $(if $(DATA),--data_dir $(DATA)) $(ARGS)
 
 test: install

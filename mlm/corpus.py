@@ -154,8 +154,8 @@ def _text_documents(path: str, separator: str) -> Iterator[str]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                where = "decompressed byte" if opener is gzip.open else "byte"
-                raise DataError(f"{path}:{line_no}: not valid UTF-8 ({e.reason} at {where} {offset + e.start})") from None
+                where = f"{'decompressed ' if opener is gzip.open else ''}byte {offset + e.start}"
+                raise DataError(f"{path}:{line_no}: not valid UTF-8 ({e.reason} at {where})") from None
             offset += len(raw)
             if line_no == 1:
                 line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not text

@@ -17,7 +17,7 @@ def setup_console_logging(is_main: bool) -> None:
     """One readable line per event on the main process; warnings only elsewhere."""
     if logger.handlers:
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO if is_main else logging.WARNING)
@@ -25,6 +25,20 @@ def setup_console_logging(is_main: bool) -> None:
     # transformers and datasets are chatty about things the user did on purpose
     for name in ("transformers", "datasets", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    try:  # per-file "Loading weights" / "Writing model shards" bars drown the run's own progress bar
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now (it may have been replaced since, e.g. by a test)."""
+
+    def emit(self, record):
+        self.stream = sys.stderr
+        super().emit(record)
 
 
 def write_json(path: str, data: dict) -> None:

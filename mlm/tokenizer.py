@@ -34,7 +34,7 @@ def train_wordpiece(texts: Iterable[str], output_dir: str, vocab_size: int = 305
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     if vocab_size < _MIN_VOCAB:
-        raise ConfigError(f"vocab_size: must be >= {_MIN_VOCAB} (5 special tokens + at least one piece), got {vocab_size}")
+        raise ConfigError(f"vocab_size: must be >= {_MIN_VOCAB} (5 special tokens and a piece), got {vocab_size}")
     if min_frequency < 1:
         raise ConfigError(f"min_frequency: must be >= 1, got {min_frequency}")
     start = time.perf_counter()
@@ -134,13 +134,14 @@ def load_tokenizer(name_or_dir: str):
         where = name_or_dir if is_local else f"tokenizer {name_or_dir!r}"
         raise DataError(f"{where}: cannot load the tokenizer ({reason})") from None
     if not getattr(tokenizer, "is_fast", False):
-        raise ConfigError(f"{name_or_dir}: {type(tokenizer).__name__} is not a fast (Rust) tokenizer; packing needs one")
+        kind = type(tokenizer).__name__
+        raise ConfigError(f"{name_or_dir}: {kind} is not a fast (Rust) tokenizer; packing needs one")
     _check_vocab(tokenizer, name_or_dir, is_local)
     return tokenizer
 
 
 def _check_vocab(tokenizer, name_or_dir: str, is_local: bool) -> None:
-    """Fail loudly on the transformers 5 trap of a silently empty (specials-only) vocabulary, and on missing specials."""
+    """Fail loudly on the transformers 5 trap of a silently specials-only vocabulary, and on missing specials."""
     size = len(tokenizer)
     vocab_txt = os.path.join(name_or_dir, "vocab.txt") if is_local else None
     if vocab_txt and os.path.isfile(vocab_txt):

@@ -12,7 +12,7 @@ import pytest
 from mlm import packing
 from mlm.corpus import FileCorpus, corpus_sources
 from mlm.errors import ConfigError, DataError
-from mlm.packing import PackedBlocks, build_packed_dataset
+from mlm.packing import build_packed_dataset
 
 CLS, SEP, PAD, MASK = 2, 3, 0, 4  # the conftest vocabulary
 
@@ -48,13 +48,12 @@ def expected_stream(tokenizer, docs) -> list[int]:
 
 
 def unpack(blocks) -> list[int]:
-    """The token stream inside the blocks: drop [CLS], the closing [SEP] and any [PAD]."""
+    """The token stream inside the blocks: drop each block's [CLS] and closing [SEP]."""
     stream = []
     for i in range(len(blocks)):
         row = blocks[i]["input_ids"]
-        body = row[row != PAD] if PAD in row else row
-        assert body[0] == CLS and body[-1] == SEP
-        stream += body[1:-1].tolist()
+        assert row[0] == CLS and row[-1] == SEP and PAD not in row
+        stream += row[1:-1].tolist()
     return stream
 
 
@@ -76,13 +75,16 @@ def test_packing_loses_no_token_and_places_specials(tmp_path, tiny_tokenizer):
     expected = expected_stream(tiny_tokenizer, docs)
     assert unpack(train) == expected
     assert len(valid) == 0 and valid.num_tokens == 0
-    rows = np.stack([train[i]["input_ids"] for i in range(len(train))])  # (N, T)
-    assert rows.shape == (len(train), 16) and rows.dtype == np.int64
-    assert (rows[:, 0] == CLS).all()
-    assert (rows[:-1, -1] == SEP).all() and not (rows[:-1] == PAD).any()  # only the last block is padded
+    rows = np.stack([train[i]["input_ids"] for i in range(len(train) - 1)])  # (N-1, T)
+    last = train[len(train) - 1]["input_ids"]
+    assert rows.shape == (len(train) - 1, 16) and rows.dtype == np.int64 and last.dtype == np.int64
+    assert (rows[:, 0] == CLS).all() and (rows[:, -1] == SEP).all()
+    assert 3 <= len(last) < 16 and last[0] == CLS and last[-1] == SEP  # the tail, returned without padding
+    on_disk = np.fromfile(train.path, np.uint16).reshape(-1, 16)
+    assert on_disk[-1].tolist() == last.tolist() + [PAD] * (16 - len(last))
     assert MASK not in rows and (rows == CLS).sum() == len(rows)  # literal "[MASK]"/"[CLS]" stayed text
     assert len(train) == -(-len(expected) // 14)
-    assert train.num_tokens == int((rows != PAD).sum()) == len(expected) + 2 * len(train)
+    assert train.num_tokens == rows.size + len(last) == len(expected) + 2 * len(train)
     meta = json.load(open(os.path.join(os.path.dirname(train.path), "meta.json")))
     assert meta["splits"]["train"]["documents"] == len(docs) - 1  # the token-less document is skipped
     assert meta["splits"]["train"]["text_tokens"] == len(expected) - (len(docs) - 2)  # minus the separators
@@ -203,12 +205,67 @@ def test_wikitext2(data_dir, tmp_path):
     tok = train_wordpiece(train_c.documents(), str(tmp_path / "tok"), vocab_size=4000)
     train, valid = build_packed_dataset(train_c, valid_c, tok, 128, str(tmp_path / "cache"))
     assert len(train) > 1000 and len(valid) > 1000
-    rows = np.stack([train[i]["input_ids"] for i in range(len(train))])  # (N, 128)
-    assert (rows[:, 0] == tok.cls_token_id).all() and (rows[:-1, -1] == tok.sep_token_id).all()
+    rows = np.stack([train[i]["input_ids"] for i in range(len(train) - 1)])  # (N-1, 128)
+    assert (rows[:, 0] == tok.cls_token_id).all() and (rows[:, -1] == tok.sep_token_id).all()
     assert (rows == tok.unk_token_id).mean() < 0.005
     text = tok.decode(rows[0])
     assert "valkyria" not in text and "homarus" in text  # wiki.valid.raw starts with Homarus gammarus
     stream = expected_stream(tok, train_c.documents())
-    assert rows[:, 1:-1].reshape(-1)[: len(stream)].tolist() == stream
+    assert unpack(train) == stream
     again, _ = build_packed_dataset(train_c, valid_c, tok, 128, str(tmp_path / "cache"))
     assert again.path == train.path
+
+
+# ---------------------------------------------------------------------------------------- ASCII shortcut
+
+TRICKY = [
+    "Plain ASCII, UPPER and lower; don't stop: 3.14 [MASK] [cls]",
+    "Senjō no Valkyria 3 : Unrecorded Chronicles ( Japanese : 戦場のヴァルキュリア3 )",
+    "café Café CAFÉ e\u0301 \u0301accent after a space, naïve—dash “quotes”",
+    "tabs\tand\rcarriage\nnew lines,\x0bvertical\x0cfeed \x1cunit\x1fsep \x00nul \x7fdel end",
+    "nbsp\xa0inside and\u3000ideographic space \u200bzero width",
+    "ΟΔΟΣ Σίσυφος İstanbul ǅ ß ﬁne 😀 emoji👍ok",
+    "x" * 150 + " " + "y" * 99 + "é " + "A" * 120,
+    "   leading and trailing spaces   ",
+    "é",
+    "",
+    "\x01\x02",
+]
+
+
+def _cased_tokenizer():
+    from transformers import BertTokenizer
+
+    from tests.conftest import make_vocab
+
+    vocab = make_vocab() + ["Paris", "Café", "##é", "é", "[", "]", "A", "##A", "X"]
+    return BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=False)
+
+
+@pytest.mark.parametrize("cased", [False, True])
+def test_ascii_shortcut_gives_the_tokenizer_s_own_ids(tiny_tokenizer, cased):
+    tok = _cased_tokenizer() if cased else tiny_tokenizer
+    encoder = packing._Encoder(tok, np.uint16)
+    assert encoder.plain is not None and encoder.lowercase is (not cased)
+    lengths, tokens = encoder._with_shortcut(TRICKY)
+    expected = [token_ids(tok, t) for t in TRICKY]
+    assert lengths.tolist() == [len(e) for e in expected]
+    assert tokens.tolist() == [t for e in expected for t in e]
+
+
+def test_split_plain_cuts_only_at_ascii_whitespace():
+    text = "ab cé d\u3000e f\tgü\nh"
+    pieces = packing._split_plain(text)
+    assert "".join(pieces) == text
+    assert pieces == ["ab ", "cé", " ", "d\u3000e", " f\t", "gü", "\nh"]
+
+
+def test_ascii_shortcut_is_dropped_when_it_disagrees(tiny_tokenizer, monkeypatch, caplog):
+    # a broken splitter that calls everything plain: "é" would skip accent stripping and become [UNK]
+    monkeypatch.setattr(packing, "_split_plain", lambda text: [text])
+    encoder = packing._Encoder(tiny_tokenizer, np.uint16)
+    texts = ["the movie", "the café"]
+    with caplog.at_level(logging.WARNING, logger="mlm"):
+        lengths, tokens = encoder(texts)
+    assert "disagrees" in caplog.text and encoder.plain is None
+    assert tokens.tolist() == token_ids(tiny_tokenizer, "the movie") + token_ids(tiny_tokenizer, "the café")

@@ -164,10 +164,13 @@ def test_wikitext2_bounded_run(data_dir, tmp_path):
     wiki = os.path.join(data_dir, "wikitext-2-raw")
     metrics = main(tiny_args(os.path.join(wiki, "wiki.valid.raw"), tmp_path / "wiki", tmp_path / "cache",
                              validation_file=os.path.join(wiki, "wiki.test.raw"), document_separator="line",
-                             vocab_size=2000, max_seq_length=64, max_steps=30, eval_steps=30, save_steps=30,
-                             max_eval_samples=64, learning_rate=2e-3))
-    assert metrics["global_step"] == 30
-    assert metrics["eval_loss"] < 7.0 < __import__("math").log(2000) + 0.5  # below a uniform guess over the vocab
+                             vocab_size=2000, max_seq_length=64, max_steps=60, eval_steps=60, save_steps=60,
+                             hidden_size=64, intermediate_size=128, per_device_train_batch_size=32,
+                             max_eval_samples=64, learning_rate=5e-3))
+    assert metrics["global_step"] == 60
+    train_losses = losses(tmp_path / "wiki")
+    assert train_losses[-1] < train_losses[0] - 1.0
+    assert metrics["eval_loss"] < math.log(model_vocab(tmp_path / "wiki"))  # better than a uniform guess
 
 
 def model_vocab(out):

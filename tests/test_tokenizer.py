@@ -48,7 +48,8 @@ def test_saved_files_load_back_with_auto_tokenizer(trained):
 def test_special_token_ids_and_templates(trained):
     _, tok = trained
     assert tok.convert_ids_to_tokens([0, 1, 2, 3, 4]) == SPECIAL_TOKENS
-    assert (tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id) == (0, 1, 2, 3, 4)
+    ids = (tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id)
+    assert ids == (0, 1, 2, 3, 4)
     single = tok("kalo mine")
     assert single["input_ids"][0] == 2 and single["input_ids"][-1] == 3
     pair = tok("kalo", "mine ruto")

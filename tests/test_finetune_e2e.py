@@ -1,0 +1,121 @@
+"""Fine-tuning end to end through `mlm finetune` and `mlm predict`, on tiny hand-made data."""
+import json
+import os
+
+import pytest
+
+from mlm.cli import main as cli_main
+
+POSITIVE = ["great fun", "i love this movie", "good acting and a great story", "a fun film", "great plot",
+            "love the acting", "good good film", "a great great movie", "fun story", "i love it"]
+NEGATIVE = ["bad plot", "i hate this movie", "terrible acting and a boring story", "a boring film", "bad bad film",
+            "hate the story", "terrible movie", "boring and bad", "a terrible plot", "i hate it"]
+
+
+def run_cli(capsys, *argv):
+    code = cli_main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured
+
+
+def common(tmp_path, backbone, name, **extra):
+    args = {"--model_name_or_path": backbone, "--output_dir": tmp_path / name, "--per_device_train_batch_size": 4,
+            "--per_device_eval_batch_size": 8, "--logging_steps": 5, "--disable_tqdm": "true", "--seed": 0,
+            "--learning_rate": 3e-3, "--weight_decay": 0.0}
+    args.update(extra)
+    return [x for kv in args.items() for x in kv]
+
+
+@pytest.fixture
+def sentiment_files(tmp_path):
+    train = tmp_path / "train.csv"
+    rows = [(t, "pos") for t in POSITIVE] + [(t, "neg") for t in NEGATIVE]
+    train.write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
+    return train
+
+
+def test_classification_fits_separable_data_and_predicts(tmp_path, tiny_bert_dir, sentiment_files, capsys):
+    code, _ = run_cli(capsys, "finetune", "--task", "cls", "--train_file", sentiment_files,
+                      "--validation_file", sentiment_files, "--test_file", sentiment_files,
+                      *common(tmp_path, tiny_bert_dir, "cls", **{"--num_train_epochs": 12, "--eval_steps": 20,
+                                                                  "--metric_for_best_model": "accuracy"}))
+    assert code == 0
+    out = tmp_path / "cls"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eval_accuracy"] == 1.0 and metrics["test_accuracy"] == 1.0 and metrics["eval_macro_f1"] == 1.0
+    assert set(metrics["eval_per_class"]) == {"neg", "pos"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "neg", "1": "pos"}
+    preds = [json.loads(l) for l in (out / "predictions" / "validation.jsonl").read_text().splitlines()]
+    assert len(preds) == 20 and all(p["label"] == p["gold"] for p in preds)
+    assert (out / "predictions" / "test.jsonl").exists()
+
+    code, captured = run_cli(capsys, "predict", "--model", out, "--text", "a great fun movie")
+    assert code == 0
+    record = json.loads(captured.out.strip())
+    assert record["label"] == "pos" and 0.5 < record["score"] <= 1.0
+
+    from transformers import pipeline
+
+    clf = pipeline("text-classification", model=str(out))
+    assert clf("a boring bad film")[0]["label"] == "neg"
+
+
+def test_classification_bad_input_is_one_line(tmp_path, tiny_bert_dir, sentiment_files, capsys):
+    dev = tmp_path / "dev.csv"
+    dev.write_text("text,label\ngreat fun,pos\nso so,neutral\n")
+    code, captured = run_cli(capsys, "finetune", "--task", "cls", "--train_file", sentiment_files,
+                             "--validation_file", dev, *common(tmp_path, tiny_bert_dir, "bad"))
+    errors = [l for l in captured.err.splitlines() if l.startswith("mlm ")]
+    assert code == 1 and len(errors) == 1 and "dev.csv:3" in errors[0] and "neutral" in errors[0]
+    code, captured = run_cli(capsys, "finetune", "--task", "cls", *common(tmp_path, tiny_bert_dir, "nodata"))
+    assert code == 1 and "--train_file" in captured.err
+    code, captured = run_cli(capsys, "finetune", "--task", "cls", "--data_dir", tmp_path / "nowhere",
+                             "--train_file", "train.tsv", *common(tmp_path, tiny_bert_dir, "nodir"))
+    assert code == 1 and "DATA=" in captured.err
+
+
+def test_ner_learns_entities_and_predicts_char_spans(tmp_path, tiny_bert_dir, capsys):
+    sentences = [
+        [("John", "I-PER"), ("visited", "O"), ("Paris", "I-LOC")],
+        [("Smith", "I-PER"), ("works", "O"), ("in", "O"), ("London", "I-LOC")],
+        [("Google", "I-ORG"), ("visited", "O"), ("Berlin", "I-LOC")],
+        [("Apple", "I-ORG"), ("works", "O"), ("in", "O"), ("Paris", "I-LOC")],
+        [("John", "I-PER"), ("Smith", "I-PER"), ("lives", "O"), ("in", "O"), ("London", "I-LOC")],
+    ] * 4
+    conll = tmp_path / "train.conll"
+    conll.write_text("-DOCSTART- -X- O O\n\n" + "\n\n".join("\n".join(f"{w} NNP O {t}" for w, t in s) for s in sentences) + "\n")
+    code, _ = run_cli(capsys, "finetune", "--task", "ner", "--train_file", conll, "--validation_file", conll,
+                      *common(tmp_path, tiny_bert_dir, "ner", **{"--num_train_epochs": 15, "--eval_steps": 25}))
+    assert code == 0
+    out = tmp_path / "ner"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eval_f1"] == 1.0 and set(metrics["eval_per_type"]) == {"LOC", "ORG", "PER"}
+    code, captured = run_cli(capsys, "predict", "--model", out, "--text", "John  visited Paris")
+    entities = json.loads(captured.out)["entities"]
+    assert [(e["type"], e["start"], e["end"], e["text"]) for e in entities] == [("PER", 0, 4, "John"), ("LOC", 14, 19, "Paris")]
+
+
+def test_qa_learns_spans_and_answers(tmp_path, tiny_bert_dir, capsys):
+    context = "john visited paris in 1999 . smith works in london ."
+    questions = [("who visited paris ?", "john"), ("where does smith work ?", "london"), ("when did john visit ?", "1999")]
+    rows = []
+    for i in range(6):
+        for q, a in questions:
+            rows.append({"id": f"{i}-{q}", "question": q, "context": context,
+                         "answers": {"text": [a], "answer_start": [context.index(a)]}})
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _ = run_cli(capsys, "finetune", "--task", "qa", "--train_file", data, "--validation_file", data,
+                      "--max_seq_length", 32, "--doc_stride", 8, "--max_query_length", 12,
+                      *common(tmp_path, tiny_bert_dir, "qa", **{"--num_train_epochs": 20, "--eval_steps": 30}))
+    assert code == 0
+    out = tmp_path / "qa"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eval_exact_match"] == 100.0 and metrics["eval_f1"] == 100.0
+    squad = json.loads((out / "predictions" / "validation_squad.json").read_text())
+    assert squad["0-who visited paris ?"] == "john"
+    code, captured = run_cli(capsys, "predict", "--model", out, "--question", "where does smith work ?", "--context", context)
+    record = json.loads(captured.out)
+    assert record["prediction_text"] == "london" and context[record["start"]:record["end"]] == "london"
