@@ -59,6 +59,7 @@ def save_checkpoint(accelerator, output_dir: str, step: int, state: dict, keep_l
         shutil.rmtree(tmp, ignore_errors=True)  # leftover of a crash during an earlier save
     accelerator.wait_for_everyone()
     accelerator.save_state(tmp, safe_serialization=True)
+    accelerator.wait_for_everyone()  # every rank writes into tmp (its RNG state, FSDP shards): all done before the rename
     if accelerator.is_main_process:
         with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
             json.dump(state, f, indent=2)

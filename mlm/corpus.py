@@ -371,11 +371,6 @@ def _docstrings(path: str) -> Iterator[str]:
         stack.extend(reversed(children))  # reversed so that pop() visits them in source order
 
 
-def default_corpus(**kwargs) -> DefaultCorpus:
-    """The embedded default corpus; kwargs (packages, max_chars_per_source, min_chars) exist for tests."""
-    return DefaultCorpus(**kwargs)
-
-
 # ---------------------------------------------------------------------------------------------- entry
 
 

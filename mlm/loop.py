@@ -52,9 +52,25 @@ def make_accelerator(cfg: TrainingConfig):
     if cfg.report_to != "none":
         kwargs["log_with"] = cfg.report_to
         kwargs["project_dir"] = cfg.output_dir
-    accelerator = Accelerator(mixed_precision=precision, **kwargs)
+    # Started by a launcher (torchrun / accelerate launch: LOCAL_RANK is set) on a machine without a GPU,
+    # accelerate joins a CPU (gloo) group only when ACCELERATE_USE_CPU=1; otherwise every process runs
+    # alone, each one a complete single-process job writing to the same output_dir.
+    launched = int(os.environ.get("WORLD_SIZE", "1")) if "LOCAL_RANK" in os.environ else 1
+    accelerator = Accelerator(mixed_precision=precision, cpu=launched > 1 and not _has_device(), **kwargs)
     setup_console_logging(accelerator.is_main_process)
+    if accelerator.num_processes != launched:
+        raise ConfigError(
+            f"the launcher started {launched} processes but they did not join one group (each has "
+            f"{accelerator.num_processes}); on CPUs set ACCELERATE_USE_CPU=1"
+        )
     return accelerator
+
+
+def _has_device() -> bool:
+    """Whether torch sees a GPU-like accelerator (CUDA, XPU, MPS, ...)."""
+    if hasattr(torch, "accelerator"):
+        return torch.accelerator.is_available()
+    return torch.cuda.is_available()
 
 
 def prepare_output_dir(cfg: TrainingConfig, accelerator) -> Optional[str]:
@@ -72,6 +88,23 @@ def prepare_output_dir(cfg: TrainingConfig, accelerator) -> Optional[str]:
         os.makedirs(cfg.output_dir, exist_ok=True)
     accelerator.wait_for_everyone()
     return resume
+
+
+def matmul_peak_flops(device, dtype=torch.float32, size: int = 2048, repeats: int = 5) -> float:
+    """Best-of-N FLOP/s of a square matmul here: the denominator of model FLOPs utilisation (MFU)."""
+    g = torch.Generator(device=device).manual_seed(0)  # never the global RNG: a resumed run must not drift
+    a = torch.randn(size, size, device=device, dtype=dtype, generator=g)
+    b = torch.randn(size, size, device=device, dtype=dtype, generator=g)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first run warms up the kernels
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
@@ -283,6 +316,11 @@ def train(
         total_steps, len(train_data), global_batch, cfg.per_device_train_batch_size, world, accumulation, steps_per_epoch,
     )
 
+    peak_flops = None
+    if flops_per_token:
+        dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+        peak_flops = matmul_peak_flops(accelerator.device, dtype)
+        logger.info("matmul peak here: %.0f GFLOP/s (%s); MFU is measured against it", peak_flops / 1e9, dtype)
     stream = micro_batches(sampler, train_data, collate_fn, state.epoch, state.position)
     params = [p for p in model.parameters() if p.requires_grad]
     deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
@@ -340,9 +378,11 @@ def train(
                 record["grad_norm"] = float(grad_norm)
             if flops_per_token:
                 record["tflops"] = record["tokens_per_second"] * flops_per_token / 1e12
+                record["mfu"] = record["tokens_per_second"] * flops_per_token / peak_flops
             run_log.log(record)
             progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}",
-                                 tok_s=f"{record['tokens_per_second']:.0f}", refresh=False)
+                                 tok_s=f"{record['tokens_per_second']:.0f}",
+                                 **({"mfu": f"{record['mfu']:.0%}"} if "mfu" in record else {}), refresh=False)
             interval.zero_()
             interval_start = time.perf_counter()
 
@@ -401,6 +441,11 @@ def _batch_size(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _evaluate(evaluate, model, state: TrainState, run_log: RunLog) -> dict:
     start = time.perf_counter()
+    # DDP's first forward after a training step broadcasts buffers: a collective, which deadlocks when the
+    # ranks run different numbers of evaluation batches (e.g. fewer examples than processes). Every rank
+    # holds the whole model, so evaluate the local replica.
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
     model.eval()
     with torch.no_grad():
         raw = evaluate(model)

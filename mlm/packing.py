@@ -64,7 +64,10 @@ SPLITS = ("train", "validation")
 
 
 class PackedBlocks:
-    """Fixed-length token blocks in a binary file, read through np.memmap (nothing loaded up front)."""
+    """Token blocks of T ids in a binary file, read through np.memmap (nothing loaded up front).
+
+    Every block is [CLS] ... [SEP] of length T, except the last one, which may be shorter (its [PAD] stays on disk).
+    """
 
     def __init__(self, path: str, seq_length: int, dtype, num_tokens: int, last_length: Optional[int] = None):
         self.path = path
@@ -91,14 +94,16 @@ class PackedBlocks:
         row = self._data()[i]
         if i == self._len - 1:
             row = row[: self.last_length]
-        return {"input_ids": np.array(row, dtype=np.int64)}  # (T,) a copy, not a view of the file
+        return {"input_ids": np.array(row, dtype=np.int64)}  # (T,) int64, a copy rather than a view of the file
 
     def _data(self) -> np.ndarray:
         if self._rows is None:
             shape = (self._len, self.seq_length)
             # np.memmap refuses an empty file; an empty split is a valid (if useless) dataset.
-            empty = self._len == 0
-            self._rows = np.empty(shape, self.dtype) if empty else np.memmap(self.path, self.dtype, mode="r", shape=shape)
+            if self._len:
+                self._rows = np.memmap(self.path, self.dtype, mode="r", shape=shape)
+            else:
+                self._rows = np.empty(shape, self.dtype)
         return self._rows
 
     def __getstate__(self):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 from typing import Iterator
@@ -24,12 +25,15 @@ def file_format(path: str) -> str:
     raise DataError(f"{path}: unknown file type (expected one of {', '.join(TABLE_SUFFIXES)})")
 
 
-def _open_text(path: str):
-    if path.endswith(".gz"):
-        import gzip
-
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+def _decoded_lines(path: str) -> Iterator[str]:
+    """The file's lines as text, decoded one by one so that a bad byte is reported with its line."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{line_no}: not valid UTF-8 ({e.reason} at byte {e.start} of the line)") from None
 
 
 def iter_records(path: str, delimiter: str | None = None) -> Iterator[tuple[int, dict]]:
@@ -37,50 +41,45 @@ def iter_records(path: str, delimiter: str | None = None) -> Iterator[tuple[int,
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
     fmt = file_format(path)
-    try:
-        if fmt == "parquet":
-            yield from _iter_parquet(path)
-        elif fmt == "jsonl":
-            yield from _iter_jsonl(path)
-        else:
-            yield from _iter_delimited(path, delimiter or ("\t" if fmt == "tsv" else ","))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    if fmt == "parquet":
+        yield from _iter_parquet(path)
+    elif fmt == "jsonl":
+        yield from _iter_jsonl(path)
+    else:
+        yield from _iter_delimited(path, delimiter or ("\t" if fmt == "tsv" else ","))
 
 
 def _iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
-    with _open_text(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{line_no}: expected a JSON object per line, got {type(row).__name__}")
-            yield line_no, row
+    for line_no, line in enumerate(_decoded_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{line_no}: expected a JSON object per line, got {type(row).__name__}")
+        yield line_no, row
 
 
 def _iter_delimited(path: str, delimiter: str) -> Iterator[tuple[int, dict]]:
-    with _open_text(path) as f:
-        # QUOTE_NONE for TSV: GLUE-style files contain bare quotes inside sentences.
-        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
-        header = next(reader, None)
-        if header is None:
-            return
-        header = [h.strip() for h in header]
-        for row in reader:
-            line_no = reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) != len(header):
-                raise DataError(
-                    f"{path}:{line_no}: expected {len(header)} fields ({', '.join(header)}) separated by "
-                    f"{delimiter!r}, got {len(row)} (wrong delimiter?)"
-                )
-            yield line_no, dict(zip(header, row))
+    # QUOTE_NONE for TSV: GLUE-style files contain bare quotes inside sentences.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(_decoded_lines(path), delimiter=delimiter, quoting=quoting)
+    header = next(reader, None)
+    if header is None:
+        return
+    header = [h.strip() for h in header]
+    for row in reader:
+        line_no = reader.line_num
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        if len(row) != len(header):
+            raise DataError(
+                f"{path}:{line_no}: expected {len(header)} fields ({', '.join(header)}) separated by "
+                f"{delimiter!r}, got {len(row)} (wrong delimiter?)"
+            )
+        yield line_no, dict(zip(header, row))
 
 
 def _iter_parquet(path: str) -> Iterator[tuple[int, dict]]:

@@ -54,7 +54,8 @@ def train_wordpiece(texts: Iterable[str], output_dir: str, vocab_size: int = 305
     if counter.documents == 0:
         raise DataError("tokenizer training: the corpus gave no text")
     for i, token in enumerate(SPECIAL_TOKENS):  # the trainer puts specials first; the collator relies on the ids
-        assert tokenizer.token_to_id(token) == i, (token, tokenizer.token_to_id(token))
+        if tokenizer.token_to_id(token) != i:
+            raise RuntimeError(f"WordPiece training gave {token} id {tokenizer.token_to_id(token)}, expected {i}")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS]:0 $A:0 [SEP]:0",
         pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
@@ -118,12 +119,13 @@ def load_tokenizer(name_or_dir: str):
     """A fast tokenizer from a local dir or a hub name; DataError/ConfigError (one line) when it is unusable."""
     from transformers import AutoTokenizer
 
+    name_or_dir = os.path.expanduser(name_or_dir)
     is_local = os.path.isdir(name_or_dir)
     if is_local:
         files = set(os.listdir(name_or_dir))
         if not files & {"tokenizer.json", "vocab.txt", "tokenizer_config.json"}:
             raise DataError(f"{name_or_dir}: no tokenizer files here (expected tokenizer.json or vocab.txt)")
-    elif os.path.exists(name_or_dir) or name_or_dir.startswith((".", "/", "~")):
+    elif os.path.exists(name_or_dir) or name_or_dir.startswith((".", "/")):
         # A path, not a hub name: say so instead of letting the hub client report a confusing lookup error.
         what = "a file, not a tokenizer directory" if os.path.exists(name_or_dir) else "directory not found"
         raise DataError(f"{name_or_dir}: {what}")
@@ -146,7 +148,7 @@ def _check_vocab(tokenizer, name_or_dir: str, is_local: bool) -> None:
     vocab_txt = os.path.join(name_or_dir, "vocab.txt") if is_local else None
     if vocab_txt and os.path.isfile(vocab_txt):
         with open(vocab_txt, encoding="utf-8") as f:
-            expected = sum(1 for line in f if line.strip())
+            expected = len({line.rstrip("\n") for line in f} - {""})  # distinct tokens: some vocabs repeat one
         if size < expected:
             raise DataError(f"{vocab_txt}: lists {expected} tokens but the loaded tokenizer has only {size}")
     if size <= len(tokenizer.all_special_tokens) + 1:

@@ -1,0 +1,80 @@
+"""Start `mlm` in a real 2-rank CPU (gloo) group, for tests/test_distributed.py.
+
+    launch(["pretrain", "--train_file", ...])                    # accelerate launch ... -m mlm pretrain ...
+    launch([...], config="recipes/accelerate/cpu-2proc.yaml")    # through the launch config instead of flags
+    launch([...], interrupt_after=13)                            # this file as the script: stops the run
+
+Run as a script (what `launch(..., interrupt_after=N)` starts under the launcher), it patches
+mlm.pretrain.mlm_loss to raise KeyboardInterrupt at its N-th call on every rank, then runs the CLI:
+
+    accelerate launch ... tests/dist_helpers.py --interrupt_after 13 pretrain --output_dir ...
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    """A port nobody listens on now (bound to port 0 and released), so parallel tests never collide."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(argv: list, processes: int = 2, config: str | None = None, interrupt_after: int | None = None,
+           timeout: float = 240) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `mlm ARGV` on `processes` CPU ranks; returns the finished process (+ .seconds).
+
+    Without `config`, the flags that give a real gloo group on a CPU machine (ACCELERATE_USE_CPU=1 with
+    --multi_gpu; `--cpu --num_processes 2` would start ONE process). With `config`, nothing but the file
+    and a free port: ACCELERATE_USE_CPU is removed from the environment, so the file (and mlm) must do it.
+    """
+    port = str(free_port())
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    if config:
+        env.pop("ACCELERATE_USE_CPU", None)
+        cmd += ["--config_file", config, "--main_process_port", port]
+    else:
+        env["ACCELERATE_USE_CPU"] = "1"
+        cmd += ["--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+                "--dynamo_backend", "no", "--main_process_port", port]
+    if interrupt_after is not None:
+        cmd += [os.path.abspath(__file__), "--interrupt_after", str(interrupt_after)]
+    else:
+        cmd += ["-m", "mlm"]
+    cmd += [str(a) for a in argv]
+    start = time.perf_counter()
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _interrupted_cli(argv: list[str]) -> int:
+    assert argv[0] == "--interrupt_after", argv
+    limit, rest = int(argv[1]), argv[2:]
+    import mlm.pretrain as pretrain
+    from mlm.cli import main
+
+    real_loss, calls = pretrain.mlm_loss, {"n": 0}
+
+    def interrupting_loss(model, batch):
+        calls["n"] += 1
+        if calls["n"] >= limit:  # every rank makes the same calls, so all stop at the same point
+            raise KeyboardInterrupt
+        return real_loss(model, batch)
+
+    pretrain.mlm_loss = interrupting_loss
+    return main(rest)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, ROOT)
+    sys.exit(_interrupted_cli(sys.argv[1:]))

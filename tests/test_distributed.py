@@ -1,0 +1,278 @@
+"""Two real CPU ranks (gloo) through `accelerate launch`: outputs written once, 2 x B == 1 x 2B, exact resume.
+
+Every launched run asserts the world size it really had (metrics.json "num_processes": 2): accelerate
+happily starts one process, or two independent ones, and exits 0. The launch configs that need GPUs
+are checked with accelerate's own config loader.
+
+    pytest -m distributed tests/test_distributed.py
+"""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from dist_helpers import ROOT, launch
+from mlm.cli import main as cli_main
+
+SENTENCES = [
+    "the cat sat on the mat and looked at the dog",
+    "a dog ran in the park with a red ball",
+    "birds sing in the morning when the sun rises",
+    "the river flows to the sea past the old mill",
+    "children read books in the quiet library",
+    "the baker makes fresh bread every morning",
+]
+PER_DEVICE = 4  # x 2 processes; the single-process twin runs 8
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dist-corpus")
+    docs = [" ".join(SENTENCES[(i + j) % len(SENTENCES)] for j in range(3)) for i in range(60)]
+    (folder / "corpus.txt").write_text("\n\n".join(docs) + "\n")
+    return {"file": str(folder / "corpus.txt"), "cache": str(folder / "cache")}
+
+
+def pretrain_args(corpus, output_dir, **extra) -> list[str]:
+    """The tiny model of test_pretrain_e2e without dropout, so that runs can be compared number for number.
+
+    10% validation is ONE block: fewer evaluation examples than ranks, the case that used to deadlock.
+    """
+    args = dict(train_file=corpus["file"], cache_dir=corpus["cache"], output_dir=str(output_dir), vocab_size=200,
+                max_seq_length=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, per_device_train_batch_size=PER_DEVICE,
+                per_device_eval_batch_size=16, max_steps=20, logging_steps=1, eval_steps=10, save_steps=10,
+                learning_rate=3e-3, warmup_steps=2, disable_tqdm="true", validation_split_percentage=10)
+    args.update(extra)
+    return ["pretrain"] + [x for k, v in args.items() for x in (f"--{k}", str(v))]
+
+
+def records(output_dir) -> list[dict]:
+    with open(os.path.join(output_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def losses(output_dir) -> list[float]:
+    return [r["loss"] for r in records(output_dir) if "loss" in r]
+
+
+def weights(output_dir) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(output_dir, "model.safetensors"))
+
+
+def check_ok(result, output_dir, processes=2) -> dict:
+    """metrics.json of a finished run (`result`: its launch, or None for an in-process run)."""
+    if result is not None:
+        assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(open(os.path.join(output_dir, "metrics.json")).read())
+    assert metrics["num_processes"] == processes  # the world size the loop really had
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def two_ranks(corpus, tmp_path_factory):
+    """20 steps on 2 processes through recipes/accelerate/cpu-2proc.yaml (no ACCELERATE_USE_CPU in the env)."""
+    out = tmp_path_factory.mktemp("dist") / "two"
+    result = launch(pretrain_args(corpus, out), config=os.path.join(ROOT, "recipes", "accelerate", "cpu-2proc.yaml"))
+    print(f"2-process pretraining: {result.seconds:.1f}s")
+    return out, result
+
+
+@pytest.mark.distributed
+def test_pretrain_on_two_ranks_writes_everything_once(two_ranks):
+    out, result = two_ranks
+    metrics = check_ok(result, out)
+    assert metrics["global_step"] == 20 and metrics["global_batch_size"] == 2 * PER_DEVICE
+    assert "global batch 8 = 4 per device x 2 processes x 1 accumulation" in result.stderr
+    assert result.stderr.count(" INFO done: ") == 1  # only the main process logs progress
+
+    lines = (out / "log.jsonl").read_text().splitlines()
+    assert len(lines) == len(set(lines))
+    log = [json.loads(line) for line in lines]
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 21))
+    assert [r["step"] for r in log if "eval_loss" in r] == [10, 20]
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.json", "loss.png"):
+        assert (out / name).is_file(), name
+    assert sorted(os.listdir(out / "checkpoints")) == ["step-10", "step-20"]  # no .tmp-step-N left behind
+    for step in (10, 20):
+        files = set(os.listdir(out / "checkpoints" / f"step-{step}"))
+        assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "random_states_1.pkl",
+                "trainer_state.json"} <= files, files
+        assert json.loads((out / "checkpoints" / f"step-{step}" / "trainer_state.json").read_text())["num_processes"] == 2
+
+
+@pytest.mark.distributed
+def test_two_ranks_of_b_equal_one_process_of_2b(two_ranks, corpus, tmp_path, capsys):
+    from mlm.collator import MaskingCollator
+    from mlm.loop import KeyedDataset, ShardedBatchSampler
+    from mlm.tokenizer import load_tokenizer
+
+    out, result = two_ranks
+    check_ok(result, out)
+    one = tmp_path / "one"
+    assert cli_main(pretrain_args(corpus, one, per_device_train_batch_size=2 * PER_DEVICE)) == 0
+    metrics = check_ok(None, one, processes=1)
+
+    two_losses, one_losses = losses(out), losses(one)
+    assert len(two_losses) == len(one_losses) == 20
+    diff = max(abs(a - b) for a, b in zip(two_losses, one_losses))
+    print(f"per-step loss max abs difference, 2 x {PER_DEVICE} vs 1 x {2 * PER_DEVICE}: {diff:.2e}")
+    assert diff <= 1e-5
+    w2, w1 = weights(out), weights(one)
+    assert w2.keys() == w1.keys()
+    wdiff = max((w2[k] - w1[k]).abs().max().item() for k in w2)
+    print(f"final weights max abs difference: {wdiff:.2e}")
+    assert wdiff <= 1e-5
+    two_metrics = json.loads((out / "metrics.json").read_text())
+    assert abs(two_metrics["eval_loss"] - metrics["eval_loss"]) <= 1e-5
+
+    # Why it holds: rank r's slice of each global batch, masked, is exactly that part of the one big batch.
+    tokenizer = load_tokenizer(str(out))
+    rng = np.random.default_rng(0)
+    blocks = [{"input_ids": np.concatenate([[2], rng.integers(5, len(tokenizer), 30), [3]])} for _ in range(24)]
+    collate = MaskingCollator(tokenizer, seed=42)
+    single = ShardedBatchSampler(len(blocks), 2 * PER_DEVICE, 0, 1, seed=42).epoch_batches(1)
+    ranks = [ShardedBatchSampler(len(blocks), PER_DEVICE, r, 2, seed=42).epoch_batches(1) for r in range(2)]
+    data = KeyedDataset(blocks, epoch=1)
+    for big, part0, part1 in zip(single, *ranks):
+        assert big == part0 + part1
+        whole = collate([data[i] for i in big])
+        halves = [collate([data[i] for i in part]) for part in (part0, part1)]
+        for key in ("input_ids", "masked_positions", "masked_labels"):
+            assert torch.equal(whole[key], torch.cat([h[key] for h in halves])), key
+
+
+@pytest.mark.distributed
+def test_interrupted_two_rank_run_resumes_exactly(two_ranks, corpus, tmp_path):
+    out, result = two_ranks
+    check_ok(result, out)
+    resumed = tmp_path / "resumed"
+    # mlm_loss raises at its 13th call on both ranks: steps 1-12 done, checkpoint step-10 on disk.
+    stopped = launch(pretrain_args(corpus, resumed), interrupt_after=13)
+    print(f"interrupted 2-process run: {stopped.seconds:.1f}s")
+    assert stopped.returncode != 0 and "interrupted" in stopped.stderr
+    assert sorted(os.listdir(resumed / "checkpoints")) == ["step-10"]
+    assert [r["step"] for r in records(resumed) if "loss" in r] == list(range(1, 13))
+    assert not (resumed / "metrics.json").exists()
+
+    again = launch(pretrain_args(corpus, resumed, resume_from_checkpoint="latest"))
+    print(f"resumed 2-process run: {again.seconds:.1f}s")
+    check_ok(again, resumed)
+    assert "resumed from" in again.stderr and "step 10" in again.stderr
+    assert losses(resumed) == losses(out)  # masks, data order, optimizer, schedule and RNG all continue exactly
+    w_straight, w_resumed = weights(out), weights(resumed)
+    assert all(torch.equal(w_straight[k], w_resumed[k]) for k in w_straight)
+
+
+@pytest.mark.distributed
+def test_resuming_with_another_number_of_processes_is_refused(two_ranks, corpus, tmp_path, capsys):
+    out, result = two_ranks
+    check_ok(result, out)
+    # 2 -> 1: the single-process CLI on a copy of the 2-rank run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    code = cli_main(pretrain_args(corpus, copy, resume_from_checkpoint="latest", max_steps=30))
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mlm ")]
+    assert code == 1 and len(errors) == 1, errors
+    assert "written by 2 processes" in errors[0] and "this run has 1" in errors[0]
+    assert (copy / "log.jsonl").read_text() == (out / "log.jsonl").read_text()  # nothing touched
+
+    # 1 -> 2: a single-process checkpoint resumed by two ranks
+    one = tmp_path / "one"
+    assert cli_main(pretrain_args(corpus, one, max_steps=2, eval_steps=2, save_steps=2)) == 0
+    refused = launch(pretrain_args(corpus, one, resume_from_checkpoint="latest", max_steps=4, eval_steps=2, save_steps=2))
+    print(f"refused 2-process resume: {refused.seconds:.1f}s")
+    assert refused.returncode != 0
+    lines = [line for line in refused.stderr.splitlines() if line.startswith("mlm pretrain: error:")]
+    assert lines and all("written by 1 processes" in line and "this run has 2" in line for line in lines), \
+        refused.stderr[-3000:]
+    assert "Traceback (most recent call last):\n  File" not in refused.stderr.split("torch.distributed")[0]
+
+
+POSITIVE = ["great fun", "i love this movie", "good acting and a great story", "a fun film", "great plot",
+            "love the acting", "good good film", "a great great movie", "fun story", "i love it"]
+NEGATIVE = ["bad plot", "i hate this movie", "terrible acting and a boring story", "a boring film", "bad bad film",
+            "hate the story", "terrible movie", "boring and bad", "a terrible plot", "i hate it"]
+
+
+@pytest.mark.distributed
+def test_finetune_on_two_ranks_evaluates_every_example_once(tmp_path, tiny_bert_dir):
+    from finetune import classification as task
+    from finetune.inference import compute_outputs
+    from mlm.config import parse_config
+    from mlm.tokenizer import load_tokenizer
+
+    train, dev = tmp_path / "train.csv", tmp_path / "dev.csv"
+    train.write_text("text,label\n" + "".join(f"{t},pos\n" for t in POSITIVE) + "".join(f"{t},neg\n" for t in NEGATIVE))
+    # 7 examples, eval batch 2, 2 ranks: shards of 4 and 3, a short last batch; padding to 8 would show.
+    dev_rows = POSITIVE[:4] + NEGATIVE[:3]
+    dev.write_text("text,label\n" + "".join(f"{t},{'pos' if t in POSITIVE else 'neg'}\n" for t in dev_rows))
+    out = tmp_path / "cls"
+    argv = ["--task", "cls", "--model_name_or_path", tiny_bert_dir, "--train_file", train, "--validation_file", dev,
+            "--output_dir", out, "--per_device_train_batch_size", 4, "--per_device_eval_batch_size", 2,
+            "--max_steps", 6, "--eval_steps", 3, "--logging_steps", 1, "--learning_rate", 3e-3, "--seed", 0,
+            "--disable_tqdm", "true"]
+    result = launch(["finetune", *argv])
+    print(f"2-process fine-tuning: {result.seconds:.1f}s")
+    metrics = check_ok(result, out)
+    assert metrics["global_step"] == 6 and metrics["global_batch_size"] == 8
+    preds = [json.loads(line) for line in (out / "predictions" / "validation.jsonl").read_text().splitlines()]
+    assert len(preds) == 7
+    log = records(out)
+    assert [r["step"] for r in log if "eval_accuracy" in r] == [3, 6]
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 7))
+
+    # The same final model evaluated by one process, without an accelerator.
+    cfg = parse_config(task.Config, [str(a) for a in argv])
+    splits = task.load_splits(cfg)
+    labels = task.label_list(splits["train"], cfg)
+    tokenizer = load_tokenizer(str(out))
+    model = task.AutoModel.from_pretrained(str(out)).eval()
+    features = task.encode(splits["validation"], tokenizer, cfg, labels, with_labels=False)
+    outputs = compute_outputs(task, model, features, tokenizer, batch_size=2)
+    single_preds = task.predictions(splits["validation"], features, outputs, cfg, labels)
+    single = task.metrics(splits["validation"], single_preds, cfg, labels)
+    assert [p["label"] for p in preds] == [p["label"] for p in single_preds]
+    assert [p.get("gold") for p in preds] == [p.get("gold") for p in single_preds] == ["pos"] * 4 + ["neg"] * 3
+    for key, value in single.items():
+        if isinstance(value, float):
+            assert metrics[f"eval_{key}"] == pytest.approx(value, abs=1e-6), key
+    assert np.allclose([p["score"] for p in preds], [p["score"] for p in single_preds], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- launch configs (no processes)
+
+CONFIGS = os.path.join(ROOT, "recipes", "accelerate")
+
+
+@pytest.mark.parametrize("name, distributed_type, processes, machines, precision", [
+    ("cpu-2proc", "MULTI_GPU", 2, 1, "no"),
+    ("single-gpu", "NO", 1, 1, "bf16"),
+    ("multi-gpu", "MULTI_GPU", 8, 1, "bf16"),
+    ("multi-node", "MULTI_GPU", 16, 2, "bf16"),
+    ("fsdp", "FSDP", 8, 1, "bf16"),
+    ("deepspeed-zero2", "DEEPSPEED", 8, 1, "bf16"),
+])
+def test_launch_configs_load_with_accelerate(name, distributed_type, processes, machines, precision):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = os.path.join(CONFIGS, f"{name}.yaml")
+    cfg = load_config_from_file(path)
+    assert str(cfg.distributed_type).split(".")[-1] == distributed_type
+    assert (cfg.num_processes, cfg.num_machines, str(cfg.mixed_precision).split(".")[-1]) == (processes, machines, precision)
+    assert cfg.use_cpu == (name == "cpu-2proc")  # MULTI_GPU + use_cpu: two gloo ranks on a CPU machine
+    if name == "fsdp":
+        assert cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "BertLayer"
+        assert cfg.fsdp_config["fsdp_version"] == 2
+    if name == "deepspeed-zero2":
+        assert cfg.deepspeed_config["zero_stage"] == 2
+    if name == "multi-node":
+        assert cfg.rdzv_backend == "c10d" and cfg.main_process_port
+    with open(path) as f:
+        header = f.readline()
+    assert header.startswith("#")  # every config opens with what it is for and its run command
