@@ -489,5 +489,9 @@ def _save(cfg: TrainingConfig, accelerator, state: TrainState) -> None:
 def _progress_bar(cfg, accelerator, total: int, initial: int):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True,
+    import sys
+
+    # In a log file (no terminal) redraw rarely, or the log fills with bars.
+    interval = 0.1 if sys.stderr.isatty() else 30.0
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, mininterval=interval,
                 disable=cfg.disable_tqdm or not accelerator.is_main_process)

@@ -175,3 +175,18 @@ def test_wikitext2_bounded_run(data_dir, tmp_path):
 
 def model_vocab(out):
     return json.loads((out / "config.json").read_text())["vocab_size"]
+
+
+def test_tokenizer_command_trains_a_loadable_wordpiece(corpus, tmp_path, capsys):
+    code, err = run_cli(capsys, "tokenizer", "--train_file", corpus, "--output_dir", str(tmp_path / "tok"),
+                        "--vocab_size", "150", "--do_lower_case", "false")
+    assert code == 0 and err == []
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert tok.is_fast and 100 < len(tok) <= 150
+    ids = tok("The cat sat")["input_ids"]
+    assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+    assert tok.tokenize("the cat")[0] == "the" and tok.tokenize("The cat")[0] != "the"  # case kept
+    code, err = run_cli(capsys, "tokenizer", "--vocab_size", "10")
+    assert code == 1 and "vocab_size" in err[0]
