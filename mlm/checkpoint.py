@@ -78,5 +78,12 @@ def load_checkpoint(accelerator, path: str) -> dict:
     """Restore model, optimizer, scheduler and RNG states in place; return trainer_state.json."""
     with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
         state = json.load(f)
+    # Checked before loading: sharded states (FSDP, DeepSpeed) fail with a traceback on another world size.
+    written, world = state.get("num_processes", 1), accelerator.num_processes
+    if written != world:
+        raise ConfigError(
+            f"resume_from_checkpoint: {path} was written by {written} processes; resume with the same number "
+            f"(this run has {world}) so every rank gets back its own data shard and RNG state"
+        )
     accelerator.load_state(path)
     return state

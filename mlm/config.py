@@ -64,6 +64,7 @@ class TrainingConfig:
     early_stopping_patience: Optional[int] = arg(None, "Stop after N evaluations without improvement.")
     load_best_model_at_end: bool = arg(True, "With metric_for_best_model, restore the best checkpoint at the end.")
     max_eval_samples: Optional[int] = arg(None, "Evaluate on at most this many examples (quick runs).")
+    ddp_timeout: int = arg(7200, "Seconds a process waits for the others (rank 0 may be packing a large corpus).")
     report_to: Literal["none", "tensorboard", "wandb"] = arg("none", "Optional experiment tracker.")
     disable_tqdm: bool = arg(False, "Hide the progress bar.")
 

@@ -15,6 +15,7 @@ just (epoch, batch index).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import os
 import shutil
@@ -26,7 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
 from mlm.checkpoint import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from mlm.config import TrainingConfig
@@ -56,9 +57,13 @@ def make_accelerator(cfg: TrainingConfig):
     # accelerate joins a CPU (gloo) group only when ACCELERATE_USE_CPU=1; otherwise every process runs
     # alone, each one a complete single-process job writing to the same output_dir.
     launched = int(os.environ.get("WORLD_SIZE", "1")) if "LOCAL_RANK" in os.environ else 1
-    accelerator = Accelerator(mixed_precision=precision, cpu=launched > 1 and not _has_device(), **kwargs)
+    # Rank 0 may spend long on tokenizer training and packing while the others wait at a barrier.
+    timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.ddp_timeout))
+    accelerator = Accelerator(mixed_precision=precision, cpu=launched > 1 and not _has_device(),
+                              kwargs_handlers=[timeout], **kwargs)
     setup_console_logging(accelerator.is_main_process)
-    if accelerator.num_processes != launched:
+    # (mpirun sets no LOCAL_RANK, so `launched` stays 1 there; accelerate forms that group itself)
+    if launched > 1 and accelerator.num_processes != launched:
         raise ConfigError(
             f"the launcher started {launched} processes but they did not join one group (each has "
             f"{accelerator.num_processes}); on CPUs set ACCELERATE_USE_CPU=1"
@@ -297,12 +302,7 @@ def train(
 
     state = TrainState(num_processes=world, total_steps=total_steps)
     if resume:
-        saved = load_checkpoint(accelerator, resume)
-        if saved["num_processes"] != world:
-            raise ConfigError(
-                f"resume_from_checkpoint: {resume} was written by {saved['num_processes']} processes; resume with "
-                f"the same number (this run has {world}) so every rank gets back its own data shard and RNG state"
-            )
+        saved = load_checkpoint(accelerator, resume)  # refuses another number of processes
         state = TrainState(**{**saved, "total_steps": total_steps})
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume, state.step, state.epoch, state.position)
     if cfg.report_to != "none":
@@ -319,7 +319,7 @@ def train(
     peak_flops = None
     if flops_per_token:
         dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
-        peak_flops = matmul_peak_flops(accelerator.device, dtype)
+        peak_flops = matmul_peak_flops(accelerator.device, dtype, size=4096 if accelerator.device.type == "cuda" else 1024)
         logger.info("matmul peak here: %.0f GFLOP/s (%s); MFU is measured against it", peak_flops / 1e9, dtype)
     stream = micro_batches(sampler, train_data, collate_fn, state.epoch, state.position)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -378,7 +378,8 @@ def train(
                 record["grad_norm"] = float(grad_norm)
             if flops_per_token:
                 record["tflops"] = record["tokens_per_second"] * flops_per_token / 1e12
-                record["mfu"] = record["tokens_per_second"] * flops_per_token / peak_flops
+                # tokens_per_second counts every rank's tokens; peak_flops is one device's
+                record["mfu"] = record["tokens_per_second"] * flops_per_token / (peak_flops * world)
             run_log.log(record)
             progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}",
                                  tok_s=f"{record['tokens_per_second']:.0f}",
@@ -443,9 +444,10 @@ def _evaluate(evaluate, model, state: TrainState, run_log: RunLog) -> dict:
     start = time.perf_counter()
     # DDP's first forward after a training step broadcasts buffers: a collective, which deadlocks when the
     # ranks run different numbers of evaluation batches (e.g. fewer examples than processes). Every rank
-    # holds the whole model, so evaluate the local replica.
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        model = model.module
+    # holds the whole model, so evaluate the local replica (under torch.compile's wrapper, which is outside DDP).
+    inner = getattr(model, "_orig_mod", model)
+    if isinstance(inner, torch.nn.parallel.DistributedDataParallel):
+        model = inner.module
     model.eval()
     with torch.no_grad():
         raw = evaluate(model)

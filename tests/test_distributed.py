@@ -2,7 +2,8 @@
 
 Every launched run asserts the world size it really had (metrics.json "num_processes": 2): accelerate
 happily starts one process, or two independent ones, and exits 0. The launch configs that need GPUs
-are checked with accelerate's own config loader.
+are checked with accelerate's own config loader and the checks `accelerate launch` makes before it
+starts anything.
 
     pytest -m distributed tests/test_distributed.py
 """
@@ -74,6 +75,16 @@ def check_ok(result, output_dir, processes=2) -> dict:
     return metrics
 
 
+@pytest.fixture
+def one_thread():
+    """In-process twins run like each launched rank (OMP_NUM_THREADS=1): a tiny model gains nothing from
+    more threads, and on a busy machine 2 spinning OpenMP threads were measured 60x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def two_ranks(corpus, tmp_path_factory):
     """20 steps on 2 processes through recipes/accelerate/cpu-2proc.yaml (no ACCELERATE_USE_CPU in the env)."""
@@ -107,7 +118,7 @@ def test_pretrain_on_two_ranks_writes_everything_once(two_ranks):
 
 
 @pytest.mark.distributed
-def test_two_ranks_of_b_equal_one_process_of_2b(two_ranks, corpus, tmp_path, capsys):
+def test_two_ranks_of_b_equal_one_process_of_2b(two_ranks, corpus, tmp_path, one_thread):
     from mlm.collator import MaskingCollator
     from mlm.loop import KeyedDataset, ShardedBatchSampler
     from mlm.tokenizer import load_tokenizer
@@ -134,7 +145,8 @@ def test_two_ranks_of_b_equal_one_process_of_2b(two_ranks, corpus, tmp_path, cap
     # Why it holds: rank r's slice of each global batch, masked, is exactly that part of the one big batch.
     tokenizer = load_tokenizer(str(out))
     rng = np.random.default_rng(0)
-    blocks = [{"input_ids": np.concatenate([[2], rng.integers(5, len(tokenizer), 30), [3]])} for _ in range(24)]
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    blocks = [{"input_ids": np.concatenate([[cls], rng.integers(5, len(tokenizer), 30), [sep]])} for _ in range(24)]
     collate = MaskingCollator(tokenizer, seed=42)
     single = ShardedBatchSampler(len(blocks), 2 * PER_DEVICE, 0, 1, seed=42).epoch_batches(1)
     ranks = [ShardedBatchSampler(len(blocks), PER_DEVICE, r, 2, seed=42).epoch_batches(1) for r in range(2)]
@@ -170,7 +182,7 @@ def test_interrupted_two_rank_run_resumes_exactly(two_ranks, corpus, tmp_path):
 
 
 @pytest.mark.distributed
-def test_resuming_with_another_number_of_processes_is_refused(two_ranks, corpus, tmp_path, capsys):
+def test_resuming_with_another_number_of_processes_is_refused(two_ranks, corpus, tmp_path, capsys, one_thread):
     out, result = two_ranks
     check_ok(result, out)
     # 2 -> 1: the single-process CLI on a copy of the 2-rank run
@@ -191,7 +203,21 @@ def test_resuming_with_another_number_of_processes_is_refused(two_ranks, corpus,
     lines = [line for line in refused.stderr.splitlines() if line.startswith("mlm pretrain: error:")]
     assert lines and all("written by 1 processes" in line and "this run has 2" in line for line in lines), \
         refused.stderr[-3000:]
-    assert "Traceback (most recent call last):\n  File" not in refused.stderr.split("torch.distributed")[0]
+    ranks_output = refused.stderr.split("torch/distributed/elastic")[0]  # what follows is the launcher's report
+    assert "Traceback" not in ranks_output
+
+
+@pytest.mark.distributed
+def test_ranks_that_do_not_form_a_group_are_refused(corpus, tmp_path):
+    # What accelerate does on a CPU machine without ACCELERATE_USE_CPU (or with a device it cannot group):
+    # each launched process becomes a separate 1-process run, all writing to one output_dir, exit 0.
+    out = tmp_path / "lonely"
+    result = launch(pretrain_args(corpus, out), pretend_gpu=True)
+    print(f"refused launch without a group: {result.seconds:.1f}s")
+    lines = [line for line in result.stderr.splitlines() if line.startswith("mlm pretrain: error:")]
+    assert result.returncode != 0 and lines, result.stderr[-3000:]
+    assert all("started 2 processes but they did not join one group" in line for line in lines)
+    assert not out.exists()
 
 
 POSITIVE = ["great fun", "i love this movie", "good acting and a great story", "a fun film", "great plot",
@@ -248,16 +274,17 @@ def test_finetune_on_two_ranks_evaluates_every_example_once(tmp_path, tiny_bert_
 # ---------------------------------------------------------------------------- launch configs (no processes)
 
 CONFIGS = os.path.join(ROOT, "recipes", "accelerate")
-
-
-@pytest.mark.parametrize("name, distributed_type, processes, machines, precision", [
+CONFIG_CASES = [  # name, distributed_type, processes, machines, mixed precision
     ("cpu-2proc", "MULTI_GPU", 2, 1, "no"),
     ("single-gpu", "NO", 1, 1, "bf16"),
     ("multi-gpu", "MULTI_GPU", 8, 1, "bf16"),
     ("multi-node", "MULTI_GPU", 16, 2, "bf16"),
     ("fsdp", "FSDP", 8, 1, "bf16"),
     ("deepspeed-zero2", "DEEPSPEED", 8, 1, "bf16"),
-])
+]
+
+
+@pytest.mark.parametrize("name, distributed_type, processes, machines, precision", CONFIG_CASES)
 def test_launch_configs_load_with_accelerate(name, distributed_type, processes, machines, precision):
     from accelerate.commands.config.config_args import load_config_from_file
 
@@ -265,7 +292,7 @@ def test_launch_configs_load_with_accelerate(name, distributed_type, processes, 
     cfg = load_config_from_file(path)
     assert str(cfg.distributed_type).split(".")[-1] == distributed_type
     assert (cfg.num_processes, cfg.num_machines, str(cfg.mixed_precision).split(".")[-1]) == (processes, machines, precision)
-    assert cfg.use_cpu == (name == "cpu-2proc")  # MULTI_GPU + use_cpu: two gloo ranks on a CPU machine
+    assert cfg.use_cpu == (name == "cpu-2proc")
     if name == "fsdp":
         assert cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "BertLayer"
         assert cfg.fsdp_config["fsdp_version"] == 2
@@ -276,3 +303,33 @@ def test_launch_configs_load_with_accelerate(name, distributed_type, processes, 
     with open(path) as f:
         header = f.readline()
     assert header.startswith("#")  # every config opens with what it is for and its run command
+
+
+@pytest.mark.parametrize("name, distributed_type, processes, machines, precision", CONFIG_CASES)
+def test_launch_configs_pass_accelerates_launch_checks(name, distributed_type, processes, machines, precision):
+    """What `accelerate launch --config_file X -m mlm pretrain` works out before it starts a process."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env, prepare_simple_launcher_cmd_env
+
+    extra = ["--machine_rank", "1", "--main_process_ip", "10.0.0.1"] if machines > 1 else []
+    args = launch_command_parser().parse_args(["--config_file", os.path.join(CONFIGS, f"{name}.yaml"), *extra,
+                                               "-m", "mlm", "pretrain"])
+    args, defaults, precision_from_config = _validate_launch_command(args)
+    if distributed_type == "DEEPSPEED":
+        fields = list(defaults.deepspeed_config) + (["mixed_precision"] if precision_from_config else [])
+        args.deepspeed_fields_from_accelerate_config = ",".join(fields)  # what launch_command sets
+        _, env = prepare_deepspeed_cmd_env(args)
+        assert env["ACCELERATE_USE_DEEPSPEED"] == "true" and env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "2"
+    elif distributed_type == "NO":
+        cmd, env = prepare_simple_launcher_cmd_env(args)
+        assert cmd[-3:] == ["-m", "mlm", "pretrain"] and env["CUDA_VISIBLE_DEVICES"] == "0"
+    else:  # torchrun underneath: processes per node, nodes
+        env = prepare_multi_gpu_env(args)
+        assert int(args.nproc_per_node) == processes // machines
+        if machines > 1:
+            assert int(args.nnodes) == machines and args.rdzv_endpoint == "10.0.0.1:29500"
+        if distributed_type == "FSDP":
+            assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
+    assert env["ACCELERATE_MIXED_PRECISION"] == precision
+    # A GPU config must not put the ranks on the CPU; the CPU config leaves it to mlm (see cpu-2proc.yaml).
+    assert env.get("ACCELERATE_USE_CPU", "False") in ("False", os.environ.get("ACCELERATE_USE_CPU"))
