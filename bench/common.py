@@ -269,27 +269,36 @@ def max_rss_mb() -> float:
 
 
 class StepClock:
-    """Per-step wall time and a breakdown into phases, from timestamps taken by wrappers around the loop.
+    """Per-step wall time and a breakdown into phases, from timestamps taken by wrappers around a training loop.
 
-    `mark_step()` is called at the same point of every step (the start of its forward pass), so the interval
-    between two marks is one whole iteration: forward, backward, clipping, optimizer, bookkeeping and the
-    fetching of the next batch.
-    `phase(name)` is a context manager that adds the time spent inside to the current step's `name`.
+    `mark_step()` is called at the same point of every step (the start of its forward pass). A step's period
+    runs from one mark to the next: forward, backward, clipping, optimizer, loop bookkeeping and the fetching
+    of the next batch. With a `gate` (see Gate), the process may wait at a mark for its turn; the wait is not
+    part of any period. `wrap(fn, name)` / `add(name, seconds)` credit time to the running period's phase.
     """
 
-    def __init__(self):
-        self.marks: list[float] = []
-        self.phases: list[dict] = []  # phases[i]: seconds per phase during step i
+    def __init__(self, gate=None):
+        self.gate = gate
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+        self.cpu_starts: list[float] = []  # process CPU time (all threads), to tell work from waiting for a CPU
+        self.cpu_ends: list[float] = []
+        self.phases: list[dict] = []  # phases[i]: seconds per phase during period i
         self.tokens: list[int] = []
 
     def mark_step(self, tokens: int) -> None:
-        self.marks.append(time.perf_counter())
+        if self.starts:
+            self.ends.append(time.perf_counter())
+            self.cpu_ends.append(time.process_time())
+        if self.gate is not None:
+            self.gate.wait_turn()
+        self.cpu_starts.append(time.process_time())
+        self.starts.append(time.perf_counter())
         self.phases.append({})
         self.tokens.append(int(tokens))
 
     def add(self, name: str, seconds: float) -> None:
-        # Credited to the period in which it happens: period i holds step i's forward, backward and optimizer
-        # step and the fetching of step i+1's batch. Work before the first mark is warm-up and dropped.
+        # Work before the first mark (setup) belongs to no period.
         if self.phases:
             self.phases[-1][name] = self.phases[-1].get(name, 0.0) + seconds
 
@@ -303,25 +312,30 @@ class StepClock:
 
         return wrapped
 
-    def summary(self, warmup: int, end_time: Optional[float] = None) -> dict:
-        """Throughput over the steps after `warmup`: tokens / sum of their step periods.
+    def summary(self, warmup: int) -> dict:
+        """Throughput over the complete periods after the first `warmup`: tokens / sum of their periods.
 
-        The period of step i is marks[i+1] - marks[i]; the last step's period ends at end_time when given
-        (the moment training returned), else that step is not counted.
+        The last step has no complete period (nothing marks its end), so a run of warmup + n + 1 steps
+        measures n steps.
         """
-        marks = list(self.marks) + ([end_time] if end_time is not None else [])
-        periods = [b - a for a, b in zip(marks, marks[1:])]
+        periods = [e - s for s, e in zip(self.starts, self.ends)]
         measured = list(range(warmup, len(periods)))
         if not measured:
-            raise RuntimeError(f"no step to measure: {len(periods)} periods with {warmup} warm-up steps")
+            raise RuntimeError(f"no step to measure: {len(periods)} complete steps with {warmup} warm-up steps")
         seconds = sum(periods[i] for i in measured)
         tokens = sum(self.tokens[i] for i in measured)
         phase_names = sorted({k for i in measured for k in self.phases[i]})
-        phase_ms = {k: 1000 * statistics.median(self.phases[i].get(k, 0.0) for i in measured) for k in phase_names}
+        # Means, not medians, so that the phases add up to the mean step ("other" is the remainder).
+        phase_ms = {k: 1000 * statistics.fmean(self.phases[i].get(k, 0.0) for i in measured) for k in phase_names}
         step_ms = [1000 * periods[i] for i in measured]
-        phase_ms["other"] = statistics.median(step_ms) - sum(phase_ms.values())
+        phase_ms["other"] = statistics.fmean(step_ms) - sum(phase_ms.values())
+        cpu_ms = [1000 * (e - s) for s, e in zip(self.cpu_starts, self.cpu_ends)]
+        cpu_ms = [cpu_ms[i] for i in measured]
         return {
             "tokens_per_second": tokens / seconds,
+            "tokens_per_second_median_step": statistics.median(self.tokens[i] for i in measured)
+            / statistics.median(periods[i] for i in measured),
+            "tokens_per_second_best_step": max(self.tokens[i] / periods[i] for i in measured),
             "measured_steps": len(measured),
             "warmup_steps": warmup,
             "tokens_per_step": statistics.median(self.tokens[i] for i in measured),
@@ -329,8 +343,139 @@ class StepClock:
             "step_ms_min": round(min(step_ms), 2),
             "step_ms_max": round(max(step_ms), 2),
             "step_ms_all": [round(x, 1) for x in step_ms],
-            "phase_ms_median": {k: round(v, 2) for k, v in phase_ms.items()},
+            "warmup_step_ms": [round(1000 * p, 1) for p in periods[:warmup]],
+            "cpu_ms_median": round(statistics.median(cpu_ms), 1),
+            "cpu_ms_all": [round(x, 1) for x in cpu_ms],
+            "phase_ms_mean": {k: round(v, 2) for k, v in phase_ms.items()},
         }
+
+
+# ------------------------------------------------------------------------------- step interleaving
+
+GATE_ENV = "BENCH_GATE_FDS"
+
+
+class Gate:
+    """Child side of step-level interleaving: at every step mark, say so and wait for the parent's go.
+
+    The parent (run_interleaved) starts several training processes and lets exactly one run at a time, one
+    step each in turn, so all sides see the same machine conditions step by step (a shared machine's load
+    changes by the minute; ratios of alternated steps barely move). The pipe fds come in $BENCH_GATE_FDS.
+    """
+
+    def __init__(self, read_fd: int, write_fd: int):
+        self.reader = os.fdopen(read_fd, "r")
+        self.writer = os.fdopen(write_fd, "w")
+
+    @classmethod
+    def from_env(cls) -> Optional["Gate"]:
+        fds = os.environ.get(GATE_ENV)
+        if not fds:
+            return None
+        read_fd, write_fd = (int(x) for x in fds.split(","))
+        return cls(read_fd, write_fd)
+
+    def wait_turn(self) -> None:
+        self.writer.write("M\n")
+        self.writer.flush()
+        if self.reader.readline().strip() != "go":  # the parent is gone: stop
+            os._exit(3)
+
+    def finish(self) -> None:
+        self.writer.write("D\n")
+        self.writer.flush()
+
+
+def run_interleaved(jobs: dict, log_dir: str, between_cycles=None, turn_timeout: float = 1800) -> dict:
+    """Run `jobs` ({name: argv for python}) as processes that take turns one step at a time.
+
+    Every child must create a Gate from the environment, call gate.wait_turn() at the start of every step
+    and gate.finish() after printing its result (child_result). The children set up (imports, data, model) in
+    parallel; then, once all of them wait at their first step, the turns go round in the order of `jobs`:
+    one step of each, then `between_cycles(cycle)` (e.g. a matmul peak sample; every child is blocked then),
+    until all have finished. A finished child's final work (after its last step) runs in its turn too.
+    Returns {name: result dict}; a child that fails gets {"error": the end of its log} and the others go on.
+    """
+    import select
+
+    procs, pipes, logs = {}, {}, {}
+    try:
+        for name, argv in jobs.items():
+            to_child_r, to_child_w = os.pipe()
+            from_child_r, from_child_w = os.pipe()
+            logs[name] = os.path.join(log_dir, f"{name.replace('/', '_').replace('+', '_')}.log")
+            with open(logs[name], "w") as logf:
+                procs[name] = subprocess.Popen(
+                    [sys.executable, *argv], stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
+                    env={**os.environ, GATE_ENV: f"{to_child_r},{from_child_w}"},
+                    pass_fds=(to_child_r, from_child_w),
+                )
+            os.close(to_child_r)
+            os.close(from_child_w)
+            pipes[name] = (os.fdopen(from_child_r, "r"), os.fdopen(to_child_w, "w"))
+
+        def receive(name) -> str:
+            reader = pipes[name][0]
+            ready, _, _ = select.select([reader], [], [], turn_timeout)
+            if not ready:
+                raise RuntimeError(f"{name}: no step finished within {turn_timeout:.0f}s")
+            return reader.readline().strip()
+
+        def failed(name) -> RuntimeError:
+            if procs[name].poll() is None:
+                procs[name].kill()
+            procs[name].wait()
+            with open(logs[name], encoding="utf-8", errors="replace") as f:
+                tail = "\n".join(f.read().strip().splitlines()[-20:])
+            return RuntimeError(f"{name} failed (exit {procs[name].returncode}); end of {logs[name]}:\n{tail}")
+
+        results, active, cycle = {}, [], 0
+        for name in jobs:  # everyone set up and waiting at its first step
+            if receive(name) == "M":
+                active.append(name)
+            else:
+                results[name] = {"error": str(failed(name))}
+        while active:
+            for name in list(active):
+                try:
+                    pipes[name][1].write("go\n")
+                    pipes[name][1].flush()
+                    message = receive(name)
+                except BrokenPipeError:
+                    message = ""
+                if message == "M":
+                    continue
+                active.remove(name)
+                if message != "D" or procs[name].wait() != 0:
+                    results[name] = {"error": str(failed(name))}
+                else:
+                    results[name] = _result_from_log(logs[name])
+            cycle += 1
+            if active and between_cycles is not None:
+                between_cycles(cycle)
+        return results
+    finally:
+        for name, proc in procs.items():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for reader, writer in pipes.values():
+            for f in (reader, writer):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
+
+def _result_from_log(path: str) -> dict:
+    result = None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith(RESULT_PREFIX):
+                result = json.loads(line[len(RESULT_PREFIX):])
+    if result is None:
+        raise RuntimeError(f"{path}: the child printed no result")
+    return result
 
 
 # ---------------------------------------------------------------------------------------- output

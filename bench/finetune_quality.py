@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Fine-tuning quality on the real datasets, through the real `mlm finetune` entry point, within a CPU budget.
 
-    python bench/finetune_quality.py                       # full: ~1 h on 2 CPU cores (MiniLM dominates)
+    python bench/finetune_quality.py --threads 1           # full: 35-60 min on 2 CPU cores (MiniLM dominates)
     python bench/finetune_quality.py --quick               # minutes: small subsets, same code path
     python bench/finetune_quality.py --tasks cls,ner --backbones minilm --demo_model outputs/pretrain-demo
 
@@ -39,12 +39,15 @@ RESULTS = os.path.join(ROOT, "bench", "results")
 TASKS = ("cls", "ner", "qa")
 BACKBONES = ("demo", "minilm")
 
-# Flags every run shares. eval_steps is left unset: the loop evaluates once per epoch and at the end.
+# Flags every run shares. eval_steps comes from the recipe: every 500 steps for cls (cls.yaml), else once per
+# epoch; the loop always evaluates at the last step too, and metric_for_best_model picks the checkpoint scored.
 COMMON = {"seed": 0, "disable_tqdm": "true", "overwrite_output_dir": "true", "save_total_limit": 1,
           "mixed_precision": "no", "logging_steps": 25}
 
 # Per task: the dataset files (relative to the data dir) and the settings of each backbone, full and quick.
-# Sizes were chosen so the full MiniLM runs take ~10 / ~10-15 / ~15 minutes of training on 2 (shared) cores.
+# Sizes were chosen so the full MiniLM runs take at most ~10 / ~10 / ~15 minutes of training on a 2-core machine
+# shared with other jobs, one thread (MiniLM measured at load 3-5: 23-48 SST-2 phrases/s, 28-39 CoNLL sentences/s,
+# 4-5 SQuAD 256-token windows/s). Subsets are prefixes in file order (max_train_samples), so they are reproducible.
 DATA = {
     "cls": {"dir": "sst2", "files": ["train.tsv", "dev.tsv"]},
     "ner": {"dir": "conll2003", "files": ["eng.train", "eng.testa", "eng.testb"]},
@@ -53,9 +56,9 @@ DATA = {
 SETTINGS = {
     "full": {
         "cls": {
-            "minilm": {"max_train_samples": 16000, "num_train_epochs": 1, "max_seq_length": 64, "learning_rate": 5e-5,
+            "minilm": {"max_train_samples": 12000, "num_train_epochs": 1, "max_seq_length": 64, "learning_rate": 5e-5,
                        "per_device_train_batch_size": 32, "per_device_eval_batch_size": 128, "warmup_ratio": 0.1},
-            "demo": {"max_train_samples": 16000, "num_train_epochs": 3, "max_seq_length": 64, "learning_rate": 2e-4,
+            "demo": {"max_train_samples": 12000, "num_train_epochs": 3, "max_seq_length": 64, "learning_rate": 2e-4,
                      "per_device_train_batch_size": 32, "per_device_eval_batch_size": 128, "warmup_ratio": 0.1},
         },
         "ner": {
@@ -65,35 +68,35 @@ SETTINGS = {
                      "per_device_train_batch_size": 32, "per_device_eval_batch_size": 128, "warmup_ratio": 0.1},
         },
         "qa": {
-            "minilm": {"max_train_samples": 4000, "num_train_epochs": 1, "max_seq_length": 256, "doc_stride": 128,
+            "minilm": {"max_train_samples": 3000, "num_train_epochs": 1, "max_seq_length": 256, "doc_stride": 128,
                        "learning_rate": 1e-4, "per_device_train_batch_size": 16, "global_batch_size": 32,
                        "per_device_eval_batch_size": 64, "warmup_ratio": 0.1},
             # The demo model was pretrained on 128-token blocks: positions past 128 are untrained.
-            "demo": {"num_train_epochs": 2, "max_seq_length": 128, "doc_stride": 48, "max_query_length": 32,
-                     "learning_rate": 2e-4, "per_device_train_batch_size": 32, "global_batch_size": 32,
-                     "per_device_eval_batch_size": 128, "warmup_ratio": 0.1},
+            "demo": {"max_train_samples": 3000, "num_train_epochs": 2, "max_seq_length": 128, "doc_stride": 48,
+                     "max_query_length": 32, "learning_rate": 2e-4, "per_device_train_batch_size": 32,
+                     "global_batch_size": 32, "per_device_eval_batch_size": 128, "warmup_ratio": 0.1},
         },
     },
     "quick": {
         "cls": {
-            "minilm": {"max_train_samples": 2000, "num_train_epochs": 1, "max_seq_length": 48, "learning_rate": 5e-5,
+            "minilm": {"max_train_samples": 1000, "num_train_epochs": 1, "max_seq_length": 48, "learning_rate": 1e-4,
                        "per_device_train_batch_size": 32, "per_device_eval_batch_size": 128, "warmup_ratio": 0.1},
-            "demo": {"max_train_samples": 2000, "num_train_epochs": 1, "max_seq_length": 48, "learning_rate": 2e-4,
+            "demo": {"max_train_samples": 1000, "num_train_epochs": 1, "max_seq_length": 48, "learning_rate": 2e-4,
                      "per_device_train_batch_size": 32, "per_device_eval_batch_size": 128, "warmup_ratio": 0.1},
         },
         "ner": {
-            "minilm": {"max_train_samples": 1000, "max_eval_samples": 500, "num_train_epochs": 1, "max_seq_length": 128,
-                       "learning_rate": 5e-5, "per_device_train_batch_size": 32, "per_device_eval_batch_size": 128,
+            "minilm": {"max_train_samples": 600, "max_eval_samples": 300, "num_train_epochs": 1, "max_seq_length": 128,
+                       "learning_rate": 1e-4, "per_device_train_batch_size": 16, "per_device_eval_batch_size": 128,
                        "warmup_ratio": 0.1},
-            "demo": {"max_train_samples": 1000, "max_eval_samples": 500, "num_train_epochs": 1, "max_seq_length": 128,
-                     "learning_rate": 2e-4, "per_device_train_batch_size": 32, "per_device_eval_batch_size": 128,
+            "demo": {"max_train_samples": 600, "max_eval_samples": 300, "num_train_epochs": 1, "max_seq_length": 128,
+                     "learning_rate": 2e-4, "per_device_train_batch_size": 16, "per_device_eval_batch_size": 128,
                      "warmup_ratio": 0.1},
         },
         "qa": {
-            "minilm": {"max_train_samples": 400, "max_eval_samples": 300, "num_train_epochs": 1, "max_seq_length": 256,
+            "minilm": {"max_train_samples": 200, "max_eval_samples": 100, "num_train_epochs": 1, "max_seq_length": 256,
                        "doc_stride": 128, "learning_rate": 1e-4, "per_device_train_batch_size": 16,
                        "global_batch_size": 32, "per_device_eval_batch_size": 64, "warmup_ratio": 0.1},
-            "demo": {"max_train_samples": 400, "max_eval_samples": 300, "num_train_epochs": 1, "max_seq_length": 128,
+            "demo": {"max_train_samples": 200, "max_eval_samples": 100, "num_train_epochs": 1, "max_seq_length": 128,
                      "doc_stride": 48, "max_query_length": 32, "learning_rate": 2e-4, "per_device_train_batch_size": 32,
                      "global_batch_size": 32, "per_device_eval_batch_size": 128, "warmup_ratio": 0.1},
         },
@@ -129,12 +132,18 @@ def write_results(path: str, results: dict) -> None:
 
 
 def host_info() -> dict:
+    try:  # the shared machine facts of bench/common.py when present (CPU model, memory, ...)
+        from common import machine_info
+
+        return machine_info()
+    except Exception:
+        pass
     info = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count()}
     try:
         import torch
         import transformers
 
-        info.update(torch=torch.__version__, transformers=transformers.__version__, torch_threads=torch.get_num_threads())
+        info.update(torch=torch.__version__, transformers=transformers.__version__, torch_default_threads=torch.get_num_threads())
     except ImportError:
         pass
     return info
@@ -224,7 +233,7 @@ def describe_subset(task: str, settings: dict, counts: dict) -> str:
 
 
 def finetune_run(task: str, backbone: str, model_path: str, data_dir: str, settings: dict, work_dir: str,
-                 timeout: int) -> dict:
+                 timeout: int, threads: int | None) -> dict:
     """One `mlm finetune` run in a subprocess; its metrics.json and log, condensed."""
     output_dir = os.path.join(work_dir, f"{task}-{backbone}")
     args = {"recipe": os.path.join("recipes", "finetune", f"{task}.yaml"), "data_dir": os.path.join(data_dir, DATA[task]["dir"]),
@@ -234,12 +243,16 @@ def finetune_run(task: str, backbone: str, model_path: str, data_dir: str, setti
     command = [sys.executable, "-m", "mlm", "finetune", "--task", task]
     for key, value in args.items():
         command += [f"--{key}", str(value)]
-    entry = {"status": "running", "command": shlex.join(command), "settings": settings, "output_dir": output_dir,
-             "load_avg_before": load_avg()}
-    os.makedirs(output_dir, exist_ok=True)
-    log_path = os.path.join(work_dir, f"{task}-{backbone}.log")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    prefix = ""
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        prefix = f"OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
+    entry = {"status": "running", "command": prefix + shlex.join(command), "settings": settings,
+             "threads": threads or "torch default", "output_dir": output_dir, "load_avg_before": load_avg()}
+    os.makedirs(output_dir, exist_ok=True)
+    log_path = os.path.join(work_dir, f"{task}-{backbone}.log")
     start = time.perf_counter()
     try:
         with open(log_path, "w", encoding="utf-8") as log:
@@ -361,6 +374,10 @@ def main(argv=None) -> int:
     p.add_argument("--data_dir", default=None, help="default: $MLM_DATA_DIR, else ../shared/data")
     p.add_argument("--work_dir", default=None, help="run outputs (default: outputs/bench-finetune[-quick])")
     p.add_argument("--output", default=None, help="results JSON (default: bench/results/finetune_quality[_quick].json)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="OMP/MKL threads of each run (default 1; 0 = torch's default, one per core). On a CPU shared "
+                        "with other jobs, 2 threads ran MiniLM steps 4-8x slower than 1 here (a descheduled OpenMP "
+                        "thread stalls every parallel region); on an idle machine 1 thread costs up to 2x")
     p.add_argument("--fresh", action="store_true", help="start a new results file instead of updating the old one")
     args = p.parse_args(argv)
 
@@ -394,6 +411,7 @@ def main(argv=None) -> int:
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": host_info(),
         "data_dir": data_dir,
+        "threads": args.threads or "torch default",
         "notes": ("train_runtime_s counts optimizer steps only (evaluation and checkpoints excluded); wall_s is the "
                   "whole `mlm finetune` process (data loading, tokenization, evaluations, export). "
                   "train_examples_per_s counts features: texts (cls), sentence windows (ner), "
@@ -431,12 +449,17 @@ def main(argv=None) -> int:
             bucket[b] = {"status": "running", "settings": settings}
             write_results(out_path, results)
             print(f"{task} / {b}: running ...", flush=True)
-            entry = finetune_run(task, b, path, data_dir, settings, work_dir, TIMEOUT[mode])
+            entry = finetune_run(task, b, path, data_dir, settings, work_dir, TIMEOUT[mode], args.threads)
             entry["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             bucket[b] = entry
             write_results(out_path, results)
             print(summary_line(task, b, entry), flush=True)
 
+    entries = [results["results"].get(t, {}).get(b, {}) for t in tasks for b in backbones]
+    if entries and all(e.get("status") == "skipped" for e in entries):
+        reasons = sorted({e.get("reason", "") for e in entries})
+        print(f"SKIPPED: {'; '.join(reasons)}")
+        return 0
     print(f"\nresults: {out_path}")
     for task in tasks:
         for name, entry in results["results"].get(task, {}).items():
