@@ -1,7 +1,7 @@
 """Build the encoder + MLM head, and run the head on masked positions only.
 
     hf_model = build_masked_lm(model_name_or_path=None, preset="mini", vocab_size=len(tok), max_seq_length=128)
-    model = SparseMaskedLM(hf_model)           # forward(batch from MaskingCollator) -> loss_sum, count, correct
+    model = SparseMaskedLM(hf_model)           # forward(batch from MaskingCollator) -> loss_sum, count (+ correct in eval mode)
     hf_model.save_pretrained(out)              # a stock BertForMaskedLM checkpoint (safetensors)
 
 This is the only pretraining module that names transformers model classes.
@@ -126,8 +126,10 @@ class SparseMaskedLM(nn.Module):
         logits = logits.reshape(-1, logits.size(-1))
         loss_sum = nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
         valid = labels != -100
-        correct = ((logits.argmax(-1) == labels) & valid).sum()
-        return {"loss_sum": loss_sum, "count": valid.sum(), "correct": correct}
+        out = {"loss_sum": loss_sum, "count": valid.sum()}
+        if not self.training:  # accuracy is an evaluation metric: no argmax over B*K*V in training steps
+            out["correct"] = ((logits.argmax(-1) == labels) & valid).sum()
+        return out
 
 
 def count_parameters(model, exclude_embeddings: bool = True) -> int:
