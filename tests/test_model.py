@@ -35,6 +35,21 @@ def test_sparse_loss_equals_stock_bert_for_masked_lm():
     assert torch.allclose(out["loss_sum"] / out["count"], stock, atol=1e-5)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_head_runs_on_the_masked_positions_only(training):
+    # Evaluation too: no (B, T, V) logits tensor is ever made, so eval memory follows the masked count.
+    from mlm.model import mlm_head
+
+    model = SparseMaskedLM(_tiny_model()).train(training)
+    seen = []
+    mlm_head(model.model).register_forward_hook(lambda module, inputs, output: seen.append(tuple(output.shape)))
+    input_ids = torch.randint(5, 97, (3, 16))
+    positions = torch.tensor([[1, 4], [2, 3], [5, 6]])
+    labels = torch.tensor([[11, 12], [21, -100], [31, 32]])
+    out = model(input_ids, torch.ones_like(input_ids), positions, labels)
+    assert seen == [(3, 2, 97)] and out["count"].item() == 5
+
+
 def test_presets_follow_turc_et_al_shapes():
     config = preset_config("small", vocab_size=1000)
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size) == (4, 512, 8, 2048)
