@@ -353,9 +353,9 @@ def train(
             local += torch.stack([loss_sum.detach().double(), count.double(), *_batch_size(batch)])
         totals = accelerator.reduce(local, reduction="sum")
         scale = cfg.per_device_train_batch_size * world / totals[1].item() if totals[1] > 0 else 0.0
-        for p in params if not deepspeed else ():
-            if p.grad is not None:
-                p.grad.mul_(scale)
+        grads = [p.grad for p in params if p.grad is not None] if not deepspeed else []
+        if grads and scale != 1.0:  # 1.0: every example has one target (classification) and no accumulation
+            torch._foreach_mul_(grads, scale)
         grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
         optimizer.step()
         scheduler.step()
