@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mlm.loop import shard_range, to_device
+from mlm.loop import rank_batches, to_device
 
 
 def compute_outputs(task, model, features: list[dict], tokenizer, batch_size: int, accelerator=None) -> list:
@@ -17,13 +17,12 @@ def compute_outputs(task, model, features: list[dict], tokenizer, batch_size: in
     order = np.argsort([-len(f["input_ids"]) for f in features], kind="stable")
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     device = accelerator.device if accelerator else next(model.parameters()).device
-    mine = order[shard_range(len(order), rank, world).start : shard_range(len(order), rank, world).stop]
     was_training = model.training
     model.eval()
     outputs = []
     with torch.no_grad():
-        for start in range(0, len(mine), batch_size):
-            batch = task.collate([features[i] for i in mine[start : start + batch_size]], tokenizer)
+        for positions in rank_batches(len(order), batch_size, rank, world):
+            batch = task.collate([features[i] for i in order[positions.start : positions.stop]], tokenizer)
             outputs.extend(task.outputs(model, to_device(batch, device)))
     model.train(was_training)
     if world > 1:

@@ -230,11 +230,22 @@ def shard_range(n: int, rank: int, world: int) -> range:
     return range(bounds[rank], bounds[rank + 1])
 
 
+def rank_batches(n: int, batch_size: int, rank: int, world: int) -> list[range]:
+    """This rank's evaluation batches: its shard of range(n) cut into near-equal contiguous ranges.
+
+    Every rank gets the same number of batches (shards differ by at most one item): under FSDP each forward
+    is a collective, and a rank with one batch more would wait forever for the others.
+    """
+    shard = shard_range(n, rank, world)
+    count = math.ceil(math.ceil(n / world) / batch_size)
+    bounds = np.linspace(shard.start, shard.stop, count + 1).round().astype(int)
+    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
 def eval_batches(data, collate_fn, batch_size: int, accelerator):
     """This rank's evaluation batches, moved to the device; gather results in rank order."""
-    indices = list(shard_range(len(data), accelerator.process_index, accelerator.num_processes))
-    for start in range(0, len(indices), batch_size):
-        items = [data[i] for i in indices[start : start + batch_size]]
+    for batch in rank_batches(len(data), batch_size, accelerator.process_index, accelerator.num_processes):
+        items = [data[i] for i in batch]
         yield to_device(collate_fn(items), accelerator.device)
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from mlm.config import TrainingConfig
 from mlm.errors import ConfigError
-from mlm.loop import ShardedBatchSampler, make_accelerator, shard_range, train
+from mlm.loop import ShardedBatchSampler, make_accelerator, rank_batches, shard_range, train
 
 
 class Toy(nn.Module):
@@ -131,3 +131,12 @@ def test_eval_shards_cover_everything_once():
     parts = [shard_range(5, r, 2) for r in range(2)]
     assert [list(p) for p in parts] == [[0, 1, 2], [3, 4]] or [list(p) for p in parts] == [[0, 1], [2, 3, 4]]
     assert sum((list(shard_range(7, r, 3)) for r in range(3)), []) == list(range(7))
+
+
+@pytest.mark.parametrize("n, batch_size, world", [(5, 2, 2), (100, 64, 1), (1001, 64, 3), (130, 8, 4)])
+def test_eval_batches_are_equal_in_number_on_every_rank(n, batch_size, world):
+    # FSDP runs a collective in every forward: ranks must run the same number of evaluation batches.
+    per_rank = [rank_batches(n, batch_size, r, world) for r in range(world)]
+    assert len({len(batches) for batches in per_rank}) == 1
+    assert all(0 < len(b) <= batch_size for batches in per_rank for b in batches)
+    assert [i for batches in per_rank for b in batches for i in b] == list(range(n))  # every item once, in order
