@@ -487,21 +487,11 @@ def median(values):
 
 
 def write_json(path: str, data: dict) -> None:
-    """Atomic JSON write (temp file + rename)."""
+    """Atomic JSON write (mlm.runlog.write_json), keys in insertion order, creating the folder."""
+    from mlm.runlog import write_json as atomic_write_json
+
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=_jsonable)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _jsonable(value):
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
+    atomic_write_json(path, data, sort_keys=False)
 
 
 def log(message: str) -> None:

@@ -121,21 +121,9 @@ def load_avg() -> list[float] | None:
         return None
 
 
-def write_results(path: str, results: dict) -> None:
-    """Atomic rewrite, so an interrupted run never leaves half a JSON file."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def host_info() -> dict:
-    try:  # the shared machine facts of bench/common.py when present (CPU model, memory, ...)
-        from common import machine_info
-
-        return machine_info()
+    try:  # the shared machine facts of bench/common.py (CPU model, memory, ...)
+        return common.machine_info()
     except Exception:
         pass
     info = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count()}
@@ -430,29 +418,29 @@ def main(argv=None) -> int:
                 bucket[b] = {"status": "skipped", "reason": why}
             if task == "cls":
                 bucket["tfidf_logreg"] = {"status": "skipped", "reason": why}
-            write_results(out_path, results)
+            common.write_json(out_path, results)
             continue
         if task == "cls":
             n = SETTINGS[mode]["cls"]["minilm"]["max_train_samples"]
             bucket["tfidf_logreg"] = tfidf_baseline(data_dir, n)
             if not args.quick:
                 bucket["tfidf_logreg_all_train"] = tfidf_baseline(data_dir, None)
-            write_results(out_path, results)
+            common.write_json(out_path, results)
             print(summary_line(task, "tfidf_logreg", bucket["tfidf_logreg"]), flush=True)
         for b in backbones:
             path, why = resolve_backbone(b, args.demo_model)
             if path is None:
                 bucket[b] = {"status": "skipped", "reason": why}
-                write_results(out_path, results)
+                common.write_json(out_path, results)
                 continue
             settings = SETTINGS[mode][task][b]
             bucket[b] = {"status": "running", "settings": settings}
-            write_results(out_path, results)
+            common.write_json(out_path, results)
             print(f"{task} / {b}: running ...", flush=True)
             entry = finetune_run(task, b, path, data_dir, settings, work_dir, TIMEOUT[mode], args.threads)
             entry["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             bucket[b] = entry
-            write_results(out_path, results)
+            common.write_json(out_path, results)
             print(summary_line(task, b, entry), flush=True)
 
     entries = [results["results"].get(t, {}).get(b, {}) for t in tasks for b in backbones]

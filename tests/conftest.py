@@ -62,3 +62,22 @@ def data_dir():
     if not path or not os.path.isdir(path):
         pytest.skip("real data not available: set MLM_DATA_DIR to the shared data folder")
     return path
+
+
+SENTENCES = [
+    "the cat sat on the mat and looked at the dog",
+    "a dog ran in the park with a red ball",
+    "birds sing in the morning when the sun rises",
+    "the river flows to the sea past the old mill",
+    "children read books in the quiet library",
+    "the baker makes fresh bread every morning",
+]
+
+
+@pytest.fixture(scope="module")
+def sentence_corpus(tmp_path_factory) -> str:
+    """A small pretraining corpus: 60 blank-line separated documents of 3 sentences each."""
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    docs = [" ".join(SENTENCES[(i + j) % len(SENTENCES)] for j in range(3)) for i in range(60)]
+    path.write_text("\n\n".join(docs) + "\n")
+    return str(path)

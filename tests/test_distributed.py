@@ -18,23 +18,12 @@ import torch
 from dist_helpers import ROOT, launch
 from mlm.cli import main as cli_main
 
-SENTENCES = [
-    "the cat sat on the mat and looked at the dog",
-    "a dog ran in the park with a red ball",
-    "birds sing in the morning when the sun rises",
-    "the river flows to the sea past the old mill",
-    "children read books in the quiet library",
-    "the baker makes fresh bread every morning",
-]
 PER_DEVICE = 4  # x 2 processes; the single-process twin runs 8
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("dist-corpus")
-    docs = [" ".join(SENTENCES[(i + j) % len(SENTENCES)] for j in range(3)) for i in range(60)]
-    (folder / "corpus.txt").write_text("\n\n".join(docs) + "\n")
-    return {"file": str(folder / "corpus.txt"), "cache": str(folder / "cache")}
+def corpus(sentence_corpus):
+    return {"file": sentence_corpus, "cache": os.path.join(os.path.dirname(sentence_corpus), "cache")}
 
 
 def pretrain_args(corpus, output_dir, **extra) -> list[str]:

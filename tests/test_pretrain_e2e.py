@@ -12,22 +12,11 @@ from mlm.cli import main as cli_main
 from mlm.config import parse_config
 from mlm.pretrain import PretrainConfig, main
 
-SENTENCES = [
-    "the cat sat on the mat and looked at the dog",
-    "a dog ran in the park with a red ball",
-    "birds sing in the morning when the sun rises",
-    "the river flows to the sea past the old mill",
-    "children read books in the quiet library",
-    "the baker makes fresh bread every morning",
-]
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    docs = [" ".join(SENTENCES[(i + j) % len(SENTENCES)] for j in range(3)) for i in range(60)]
-    path.write_text("\n\n".join(docs) + "\n")
-    return str(path)
+def corpus(sentence_corpus):
+    return sentence_corpus
 
 
 def tiny_args(corpus, output_dir, cache, **extra):
