@@ -3,7 +3,7 @@
     make bench                                           # every benchmark (bench/run_all.py)
     python bench/pretrain_throughput.py                  # this one: ~10-15 minutes on 2 quiet cores
     python bench/pretrain_throughput.py --quick          # smoke run (~3 minutes); writes *_quick.json
-    python bench/pretrain_throughput.py --no-prep --no-table --variants fused_adamw   # only some parts
+    python bench/pretrain_throughput.py --no-prep --no-table --variants hf_encoder   # only some parts
 
 Compared, with the same model shape, init seed, batch, tokenizer and text, in float32:
 
@@ -11,7 +11,8 @@ Compared, with the same model shape, init seed, batch, tokenizer and text, in fl
          build_masked_lm(preset_config(...)) -> mlm.loop.train (the real loop: logging every step, no eval).
 * stock: datasets.Dataset.from_text -> .map(tokenize) -> .map(group_texts) (run_mlm.py's recipe) ->
          BertForMaskedLM + DataCollatorForLanguageModeling(mlm_probability=0.15) -> transformers.Trainer.
-* variants of ours that need only a flag or a wrapper: fused AdamW, no dropout, torch.compile.
+* variants of ours that need only a flag: the model's own encoder forward (mlm's path before mlm/encoder.py),
+  no dropout, torch.compile.
 
 How: every side trains in its own process and the processes take turns ONE STEP AT A TIME (common.
 run_interleaved): step 1 of ours, step 1 of stock, step 1 of each variant, a matmul peak sample, step 2 ...
@@ -47,23 +48,21 @@ LEARNING_RATE = 5e-4
 SHAPE = dict(preset="mini", hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
 VARIANTS = {
     # name: (what it changes, run_ours settings). Each needs only a flag or a wrapper around mlm's code.
-    "fused_adamw": ("torch.optim.AdamW(fused=True) forced by the bench: since the loop builds a fused AdamW itself, this arm now equals ours (a consistency check)",
-                    dict(fused=True)),
-    "fused_adamw+no_attn_dropout": ("fused AdamW + attention_probs_dropout_prob=0: SDPA can then take its fused "
-                                    "(flash) CPU kernel; changes the model's regularisation",
-                                    dict(fused=True, attention_probs_dropout_prob=0.0)),
-    "fused_adamw+no_dropout": ("fused AdamW + hidden and attention dropout 0 (no random masks at all); changes "
-                               "the model's regularisation",
-                               dict(fused=True, attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0)),
-    "fused_adamw+compile": ("fused AdamW + TrainingConfig.torch_compile=True (inductor, through accelerate); "
-                            "compilation happens in the warm-up steps", dict(fused=True, compile=True)),
-    "fused_adamw+no_dropout+compile": ("fused AdamW + no dropout + torch_compile=True",
-                                       dict(fused=True, compile=True, attention_probs_dropout_prob=0.0,
-                                            hidden_dropout_prob=0.0)),
+    "hf_encoder": ("SparseMaskedLM(fast_encoder=False): the model's own encoder forward, every layer on every "
+                   "position, F.dropout (the head still on the masked positions only); what FSDP / ZeRO-3 "
+                   "launches run", dict(fast_encoder=False)),
+    "no_attn_dropout": ("attention_probs_dropout_prob=0: SDPA can then take its fused (flash) CPU kernel; changes "
+                        "the model's regularisation", dict(attention_probs_dropout_prob=0.0)),
+    "no_dropout": ("hidden and attention dropout 0 (no random masks at all); changes the model's regularisation",
+                   dict(attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0)),
+    "compile": ("TrainingConfig.torch_compile=True (inductor, through accelerate); compilation happens in the "
+                "warm-up steps", dict(compile=True)),
+    "no_dropout+compile": ("no dropout + torch_compile=True",
+                           dict(compile=True, attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0)),
 }
-QUICK_VARIANTS = ["fused_adamw"]
+QUICK_VARIANTS = ["hf_encoder"]
 # Variants also measured at the default thread count (all of them run at 1 thread, see ONE_THREAD below).
-DEFAULT_THREAD_VARIANTS = ("fused_adamw", "fused_adamw+no_dropout", "fused_adamw+no_dropout+compile")
+DEFAULT_THREAD_VARIANTS = ("hf_encoder", "no_dropout", "no_dropout+compile")
 # Every measurement is made at torch's default thread count (what a user gets) and, when that is more than 1,
 # again at 1 thread: on a shared machine whose other jobs keep a core busy, every OpenMP parallel region of a
 # 2-thread run waits for the thread that shares its core, which slows a training step 3x or more (measured),
@@ -268,12 +267,13 @@ def _optimizer_clock(clock: StepClock):
 
 
 def run_ours(blocks, tokenizer, seq_len: int, batch_size: int, steps: int, warmup: int, preset: str = "mini",
-             fused: bool = False, compile: bool = False, profile: bool = False, gate=None, **model_overrides) -> dict:
+             fast_encoder: bool = True, compile: bool = False, profile: bool = False, gate=None,
+             **model_overrides) -> dict:
     """mlm's real path: MaskingCollator + SparseMaskedLM(build_masked_lm(...)) + mlm.loop.train.
 
     Runs warmup + steps + 1 optimizer steps and measures `steps` of them. The wrappers: the loss function
     marks each step, the loop's batch stream, accelerator.backward / clip_grad_norm_ and the optimizer are
-    timed; with fused=True, mlm.loop.build_optimizer is wrapped to return AdamW(fused=True) on the same groups.
+    timed.
     """
     import torch
 
@@ -298,7 +298,7 @@ def run_ours(blocks, tokenizer, seq_len: int, batch_size: int, steps: int, warmu
     overrides.update(model_overrides)
     torch.manual_seed(SEED)
     hf_model = build_masked_lm(None, preset, len(tokenizer), seq_len, **overrides)
-    model = SparseMaskedLM(hf_model)
+    model = SparseMaskedLM(hf_model, fast_encoder=fast_encoder)
     collate = MaskingCollator(tokenizer, mlm_probability=0.15, seed=SEED)
 
     clock, prof = StepClock(gate), _StepProfiler(profile)
@@ -315,7 +315,7 @@ def run_ours(blocks, tokenizer, seq_len: int, batch_size: int, steps: int, warmu
 
     accelerator.backward = _scoped(clock, accelerator.backward, "backward")
     accelerator.clip_grad_norm_ = _scoped(clock, accelerator.clip_grad_norm_, "clip")
-    original_batches, original_optimizer = mlm.loop.micro_batches, mlm.loop.build_optimizer
+    original_batches = mlm.loop.micro_batches
 
     def timed_batches(*args, **kwargs):  # each fetch: dataset indexing + collate
         stream = original_batches(*args, **kwargs)
@@ -323,20 +323,12 @@ def run_ours(blocks, tokenizer, seq_len: int, batch_size: int, steps: int, warmu
         while True:
             yield fetch()
 
-    def fused_optimizer(model_, cfg_):
-        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]}
-                  for g in original_optimizer(model_, cfg_).param_groups]
-        return torch.optim.AdamW(groups, lr=cfg_.learning_rate, betas=(cfg_.adam_beta1, cfg_.adam_beta2),
-                                 eps=cfg_.adam_epsilon, fused=True)
-
     mlm.loop.micro_batches = timed_batches
-    if fused:
-        mlm.loop.build_optimizer = fused_optimizer
     try:
         with _optimizer_clock(clock):
             metrics = train(cfg, accelerator, model, blocks, collate, loss_fn)
     finally:
-        mlm.loop.micro_batches, mlm.loop.build_optimizer = original_batches, original_optimizer
+        mlm.loop.micro_batches = original_batches
         shutil.rmtree(out, ignore_errors=True)
     if profile:
         return {"profile": summarize_profile(prof.prof, len(tokenizer), PROFILE_STEPS)}
@@ -522,10 +514,10 @@ def summarize_profile(prof, vocab_size: int, steps: int) -> dict:
 # ============================================================================================ sessions
 
 
-def _flops(config, seq_len: int, head_fraction: float) -> float:
+def _flops(config, seq_len: int, head_fraction: float, last_layer_fraction: float = 1.0) -> float:
     from mlm.model import train_flops_per_token
 
-    return train_flops_per_token(config, seq_len, head_fraction)
+    return train_flops_per_token(config, seq_len, head_fraction, last_layer_fraction)
 
 
 class PeakSampler:
@@ -668,9 +660,10 @@ def _profiles(args, tokenizer, blocks, stock_data) -> dict:
     profiles["ours"] = run_ours(blocks, tokenizer, T, B, 0, 0, profile=True)["profile"]
     if args.quick:
         return profiles
-    if "fused_adamw" in args.variants:
-        log("profile: ours + fused_adamw")
-        profiles["ours+fused_adamw"] = run_ours(blocks, tokenizer, T, B, 0, 0, fused=True, profile=True)["profile"]
+    if "hf_encoder" in args.variants:
+        log("profile: ours with the model's own encoder forward")
+        profiles["ours+hf_encoder"] = run_ours(blocks, tokenizer, T, B, 0, 0, fast_encoder=False,
+                                                    profile=True)["profile"]
     if stock_data is not None:
         log("profile: stock")
         profiles["stock"] = run_stock(stock_data, tokenizer, T, B, 0, 0, profile=True)["profile"]
@@ -681,7 +674,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 1 warm-up + 2 measured steps, variant fused_adamw only, profile of ours only, "
+                   help="smoke run: 1 warm-up + 2 measured steps, variant hf_encoder only, profile of ours only, "
                         "table of mini at 128/256; writes pretrain_throughput_quick.json")
     p.add_argument("--steps", type=int, default=None, help="measured steps per side (default 8; quick 2)")
     p.add_argument("--warmup", type=int, default=None,
@@ -767,7 +760,7 @@ def main(argv=None) -> int:
     config = model_config(len(tokenizer), T)
     k_slots = math.ceil(0.15 * T - 1e-9)  # MaskingCollator's label slots: the head runs on K of T positions
     flops = {"ours": _flops(config, T, 0.15), "stock": _flops(config, T, 1.0)}
-    flops_ours_performed = _flops(config, T, k_slots / T)
+    flops_ours_performed = _flops(config, T, k_slots / T, k_slots / T)  # what SparseMaskedLM computes
     peaks = PeakSampler(sorted({*args.thread_counts, args.table_threads, args.profile_threads}, reverse=True))
     first_peaks = peaks.sample()
     log("fp32 matmul peak (2048^3, best of 3): " + ", ".join(f"{v:.1f} GFLOP/s at {t} thread(s)"
@@ -901,7 +894,7 @@ def main(argv=None) -> int:
         "matmul_peak_session_median_gflops": {t: round(median(v), 2) for t, v in session_peaks.items() if v},
         "matmul_peak_samples_gflops": {t: [round(x, 1) for x in v] for t, v in peaks.samples.items()},
         "matmul_model_shapes_gflops": shapes,
-        "flops_per_token": {"ours_useful_f0.15": flops["ours"], "ours_performed_fK/T": flops_ours_performed,
+        "flops_per_token": {"ours_useful_f0.15": flops["ours"], "ours_performed_fK/T_last_layer_K/T": flops_ours_performed,
                             "stock_performed_f1": flops["stock"], "mask_slots_K": k_slots},
         "preprocessing": prep,
         **results,

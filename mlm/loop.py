@@ -71,6 +71,14 @@ def make_accelerator(cfg: TrainingConfig):
     return accelerator
 
 
+def shards_parameters(accelerator) -> bool:
+    """FSDP or DeepSpeed ZeRO-3: a module's weights are whole only inside that module's own forward."""
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
+
+
 def _has_device() -> bool:
     """Whether torch sees a GPU-like accelerator (CUDA, XPU, MPS, ...)."""
     if hasattr(torch, "accelerator"):

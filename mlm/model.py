@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mlm.collator import gather_masked
+from mlm.encoder import LaneDropout, bert_layer, bert_layers
 from mlm.errors import ConfigError, DataError
 
 # (layers, hidden, heads): BERT-base/large (Devlin et al. 2018) and the compact models of
@@ -106,22 +107,45 @@ def mlm_head(model) -> nn.Module:
 
 
 class SparseMaskedLM(nn.Module):
-    """Encoder + MLM head where the head (H x V projection) runs only on the masked positions.
+    """Encoder + MLM head where only what the loss reads is computed: the head (H x V projection) and
+    the whole last layer except its keys and values run on the masked positions only.
 
     The head is most of the compute of a small BERT (V >> H); on 15% of the positions it costs 15%.
+    The last layer's output at unmasked positions feeds nothing, so its queries, output projection and
+    feed-forward block run on those 15% too (a 4-layer encoder does ~18% fewer FLOPs). That needs
+    mlm to run the layers itself (mlm/encoder.py, with a faster CPU dropout), so it needs standard BERT
+    layers whose weights are whole on this process: parameter-sharding launches (FSDP, ZeRO-3) pass
+    fast_encoder=False and get the model's own forward, as do other architectures.
     The loss equals BertForMaskedLM's on the same weights and batch (tests/test_model.py).
     """
 
-    def __init__(self, hf_model):
+    def __init__(self, hf_model, fast_encoder: bool = True):
         super().__init__()
         self.model = hf_model
         mlm_head(hf_model)  # fail early for a model without a known head
+        self.fast_encoder = fast_encoder and bert_layers(hf_model) is not None
+        embeddings = hf_model.base_model.embeddings
+        if self.fast_encoder and type(getattr(embeddings, "dropout", None)) is nn.Dropout:
+            embeddings.dropout = LaneDropout(embeddings.dropout.p)  # no weights: checkpoints are unchanged
+
+    def encode_at(self, input_ids, attention_mask, token_type_ids, positions):
+        """Last-layer hidden states at `positions`: (B, K, H)."""
+        base = self.model.base_model
+        if not self.fast_encoder:
+            hidden = base(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return gather_masked(hidden.last_hidden_state, positions)
+        hidden = base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        key_mask = None  # packed pretraining rows have no padding; a mask would only slow attention down
+        if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
+            key_mask = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        *layers, last = bert_layers(self.model)
+        for layer in layers:
+            hidden = bert_layer(layer, hidden, key_mask)
+        return bert_layer(last, hidden, key_mask, positions)
 
     def forward(self, input_ids, attention_mask, masked_positions, masked_labels, token_type_ids=None):
-        hidden = self.model.base_model(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).last_hidden_state  # (B, T, H)
-        logits = mlm_head(self.model)(gather_masked(hidden, masked_positions)).float()  # (B, K, V)
+        hidden = self.encode_at(input_ids, attention_mask, token_type_ids, masked_positions)  # (B, K, H)
+        logits = mlm_head(self.model)(hidden).float()  # (B, K, V)
         labels = masked_labels.reshape(-1)  # (B*K,)
         logits = logits.reshape(-1, logits.size(-1))
         loss_sum = nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
@@ -141,9 +165,16 @@ def count_parameters(model, exclude_embeddings: bool = True) -> int:
     return total
 
 
-def train_flops_per_token(config, seq_len: int, head_fraction: float) -> float:
+def train_flops_per_token(config, seq_len: int, head_fraction: float, last_layer_fraction: float = 1.0) -> float:
     """Training FLOPs per token: 6N (encoder weights) + 12*L*S*h (attention scores and mixing)
-    + f*6*h*(h+V) (the MLM head, run on a fraction f of the positions)."""
+    + f*6*h*(h+V) (the MLM head, run on a fraction f of the positions).
+
+    With last_layer_fraction < 1 it counts what SparseMaskedLM performs: the last layer's keys and values
+    on every position, its queries, attention, output projection and feed-forward block on that fraction.
+    The default (1) is the standard formula, the one MFU is reported against.
+    """
     h, L, V, inter = config.hidden_size, config.num_hidden_layers, config.vocab_size, config.intermediate_size
-    encoder = L * (4 * h * h + 2 * h * inter)  # Q, K, V, O projections + the two feed-forward matrices
-    return 6 * encoder + 12 * L * seq_len * h + head_fraction * 6 * h * (h + V)
+    layer = 4 * h * h + 2 * h * inter  # Q, K, V, O projections + the two feed-forward matrices
+    last = 2 * h * h + last_layer_fraction * (layer - 2 * h * h)
+    attention = 12 * seq_len * h * (L - 1 + last_layer_fraction)
+    return 6 * ((L - 1) * layer + last) + attention + head_fraction * 6 * h * (h + V)

@@ -127,7 +127,7 @@ def make_evaluate(valid_data, collate, batch_size: int, accelerator):
 def main(cfg: PretrainConfig) -> dict:
     from mlm.collator import MaskingCollator
     from mlm.corpus import corpus_sources
-    from mlm.loop import make_accelerator, train
+    from mlm.loop import make_accelerator, shards_parameters, train
     from mlm.model import SparseMaskedLM, build_masked_lm, train_flops_per_token
     from mlm.packing import build_packed_dataset
     from mlm.runlog import logger, plot_losses, write_json
@@ -171,9 +171,10 @@ def main(cfg: PretrainConfig) -> dict:
         model.model.save_pretrained(output_dir, state_dict=weights, safe_serialization=True)
         tokenizer.save_pretrained(output_dir)
 
+    model = SparseMaskedLM(hf_model, fast_encoder=not shards_parameters(accelerator))
+    logger.info("MLM head%s on the masked positions only", " and last layer" if model.fast_encoder else "")
     flops = train_flops_per_token(hf_model.config, cfg.max_seq_length, cfg.mlm_probability)
-    metrics = train(cfg, accelerator, SparseMaskedLM(hf_model), train_blocks, collate, mlm_loss, evaluate, export,
-                    flops_per_token=flops)
+    metrics = train(cfg, accelerator, model, train_blocks, collate, mlm_loss, evaluate, export, flops_per_token=flops)
     if "eval_loss" in metrics:
         metrics["perplexity"] = metrics["eval_perplexity"]
         metrics["masked_accuracy"] = metrics["eval_masked_accuracy"]

@@ -140,3 +140,22 @@ def test_eval_batches_are_equal_in_number_on_every_rank(n, batch_size, world):
     assert len({len(batches) for batches in per_rank}) == 1
     assert all(0 < len(b) <= batch_size for batches in per_rank for b in batches)
     assert [i for batches in per_rank for b in batches for i in b] == list(range(n))  # every item once, in order
+
+
+def test_parameter_sharding_launches_are_recognised():
+    # FSDP and ZeRO-3 hold a layer's weights whole only inside its forward: SparseMaskedLM's fast encoder,
+    # which calls the layers' parts itself, is switched off for them (mlm/pretrain.py).
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from mlm.loop import shards_parameters
+
+    def acc(kind, stage=None):
+        plugin = SimpleNamespace(zero_stage=stage) if stage else None
+        return SimpleNamespace(distributed_type=kind, state=SimpleNamespace(deepspeed_plugin=plugin))
+
+    assert shards_parameters(acc(DistributedType.FSDP))
+    assert shards_parameters(acc(DistributedType.DEEPSPEED, 3))
+    assert not shards_parameters(acc(DistributedType.DEEPSPEED, 2))
+    assert not shards_parameters(acc(DistributedType.MULTI_GPU)) and not shards_parameters(acc(DistributedType.NO))

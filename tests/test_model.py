@@ -7,22 +7,30 @@ from mlm.errors import ConfigError, DataError
 from mlm.model import PRESETS, SparseMaskedLM, build_masked_lm, preset_config, train_flops_per_token
 
 
-def _tiny_model(vocab=97):
+def _tiny_model(vocab=97, attn_implementation="sdpa"):
     torch.manual_seed(0)
     config = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
                         attention_probs_dropout_prob=0.0)
-    return BertForMaskedLM(config).eval()
+    return BertForMaskedLM._from_config(config, attn_implementation=attn_implementation).eval()
 
 
-def test_sparse_loss_equals_stock_bert_for_masked_lm():
-    model = _tiny_model()
+def _masked_batch():
+    """Three rows of 16 tokens, the last one padded after 12; K = 4 slots, some unused (-100)."""
     g = torch.Generator().manual_seed(1)
     input_ids = torch.randint(5, 97, (3, 16), generator=g)
     attention = torch.ones_like(input_ids)
-    attention[2, 12:] = 0  # a padded row
+    attention[2, 12:] = 0
     positions = torch.tensor([[1, 4, 7, 0], [2, 3, 9, 15], [5, 6, 0, 0]])
     labels = torch.tensor([[11, 12, 13, -100], [21, 22, 23, 24], [31, 32, -100, -100]])
+    return input_ids, attention, positions, labels
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("fast_encoder", [True, False])
+def test_sparse_loss_equals_stock_bert_for_masked_lm(fast_encoder, attn_implementation):
+    model = _tiny_model(attn_implementation=attn_implementation)
+    input_ids, attention, positions, labels = _masked_batch()
     dense_labels = torch.full_like(input_ids, -100)
     for row in range(3):
         for pos, lab in zip(positions[row].tolist(), labels[row].tolist()):
@@ -30,7 +38,9 @@ def test_sparse_loss_equals_stock_bert_for_masked_lm():
                 dense_labels[row, pos] = lab
     with torch.no_grad():
         stock = model(input_ids=input_ids, attention_mask=attention, labels=dense_labels).loss
-        out = SparseMaskedLM(model)(input_ids, attention, positions, labels)
+        sparse = SparseMaskedLM(model, fast_encoder=fast_encoder)
+        assert sparse.fast_encoder == fast_encoder
+        out = sparse(input_ids, attention, positions, labels)
     assert out["count"].item() == 9  # 3 + 4 + 2 real targets
     assert torch.allclose(out["loss_sum"] / out["count"], stock, atol=1e-5)
 
@@ -48,6 +58,77 @@ def test_head_runs_on_the_masked_positions_only(training):
     labels = torch.tensor([[11, 12], [21, -100], [31, 32]])
     out = model(input_ids, torch.ones_like(input_ids), positions, labels)
     assert seen == [(3, 2, 97)] and out["count"].item() == 5
+
+
+def test_fast_encoder_gives_the_full_encoders_gradients():
+    # The last layer computed at the masked rows only is the same function of every weight: the same
+    # loss and the same gradient for each parameter (those of unmasked rows are zero in the full encoder).
+    batch = _masked_batch()
+    grads = {}
+    for sparse in (True, False):
+        model = SparseMaskedLM(_tiny_model(), fast_encoder=sparse).train()
+        out = model(*batch)
+        (out["loss_sum"] / out["count"]).backward()
+        grads[sparse] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads[True].keys() == grads[False].keys() and len(grads[True]) > 20
+    for name, grad in grads[False].items():
+        assert torch.allclose(grads[True][name], grad, atol=1e-6), name
+
+
+def test_fast_encoder_runs_its_feed_forward_on_the_masked_rows_only():
+    model = SparseMaskedLM(_tiny_model())
+    seen = []
+    for layer in model.model.bert.encoder.layer:
+        layer.intermediate.register_forward_hook(lambda module, inputs, output: seen.append(tuple(output.shape)))
+    model(*_masked_batch())
+    assert seen == [(3, 16, 64), (3, 4, 64)]  # layer 1 on all 16 positions, the last on the K = 4 slots
+
+
+def test_fast_encoder_on_roberta_and_fallback_for_other_layers():
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    from mlm.encoder import bert_layers
+
+    torch.manual_seed(0)
+    roberta = RobertaForMaskedLM(RobertaConfig(
+        vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=40, pad_token_id=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )).eval()
+    input_ids, attention, positions, labels = _masked_batch()
+    input_ids[2, 12:] = 1  # RoBERTa's position ids skip its padding id
+    with torch.no_grad():
+        losses = [SparseMaskedLM(roberta, fast_encoder=s)(input_ids, attention, positions, labels)["loss_sum"]
+                  for s in (True, False)]
+    assert SparseMaskedLM(roberta).fast_encoder
+    assert torch.allclose(losses[0], losses[1], atol=1e-5)
+    decoder = _tiny_model()
+    decoder.config.is_decoder = True  # causal layers: not the layer layer_at_positions computes
+    assert bert_layers(decoder) is None and not SparseMaskedLM(decoder).fast_encoder
+
+
+def test_lane_dropout_drops_p_in_every_lane_and_keeps_the_mean():
+    from mlm.encoder import LaneDropout, dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(1001, 1000)  # 1,001,000 elements: not a multiple of the 4 lanes per draw
+    y = dropout(x, 0.1, training=True)
+    dropped = y == 0
+    kept_value = 65536 / (65536 - 6554)  # p = 0.1 rounds to 6554 / 65536
+    assert torch.all(dropped | torch.isclose(y, torch.tensor(kept_value)))
+    for lane in range(4):  # each 16-bit lane of the 64-bit draws is a fair source on its own
+        rate = dropped.reshape(-1)[lane::4].float().mean().item()
+        assert abs(rate - 0.1) < 0.003, (lane, rate)
+    assert abs(y.mean().item() - 1.0) < 0.005
+    assert abs(dropout(x, 0.5, True).eq(0).float().mean().item() - 0.5) < 0.003
+    assert dropout(x, 0.1, training=False) is x and dropout(x, 0.0, training=True) is x
+    torch.manual_seed(3)
+    a = LaneDropout(0.2)(x)
+    torch.manual_seed(3)
+    assert torch.equal(a, dropout(x, 0.2, True))  # seeded by torch's generator: reproducible
+    x.requires_grad_(True)
+    out = dropout(x, 0.1, True)
+    out.sum().backward()
+    assert torch.equal(x.grad, out.detach())  # gradient: the same mask and scale
 
 
 def test_presets_follow_turc_et_al_shapes():
@@ -87,6 +168,11 @@ def test_flops_per_token_formula():
     h, L, V = 256, 4, 16000
     n = L * (4 * h * h + 2 * h * 4 * h)
     assert train_flops_per_token(config, 128, 0.15) == 6 * n + 12 * L * 128 * h + 0.15 * 6 * h * (h + V)
+    # SparseMaskedLM's last layer: K and V on all 128 positions, the rest (and attention) on 20 of them.
+    f = 20 / 128
+    last = 2 * h * h + f * (2 * h * h + 8 * h * h)
+    performed = 6 * (3 * (12 * h * h) + last) + 12 * (3 + f) * 128 * h + f * 6 * h * (h + V)
+    assert train_flops_per_token(config, 128, f, last_layer_fraction=f) == pytest.approx(performed)
 
 
 def test_tiny_model_overfits_a_repeated_batch(tiny_tokenizer):
