@@ -447,7 +447,9 @@ def _category(name: str, shapes, vocab_size: int) -> str:
         return "attention: bmm (QK^T, PV)"
     if name in _ATTENTION_OPS or "scaled_dot_product" in name:
         return "attention: softmax/mask/fused kernel"
-    if name in ("aten::bernoulli_", "aten::native_dropout", "aten::native_dropout_backward", "aten::bernoulli"):
+    # F.dropout's ops, and the random draws of mlm.encoder.dropout (its compare and where count as elementwise)
+    if name in ("aten::bernoulli_", "aten::native_dropout", "aten::native_dropout_backward", "aten::bernoulli",
+                "aten::random_", "aten::randint"):
         return "dropout (random masks)"
     if name in ("aten::gelu", "aten::gelu_backward"):
         return "gelu"

@@ -75,7 +75,7 @@ def _attend(q, k, v, key_mask, p: float):
     """softmax(q k^T / sqrt(d) + mask) v with dropout p on the probabilities: (B, heads, N, d)."""
     if p == 0.0:  # SDPA's fused CPU kernel; it has no dropout of its own on CPU
         return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
-    scores = q @ k.transpose(-1, -2) * q.size(-1) ** -0.5
+    scores = (q * q.size(-1) ** -0.5) @ k.transpose(-1, -2)  # scaling q: half the elements of the scores
     if key_mask is not None:
         scores = scores + key_mask
     return dropout(scores.softmax(-1), p, True) @ v
