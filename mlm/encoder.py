@@ -77,14 +77,14 @@ def _attend(q, k, v, key_mask, p: float):
         return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
     scores = (q * q.size(-1) ** -0.5) @ k.transpose(-1, -2)  # scaling q: half the elements of the scores
     if key_mask is not None:
-        scores = scores + key_mask
+        scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
     return dropout(scores.softmax(-1), p, True) @ v
 
 
 def bert_layer(layer, hidden, key_mask, positions=None):
     """One BERT layer: (B, T, H) -> (B, T, H), or with positions (B, K) its output at those rows: (B, K, H).
 
-    key_mask: None, or an additive (B, 1, 1, T) mask (0 to attend, a large negative number for padding).
+    key_mask: None, or a boolean (B, 1, 1, T) mask, True for the keys to attend to (False: padding).
     """
     B, T, H = hidden.shape
     attention, out = layer.attention, layer.output

@@ -137,7 +137,7 @@ class SparseMaskedLM(nn.Module):
         hidden = base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         key_mask = None  # packed pretraining rows have no padding; a mask would only slow attention down
         if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
-            key_mask = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+            key_mask = attention_mask[:, None, None, :].bool()  # (B, 1, 1, T); boolean for SDPA under any dtype
         *layers, last = bert_layers(self.model)
         for layer in layers:
             hidden = bert_layer(layer, hidden, key_mask)

@@ -131,6 +131,23 @@ def test_lane_dropout_drops_p_in_every_lane_and_keeps_the_mean():
     assert torch.equal(x.grad, out.detach())  # gradient: the same mask and scale
 
 
+def test_attention_with_dropout_path_matches_sdpa_and_ignores_padding():
+    # p = 1e-9 takes the explicit (dropout) path but rounds to a threshold of 0: nothing is dropped, so it
+    # must equal SDPA's output; padded keys must get no weight in either path.
+    from mlm.encoder import _attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, generator=g) for _ in range(3))
+    key_mask = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+    key_mask[1, ..., 3:] = False
+    for p in (1e-9, 0.0):
+        out = _attend(q, k, v, key_mask, p)
+        v2 = v.clone()
+        v2[1, :, 3:] = 100.0  # values at padded keys
+        assert torch.allclose(out, _attend(q, k, v2, key_mask, p), atol=1e-6)
+    assert torch.allclose(_attend(q, k, v, key_mask, 1e-9), _attend(q, k, v, key_mask, 0.0), atol=1e-6)
+
+
 def test_presets_follow_turc_et_al_shapes():
     config = preset_config("small", vocab_size=1000)
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size) == (4, 512, 8, 2048)
