@@ -25,10 +25,11 @@ from mlm.collator import gather_masked
 
 # Model types whose base model is embeddings -> a ModuleList of post-LN BERT layers, nothing in between.
 _BERT_LAYER_MODELS = {"bert", "roberta", "xlm-roberta", "camembert"}
-_BERT_LAYER_PARTS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.self.dropout",
-                     "attention.output.dense",
-                     "attention.output.LayerNorm", "attention.output.dropout", "intermediate", "output.dense",
-                     "output.LayerNorm", "output.dropout")
+_BERT_LAYER_PARTS = (
+    "attention.self.query", "attention.self.key", "attention.self.value", "attention.self.dropout",
+    "attention.output.dense", "attention.output.LayerNorm", "attention.output.dropout",
+    "intermediate", "output.dense", "output.LayerNorm", "output.dropout",
+)
 _LANES = 65536  # a 16-bit lane takes this many values
 
 

@@ -138,7 +138,7 @@ class SparseMaskedLM(nn.Module):
         key_mask = None  # packed pretraining rows have no padding; a mask would only slow attention down
         if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
             key_mask = attention_mask[:, None, None, :].bool()  # (B, 1, 1, T); boolean for SDPA under any dtype
-        *layers, last = bert_layers(self.model)
+        *layers, last = base.encoder.layer  # plain BERT layers: checked by bert_layers in __init__
         for layer in layers:
             hidden = bert_layer(layer, hidden, key_mask)
         return bert_layer(last, hidden, key_mask, positions)
