@@ -516,12 +516,6 @@ def summarize_profile(prof, vocab_size: int, steps: int) -> dict:
 # ============================================================================================ sessions
 
 
-def _flops(config, seq_len: int, head_fraction: float, last_layer_fraction: float = 1.0) -> float:
-    from mlm.model import train_flops_per_token
-
-    return train_flops_per_token(config, seq_len, head_fraction, last_layer_fraction)
-
-
 class PeakSampler:
     """float32 matmul peak per thread count, sampled before and between measurements. The best sample is the
     peak used for MFU; the samples taken during a session show how busy the machine was meanwhile."""
@@ -747,6 +741,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import torch
 
+    from mlm.model import train_flops_per_token
+
     if args.threads:
         torch.set_num_threads(args.threads)
     args.default_threads = torch.get_num_threads()
@@ -761,8 +757,9 @@ def main(argv=None) -> int:
     T, B = args.seq_len, args.batch_size
     config = model_config(len(tokenizer), T)
     k_slots = math.ceil(0.15 * T - 1e-9)  # MaskingCollator's label slots: the head runs on K of T positions
-    flops = {"ours": _flops(config, T, 0.15), "stock": _flops(config, T, 1.0)}
-    flops_ours_performed = _flops(config, T, k_slots / T, k_slots / T)  # what SparseMaskedLM computes
+    flops = {"ours": train_flops_per_token(config, T, 0.15), "stock": train_flops_per_token(config, T, 1.0)}
+    # what SparseMaskedLM computes: head and last layer on K of T positions
+    flops_ours_performed = train_flops_per_token(config, T, k_slots / T, last_layer_fraction=k_slots / T)
     peaks = PeakSampler(sorted({*args.thread_counts, args.table_threads, args.profile_threads}, reverse=True))
     first_peaks = peaks.sample()
     log("fp32 matmul peak (2048^3, best of 3): " + ", ".join(f"{v:.1f} GFLOP/s at {t} thread(s)"
@@ -863,7 +860,7 @@ def main(argv=None) -> int:
     for name, res in ((n, r) for n, r in table_raw.items() if n not in errors):
         spec = table_specs(args, tokenizer_dir, train_file)[name]
         cfg_t = model_config(len(tokenizer), spec["seq_len"], spec["preset"])
-        f = _flops(cfg_t, spec["seq_len"], 0.15)
+        f = train_flops_per_token(cfg_t, spec["seq_len"], 0.15)
         table.append({
             "preset": spec["preset"], "layers": cfg_t.num_hidden_layers, "hidden": cfg_t.hidden_size,
             "heads": cfg_t.num_attention_heads, "seq_len": spec["seq_len"], "batch_size": spec["batch_size"],

@@ -74,7 +74,7 @@ class LaneDropout(nn.Dropout):
 
 def _attend(q, k, v, key_mask, p: float):
     """softmax(q k^T / sqrt(d) + mask) v with dropout p on the probabilities: (B, heads, N, d)."""
-    if p == 0.0:  # SDPA's fused CPU kernel; it has no dropout of its own on CPU
+    if p == 0.0:  # SDPA's fused kernel; with dropout, SDPA would draw its masks with bernoulli_
         return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
     scores = (q * q.size(-1) ** -0.5) @ k.transpose(-1, -2)  # scaling q: half the elements of the scores
     if key_mask is not None:
@@ -99,6 +99,6 @@ def bert_layer(layer, hidden, key_mask, positions=None):
     k, v = split_heads(attention.self.key(hidden), T), split_heads(attention.self.value(hidden), T)
     p = attention.self.dropout.p if layer.training else 0.0
     context = _attend(q, k, v, key_mask, p).transpose(1, 2).reshape(B, N, H)
-    so = attention.output
-    attended = so.LayerNorm(dropout(so.dense(context), so.dropout.p, layer.training) + rows)
+    self_out = attention.output
+    attended = self_out.LayerNorm(dropout(self_out.dense(context), self_out.dropout.p, layer.training) + rows)
     return out.LayerNorm(dropout(out.dense(layer.intermediate(attended)), out.dropout.p, layer.training) + attended)
