@@ -42,7 +42,7 @@ import transformers
 from finetune.config import FinetuneConfig
 from mlm.config import arg
 from mlm.errors import ConfigError, DataError
-from mlm.records import file_format, iter_records, require_columns
+from mlm.records import decoded_lines, file_format, iter_records, require_columns
 
 logger = logging.getLogger("mlm")
 
@@ -275,11 +275,16 @@ def problem_type(cfg: Config, labels: list[str]) -> str:
     return "regression" if labels == ["score"] else "single_label"
 
 
+_INTEGRAL_FLOAT = re.compile(r"[+-]?\d+\.0*")
+
+
 def label_name(value) -> str:
-    """One class label as a string, so 1, 1.0 and "1" are the same class."""
+    """One class label as a string, so 1, 1.0, "1" and "1.0" (pandas writes integer labels so when a column has
+    a NaN) are the same class."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return str(value).strip()
+    name = str(value).strip()
+    return str(int(float(name))) if _INTEGRAL_FLOAT.fullmatch(name) else name
 
 
 def _normalise_labels(examples: list[dict], cfg: Config) -> None:
@@ -593,15 +598,9 @@ def examples_from_file(path: str, cfg: Config) -> list[dict]:
     if cfg.text_pair_column is not None:
         raise DataError(f"{path}: a .txt file has one text per line; text pairs need a csv/tsv/jsonl file")
     examples = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    examples.append({"text": line.rstrip("\r\n"), "_where": f"{path}:{line_no}"})
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    for line_no, line in enumerate(decoded_lines(path), 1):
+        if line.strip():
+            examples.append({"text": line.rstrip("\r\n"), "_where": f"{path}:{line_no}"})
     if not examples:
         raise DataError(f"{path}: no text (the file is empty)")
     return examples

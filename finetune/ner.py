@@ -44,7 +44,7 @@ from finetune.config import FinetuneConfig
 from finetune.metrics import chunks, entity_scores, iobes_to_iob2, to_iob2
 from mlm.config import arg
 from mlm.errors import ConfigError, DataError
-from mlm.records import iter_records, require_columns
+from mlm.records import decoded_lines, iter_records, require_columns
 
 AutoModel = transformers.AutoModelForTokenClassification
 
@@ -138,29 +138,25 @@ def _read_conll(path: str, token_column: int, tag_column: int) -> list[dict]:
         tags.clear()
         lines.clear()
 
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                columns = line.split()  # any run of spaces/tabs; trailing whitespace and \r vanish
-                if not columns:
-                    end_sentence()
-                    continue
-                if columns[0] == DOCSTART:
-                    end_sentence()
-                    continue
-                if n_columns is None:
-                    _check_conll_layout(path, line_no, line, columns, token_column, tag_column)
-                    n_columns, first_line = len(columns), line_no
-                elif len(columns) != n_columns:
-                    raise DataError(
-                        f"{path}:{line_no}: {len(columns)} columns, but line {first_line} has {n_columns} "
-                        f"(every word line must have the same columns; a word containing a space?)"
-                    )
-                tokens.append(columns[token_column])
-                tags.append(columns[tag_column])
-                lines.append(line_no)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    for line_no, line in enumerate(decoded_lines(path), 1):
+        columns = line.split()  # any run of spaces/tabs; trailing whitespace and \r vanish
+        if not columns:
+            end_sentence()
+            continue
+        if columns[0] == DOCSTART:
+            end_sentence()
+            continue
+        if n_columns is None:
+            _check_conll_layout(path, line_no, line, columns, token_column, tag_column)
+            n_columns, first_line = len(columns), line_no
+        elif len(columns) != n_columns:
+            raise DataError(
+                f"{path}:{line_no}: {len(columns)} columns, but line {first_line} has {n_columns} "
+                f"(every word line must have the same columns; a word containing a space?)"
+            )
+        tokens.append(columns[token_column])
+        tags.append(columns[tag_column])
+        lines.append(line_no)
     end_sentence()
     return sentences
 
@@ -615,13 +611,9 @@ def examples_from_file(path: str, cfg: Config) -> list[dict]:
     if path.lower().endswith(RECORD_SUFFIXES):
         return _examples_from_records(path, cfg)
     examples = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    examples.append(_text_example(line.rstrip("\r\n"), f"{path}:{line_no}"))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    for line_no, line in enumerate(decoded_lines(path), 1):
+        if line.strip():
+            examples.append(_text_example(line.rstrip("\r\n"), f"{path}:{line_no}"))
     return examples
 
 

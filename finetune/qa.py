@@ -146,7 +146,7 @@ def read_file(path: str, require_answers: bool = True) -> list[dict]:
     if path.lower().endswith((".jsonl", ".jsonl.gz")):
         return [_example(row, f"{path}:{line}", require_answers, str(line)) for line, row in iter_records(path)]
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not JSON
             data = json.load(f)
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None

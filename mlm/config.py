@@ -20,6 +20,10 @@ import yaml
 from mlm.errors import ConfigError
 
 
+# Metric names (suffixes) where smaller is better: the default of greater_is_better.
+LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse", "error", "perplexity")
+
+
 def arg(default, help: str, **kw):
     """A dataclass field carrying its `--help` text."""
     return field(default=default, metadata={"help": help, **kw})
@@ -60,7 +64,8 @@ class TrainingConfig:
     )
     torch_compile: bool = arg(False, "Compile the model with torch.compile (pays off on long runs).")
     metric_for_best_model: Optional[str] = arg(None, "Evaluation metric that picks the best checkpoint, e.g. f1.")
-    greater_is_better: Optional[bool] = arg(None, "Whether a larger metric is better (default: False for *loss).")
+    greater_is_better: Optional[bool] = arg(
+        None, "Whether a larger metric is better (default: False for losses, errors and perplexity, else True).")
     early_stopping_patience: Optional[int] = arg(None, "Stop after N evaluations without improvement.")
     load_best_model_at_end: bool = arg(True, "With metric_for_best_model, restore the best checkpoint at the end.")
     max_eval_samples: Optional[int] = arg(None, "Evaluate on at most this many examples (quick runs).")
@@ -88,7 +93,7 @@ class TrainingConfig:
         if self.early_stopping_patience is not None and self.metric_for_best_model is None:
             raise ConfigError("early_stopping_patience needs metric_for_best_model")
         if self.greater_is_better is None and self.metric_for_best_model is not None:
-            self.greater_is_better = not self.metric_for_best_model.endswith("loss")
+            self.greater_is_better = not self.metric_for_best_model.endswith(LOWER_IS_BETTER)
 
     def accumulation_steps(self, num_processes: int) -> int:
         """Derived accumulation: from global_batch_size when set, else the field itself."""

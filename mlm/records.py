@@ -25,15 +25,21 @@ def file_format(path: str) -> str:
     raise DataError(f"{path}: unknown file type (expected one of {', '.join(TABLE_SUFFIXES)})")
 
 
-def _decoded_lines(path: str) -> Iterator[str]:
-    """The file's lines as text, decoded one by one so that a bad byte is reported with its line."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
+def decoded_lines(path: str) -> Iterator[str]:
+    """The file's lines as text (.gz decompressed), decoded one by one so that a bad byte is reported with its
+    line; a UTF-8 byte-order mark (as Excel and Notepad write) is dropped."""
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    try:
+        f = opener(path, "rb")
+    except (FileNotFoundError, IsADirectoryError):
+        raise DataError(f"{path}: file not found") from None
+    with f:
         for line_no, raw in enumerate(f, 1):
             try:
-                yield raw.decode("utf-8")
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}:{line_no}: not valid UTF-8 ({e.reason} at byte {e.start} of the line)") from None
+            yield line.removeprefix("\ufeff") if line_no == 1 else line
 
 
 def iter_records(path: str, delimiter: str | None = None) -> Iterator[tuple[int, dict]]:
@@ -50,7 +56,7 @@ def iter_records(path: str, delimiter: str | None = None) -> Iterator[tuple[int,
 
 
 def _iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
-    for line_no, line in enumerate(_decoded_lines(path), 1):
+    for line_no, line in enumerate(decoded_lines(path), 1):
         if not line.strip():
             continue
         try:
@@ -65,7 +71,7 @@ def _iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
 def _iter_delimited(path: str, delimiter: str) -> Iterator[tuple[int, dict]]:
     # QUOTE_NONE for TSV: GLUE-style files contain bare quotes inside sentences.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(_decoded_lines(path), delimiter=delimiter, quoting=quoting)
+    reader = csv.reader(decoded_lines(path), delimiter=delimiter, quoting=quoting)
     header = next(reader, None)
     if header is None:
         return

@@ -71,6 +71,15 @@ def test_integer_labels_sort_numerically_and_ints_equal_their_strings(tmp_path):
     assert cls.sort_labels(["b", "10", "a"]) == ["10", "a", "b"]
 
 
+def test_integral_float_strings_are_their_integer_class(tmp_path):
+    # pandas writes an integer label column with a NaN in it as 1.0, 0.0: the same classes as 1 and 0
+    train = write(tmp_path, "train.csv", "text,label\na,1.0\nb,0.0\nc,1\nd,0\ne,-1.00\n")
+    cfg = config(train)
+    splits = cls.load_splits(cfg)
+    assert cls.label_list(splits["train"], cfg) == ["-1", "0", "1"]
+    assert [cls.label_name(v) for v in ("2.5", "1e3", "v1.0", " 3. ")] == ["2.5", "1e3", "v1.0", "3"]
+
+
 def test_label_unseen_in_training_names_file_and_line(tmp_path, tiny_tokenizer):
     train = write(tmp_path, "train.tsv", "sentence\tlabel\ngood\tpos\nbad\tneg\n")
     dev = write(tmp_path, "dev.tsv", "sentence\tlabel\ngreat\tpos\nit is ok\tneutral\n")

@@ -106,6 +106,13 @@ def test_best_checkpoint_is_kept_and_restored(tmp_path):
     assert torch.equal(best["lin.0.weight"], model.lin[0].weight.detach())
 
 
+@pytest.mark.parametrize("metric,greater", [("accuracy", True), ("f1", True), ("pearson", True), ("loss", False),
+                                            ("mse", False), ("eval_rmse", False), ("perplexity", False)])
+def test_greater_is_better_follows_the_metric(metric, greater):
+    assert TrainingConfig(metric_for_best_model=metric).greater_is_better is greater
+    assert TrainingConfig(metric_for_best_model=metric, greater_is_better=not greater).greater_is_better is not greater
+
+
 def test_sampler_shards_global_batches_and_short_last_batch():
     one = ShardedBatchSampler(10, 4, rank=0, world=1, seed=3)
     r0 = ShardedBatchSampler(10, 2, rank=0, world=2, seed=3)

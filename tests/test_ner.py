@@ -93,6 +93,16 @@ def test_conll_sentences_skip_docstart_and_blank_lines_and_become_iob2(tmp_path)
     assert [s["_where"] for s in sentences] == [f"{path}:3", f"{path}:8", f"{path}:14"]
 
 
+def test_conll_with_byte_order_mark_crlf_and_gzip(tmp_path):
+    import gzip
+
+    text = "\ufeffJohn\tB-PER\r\nruns\tO\r\n\r\n"
+    with gzip.open(tmp_path / "t.conll.gz", "wt", encoding="utf-8", newline="") as f:
+        f.write(text)
+    for path in (write(tmp_path, "t.conll", text), str(tmp_path / "t.conll.gz")):
+        assert [(s["tokens"], s["tags"]) for s in ner.read_file(path, config())] == [(["John", "runs"], ["B-PER", "O"])]
+
+
 def test_custom_token_and_tag_columns(tmp_path):
     path = write(tmp_path, "t.conll", "B-PER x John\nO y runs\n\nB-LOC z Paris\n")
     sentences = ner.read_file(path, config(token_column=2, tag_column=0))

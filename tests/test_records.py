@@ -4,7 +4,7 @@ import gzip
 import pytest
 
 from mlm.errors import DataError
-from mlm.records import iter_records, require_columns
+from mlm.records import decoded_lines, iter_records, require_columns
 
 
 def test_formats_and_line_numbers(tmp_path):
@@ -37,3 +37,12 @@ def test_errors_name_file_and_line(tmp_path):
         list(iter_records(str(tmp_path / "x.xml")))
     with pytest.raises(DataError, match=r"f.csv:7: missing column 'label' \(columns: text\)"):
         require_columns("f.csv", 7, {"text": "a"}, ["text", "label"])
+
+
+def test_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    # Excel's "CSV UTF-8" starts with a BOM: the first column must still be found by its name
+    (tmp_path / "bom.csv").write_bytes("\ufefflabel,text\r\n1,café\r\n".encode("utf-8"))
+    assert list(iter_records(str(tmp_path / "bom.csv"))) == [(2, {"label": "1", "text": "café"})]
+    (tmp_path / "bom.jsonl").write_bytes('\ufeff{"text": "x"}\n'.encode("utf-8"))
+    assert list(iter_records(str(tmp_path / "bom.jsonl"))) == [(1, {"text": "x"})]
+    assert list(decoded_lines(str(tmp_path / "bom.csv"))) == ["label,text\r\n", "1,café\r\n"]
