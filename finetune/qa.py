@@ -129,7 +129,7 @@ def load_splits(cfg: Config) -> dict[str, list[dict]]:
         splits = {}
         for split, path in (("train", cfg.train_file), ("validation", cfg.validation_file), ("test", cfg.test_file)):
             if path is not None:
-                splits[split] = read_file(path)
+                splits[split] = read_file(path, require_answers=split != "test")
     if cfg.split_articles is not None:
         splits["train"], splits["validation"] = split_by_article(splits["train"], cfg.split_articles, cfg.train_file)
     for split, examples in splits.items():
@@ -179,8 +179,6 @@ def _squad_examples(data: dict, path: str, require_answers: bool) -> list[dict]:
                 if not isinstance(qa, dict):
                     raise DataError(f"{where_p}.qas[{q}]: expected an object")
                 row = {**qa, "context": paragraph.get("context"), "title": title}
-                if qa.get("is_impossible"):
-                    row["answers"] = []  # v2: plausible_answers are distractors, not answers
                 examples.append(_example(row, f"{where_p}.qas[{q}]", require_answers, None))
     return examples
 
@@ -198,24 +196,38 @@ def _example(row: dict, where: str, require_answers: bool, default_id: Optional[
             raise DataError(f'{where}: id {qid}: "{name}" must be a string, got {type(row[name]).__name__}')
         if not row[name].strip():
             raise DataError(f"{where}: id {qid}: empty {name}")
-    if "answers" not in row and require_answers:
+    impossible = _is_impossible(row.get("is_impossible", False), where, qid)
+    if "answers" not in row and not impossible and require_answers:
         raise DataError(f'{where}: id {qid}: missing field "answers" (use [] for an unanswerable question)')
     example = {
         "id": qid,
         "question": row["question"],
         "context": row["context"],
-        "answers": _answers(row.get("answers", []), where, qid),
+        # v2: an impossible question's plausible_answers (or answers) are distractors, not answers
+        "answers": _answers([] if impossible else row.get("answers", []), where, qid),
         "_where": where,
     }
+    if "answers" not in row and not impossible:
+        example["_unlabelled"] = True  # a test / `mlm predict` input: no gold, not an unanswerable question
     if row.get("title") is not None:
         example["title"] = str(row["title"])
     return example
 
 
+def _is_impossible(value, where: str, qid: str) -> bool:
+    """SQuAD v2's is_impossible flag; "false" as a string must not read as true."""
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise DataError(f'{where}: id {qid}: "is_impossible" must be true or false, got {value!r}')
+
+
 def _answers(raw, where: str, qid: str) -> dict:
     """{"text": [...], "answer_start": [...]} or [{"text", "answer_start"}, ...] -> the dict layout.
 
-    Empty answer texts are dropped: an example left with no answer is unanswerable (SQuAD v2).
+    Empty answer texts are dropped: an example left with no answer is unanswerable (SQuAD v2). Spaces around
+    a text are trimmed, its start moved with them: they belong to no token and would hide the text's position.
     """
     if isinstance(raw, dict):
         texts, starts = raw.get("text"), raw.get("answer_start")
@@ -233,8 +245,8 @@ def _answers(raw, where: str, qid: str) -> dict:
         if not isinstance(text, str) or isinstance(start, bool) or not isinstance(start, int):
             raise DataError(f"{where}: id {qid}: an answer needs a string text and an integer answer_start")
         if text.strip():
-            answers["text"].append(text)
-            answers["answer_start"].append(start)
+            answers["text"].append(text.strip())
+            answers["answer_start"].append(start + len(text) - len(text.lstrip()))
     return answers
 
 
@@ -286,7 +298,8 @@ def _check_unique_ids(examples: list[dict]) -> None:
 
 
 def locate_answer(context: str, text: str, start: int) -> Optional[int]:
-    """The character offset of `text` in `context`: `start` when it matches, else the nearest occurrence.
+    """The character offset of `text` in `context`: `start` when it matches, else the nearest occurrence,
+    whole words first ("art" is not the start of "starting").
 
     Offsets are often off by a few characters in hand-made or converted data (whitespace, HTML entities);
     the nearest occurrence is the most likely intended one. None when the text is not in the context.
@@ -299,7 +312,13 @@ def locate_answer(context: str, text: str, start: int) -> Optional[int]:
         pos = context.find(text, pos + 1)
     if not occurrences:
         return None
-    return min(occurrences, key=lambda p: (abs(p - start), p))
+
+    def inside_a_word(p: int) -> bool:
+        end = p + len(text)
+        return (p > 0 and context[p - 1].isalnum() and text[0].isalnum()) or (
+            end < len(context) and context[end].isalnum() and text[-1].isalnum())
+
+    return min(occurrences, key=lambda p: (inside_a_word(p), abs(p - start), p))
 
 
 def align_answers(examples: list[dict], split: str) -> list[dict]:
@@ -340,11 +359,14 @@ def _some(ids: list[str]) -> str:
 
 
 def _resolve_version_2(cfg: Config, splits: dict[str, list[dict]]) -> None:
-    unanswerable = [ex for examples in splits.values() for ex in examples if not ex["answers"]["text"]]
+    unanswerable = [ex for examples in splits.values() for ex in examples
+                    if not ex["answers"]["text"] and not ex.get("_unlabelled")]
     if cfg.version_2_with_negative is None:
         cfg.version_2_with_negative = bool(unanswerable)
-        logger.info("version_2_with_negative: %s (%d unanswerable questions in the data)",
-                    cfg.version_2_with_negative, len(unanswerable))
+        if unanswerable:  # a warning: one stray empty answer in v1 data changes training and scoring
+            logger.warning("version_2_with_negative: on, %d questions have no answer (first: %s id %s); set it to "
+                           "false to refuse such data", len(unanswerable), unanswerable[0]["_where"],
+                           unanswerable[0]["id"])
     elif unanswerable and not cfg.version_2_with_negative:
         raise ConfigError(
             f"version_2_with_negative: false, but the data has {len(unanswerable)} questions without an answer "
@@ -450,9 +472,12 @@ def answer_token_span(context: str, answers: dict, offsets: list) -> tuple[int, 
     first, last = context_tokens[0], context_tokens[-1]
     if not (offsets[first][0] <= char_start and offsets[last][1] >= char_end):
         return 0, 0  # the answer starts before or ends after this window
-    start = max(i for i in context_tokens if offsets[i][0] <= char_start)
-    end = min(i for i in context_tokens if offsets[i][1] >= char_end)
-    return start, end
+    # The tokens the answer overlaps: a character the tokenizer drops (zero-width space, soft hyphen) at an edge
+    # of the answer belongs to no token, and must not pull in the token before or after it.
+    overlapping = [i for i in context_tokens if offsets[i][1] > char_start and offsets[i][0] < char_end]
+    if not overlapping:
+        return 0, 0
+    return overlapping[0], overlapping[-1]
 
 
 def collate(features: list[dict], tokenizer) -> dict[str, torch.Tensor]:
@@ -563,7 +588,7 @@ def predictions(
             record["null_score"] = null_score
             if null_score is not None and (best is None or null_score - best[0] > cfg.null_score_diff_threshold):
                 record.update(prediction_text="", start=None, end=None, score=null_score)
-        if example["answers"]["text"] or v2:
+        if not example.get("_unlabelled"):
             record["gold_answers"] = list(example["answers"]["text"])
         records.append(record)
     return records
@@ -580,8 +605,10 @@ def metrics(examples: list[dict], predictions: list[dict], cfg: Config, labels: 
     """Official SQuAD exact_match and f1 (0-100); HasAns_/NoAns_ breakdowns in v2 mode."""
     from finetune.metrics import squad_scores
 
-    gold = {ex["id"]: list(ex["answers"]["text"]) for ex in examples}
-    pred = {r["id"]: r["prediction_text"] for r in predictions}
+    gold = {ex["id"]: list(ex["answers"]["text"]) for ex in examples if not ex.get("_unlabelled")}
+    if not gold:
+        return {}  # an unlabelled test split: predictions only
+    pred = {r["id"]: r["prediction_text"] for r in predictions if r["id"] in gold}
     return squad_scores(gold, pred, version_2=bool(cfg.version_2_with_negative))
 
 

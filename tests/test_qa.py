@@ -204,6 +204,50 @@ def test_locate_answer_keeps_fixes_or_gives_up():
     assert qa.locate_answer(context, "rome", 0) is None
 
 
+def test_locate_answer_prefers_whole_words():
+    context = "the art of starting a start-up ."
+    assert qa.locate_answer(context, "art", 12) == 4  # 13 ("st-art-ing") is nearer but inside a word
+    assert qa.locate_answer(context, "start", 10) == 22  # 11 (starting) inside a word, 22 ("start-up") a whole word
+    assert qa.locate_answer("restart", "start", 0) == 2  # the only occurrence is still used
+
+
+def test_answers_with_surrounding_spaces_are_trimmed_with_their_start(tmp_path):
+    rows = [{"id": "a", "question": "where ?", "context": "he went to paris . she went to paris too .",
+             "answers": [{"text": "paris ", "answer_start": 31}]},
+            {"id": "b", "question": "who ?", "context": "alice ran .", "answers": [{"text": "\nalice", "answer_start": -1}]}]
+    train = qa.load_splits(make_cfg(train_file=write_jsonl(tmp_path / "t.jsonl", rows)))["train"]
+    assert [ex["answers"] for ex in train] == [{"text": ["paris"], "answer_start": [31]},
+                                               {"text": ["alice"], "answer_start": [0]}]
+
+
+@pytest.mark.parametrize("flag,impossible", [("false", False), ("False", False), (0, False), ("true", True), (True, True)])
+def test_is_impossible_values(tmp_path, flag, impossible):
+    row = {"id": "q", "question": "who ?", "context": "john .", "answers": [{"text": "john", "answer_start": 0}],
+           "is_impossible": flag}
+    for path in (write_jsonl(tmp_path / "t.jsonl", [row]),
+                 write_json(tmp_path / "t.json", squad([("T", [("john .", [{k: v for k, v in row.items() if k != "context"}])])]))):
+        cfg = make_cfg(train_file=path)
+        (ex,) = qa.load_splits(cfg)["train"]
+        assert (ex["answers"]["text"] == []) is impossible and cfg.version_2_with_negative is impossible
+    with pytest.raises(DataError, match=r'id q: "is_impossible" must be true or false, got \'maybe\''):
+        qa.read_file(write_jsonl(tmp_path / "bad.jsonl", [{**row, "is_impossible": "maybe"}]))
+
+
+def test_test_split_without_answers_is_predicted_not_scored(tmp_path, tiny_tokenizer):
+    train = write_jsonl(tmp_path / "train.jsonl", [{"id": "t", "question": "who ?", "context": "john .",
+                                                     "answers": [{"text": "john", "answer_start": 0}]}])
+    test = write_jsonl(tmp_path / "test.jsonl", [{"id": "u", "question": "who ?", "context": "john smith ."}])
+    cfg = make_cfg(train_file=train, test_file=test)
+    splits = qa.load_splits(cfg)
+    assert cfg.version_2_with_negative is False  # an unlabelled question is not an unanswerable one
+    features = qa.encode(splits["test"], tiny_tokenizer, windows_cfg(), [], with_labels=False)
+    records = qa.predictions(splits["test"], features, [(logits(len(f["input_ids"]), {}),) * 2 for f in features],
+                             cfg, [])
+    assert "gold_answers" not in records[0] and qa.metrics(splits["test"], records, cfg, []) == {}
+    with pytest.raises(DataError, match=r'id u: missing field "answers"'):
+        qa.load_splits(make_cfg(train_file=train, validation_file=test))
+
+
 def test_answer_start_mismatch_is_fixed_or_skipped_and_logged(tmp_path, caplog):
     rows = [
         {"id": "ok", "question": "who ?", "context": "john smith .", "answers": [{"text": "smith", "answer_start": 5}]},
@@ -301,6 +345,16 @@ def test_no_answer_and_unlocatable_answer_labels(tiny_tokenizer):
     assert [(f["start_positions"], f["end_positions"]) for f in features] == [(0, 0), (qa.IGNORE, qa.IGNORE)]
     unlabelled = qa.encode(examples, tiny_tokenizer, windows_cfg(), [], with_labels=False)
     assert "start_positions" not in unlabelled[0] and unlabelled[1]["example_index"] == 1
+
+
+def test_characters_without_tokens_at_an_answer_edge_add_no_token(tiny_tokenizer):
+    # the tokenizer drops the zero-width space: the label must be "paris", not "in \u200bparis"
+    context = "john lives in \u200bparis ."
+    example = {"id": "z", "question": "where ?", "context": context,
+               "answers": {"text": ["\u200bparis"], "answer_start": [context.index("\u200b")]}}
+    (feature,) = qa.encode([example], tiny_tokenizer, windows_cfg(), [], with_labels=True)
+    start, end = feature["start_positions"], feature["end_positions"]
+    assert start == end and context[slice(*feature["offset_mapping"][start])] == "paris"
 
 
 def test_long_question_is_cut_to_max_query_length(tiny_tokenizer):
