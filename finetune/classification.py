@@ -49,6 +49,10 @@ logger = logging.getLogger("mlm")
 AutoModel = transformers.AutoModelForSequenceClassification
 
 TEXT_COLUMN_CANDIDATES = ("text", "sentence", "sentence1")
+# (text, text pair) column layouts of sentence-pair data (GLUE, SNLI, ...): read as pairs unless told otherwise.
+PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question", "sentence"),
+                ("question1", "question2"), ("text", "text_pair"), ("text_a", "text_b"))
+NO_PAIR = "none"  # text_pair_column: single texts, even when the data has a pair layout
 # Our problem types -> the names transformers' configs use (and `mlm predict` reads back from a model).
 HF_PROBLEM_TYPES = {
     "single_label": "single_label_classification",
@@ -67,7 +71,8 @@ class Config(FinetuneConfig):
         None, "Column with the text (default: the first of text, sentence, sentence1 that the data has)."
     )
     text_pair_column: Optional[str] = arg(
-        None, "Column with the second text of sentence-pair tasks (default: sentence2 when text is sentence1)."
+        None, "Column with the second text of sentence-pair tasks (default: the partner of a known pair layout "
+        "such as sentence1/sentence2, premise/hypothesis, question/sentence, question1/question2; 'none': no pair)."
     )
     label_column: str = arg("label", "Column with the label (class name, number, or list for multi-label).")
     problem_type: Literal["auto", "single_label", "regression", "multi_label"] = arg(
@@ -140,7 +145,11 @@ def read_table(path: str, cfg: Config, label_required: bool) -> list[dict]:
 
 
 def resolve_columns(names: list[str], cfg: Config, label_required: bool, where: str, delimited: bool = False):
-    """(text, text_pair or None, label or None) column names for data with columns `names`."""
+    """(text, text pair or None, label or None) column names for data with columns `names`.
+
+    Side effect: the text columns chosen automatically are written to cfg (text_pair_column 'none' for single
+    texts), so the other splits, the saved run config and `mlm predict` read the same columns.
+    """
     available = ", ".join(map(str, names))
 
     def missing(what: str, column: str, hint: str = "") -> DataError:
@@ -148,21 +157,29 @@ def resolve_columns(names: list[str], cfg: Config, label_required: bool, where: 
             hint = _delimiter_hint(str(names[0])) or hint
         return DataError(f"{where}: missing {what} column {column!r} (columns: {available}){hint}")
 
-    text = cfg.text_column
+    text, pair = cfg.text_column, cfg.text_pair_column
+    if pair is None:  # a known pair layout: ignoring its second text would be silent garbage
+        partner = dict(PAIR_COLUMNS)
+        if text is None:
+            text, pair = next(((a, b) for a, b in PAIR_COLUMNS if a in names and b in names), (None, None))
+        elif partner.get(text) in names:
+            pair = partner[text]
     if text is None:
         text = next((c for c in TEXT_COLUMN_CANDIDATES if c in names), None)
         if text is None:
             raise missing("text", " / ".join(TEXT_COLUMN_CANDIDATES), "; set --text_column")
     elif text not in names:
         raise missing("text", text)
-    pair = cfg.text_pair_column
-    if pair is None and cfg.text_column is None and text == "sentence1" and "sentence2" in names:
-        pair = "sentence2"  # GLUE pair tasks (MRPC, RTE, STS-B...): ignoring sentence2 would be silent garbage
-    if pair is not None and pair not in names:
+    if pair == NO_PAIR:
+        pair = None
+    elif pair is not None and pair not in names:
         raise missing("text pair", pair)
     label = cfg.label_column if cfg.label_column in names else None
     if label is None and label_required:
         raise missing("label", cfg.label_column, "; set --label_column")
+    if (cfg.text_column, cfg.text_pair_column) != (text, pair or NO_PAIR):
+        logger.info("%s: text column %r%s", where, text, f", text pair column {pair!r}" if pair else " (single texts)")
+        cfg.text_column, cfg.text_pair_column = text, pair or NO_PAIR
     return text, pair, label
 
 
@@ -572,6 +589,10 @@ def metrics(examples: list[dict], predictions: list[dict], cfg: Config, labels: 
 # ---------------------------------------------------------------------------------------- mlm predict
 
 
+def is_pair_model(cfg: Config) -> bool:
+    return cfg.text_pair_column not in (None, NO_PAIR)
+
+
 def examples_from_text(cfg: Config, text: Optional[str] = None, text_pair: Optional[str] = None, **other) -> list[dict]:
     """`mlm predict --text ... [--text_pair ...]` -> one example."""
     unused = [name for name, value in other.items() if value is not None]
@@ -579,6 +600,11 @@ def examples_from_text(cfg: Config, text: Optional[str] = None, text_pair: Optio
         raise ConfigError(f"--{unused[0]}: not used by the cls task (it takes --text and optionally --text_pair)")
     if text is None or not text.strip():
         raise ConfigError("--text: empty text")
+    if is_pair_model(cfg) and text_pair is None:
+        raise ConfigError(f"--text_pair: this model classifies text pairs ({cfg.text_column} + {cfg.text_pair_column}); "
+                          "pass the second text with --text_pair")
+    if cfg.text_pair_column == NO_PAIR and text_pair is not None:
+        raise ConfigError(f"--text_pair: this model classifies single texts ({cfg.text_column}), not pairs")
     example = {"text": text, "_where": "--text"}
     if text_pair is not None:
         if not text_pair.strip():
@@ -595,8 +621,9 @@ def examples_from_file(path: str, cfg: Config) -> list[dict]:
         if cfg.problem_type != "auto":  # else the gold labels stay raw and `predictions` reads them per model
             _normalise_labels(examples, cfg)
         return examples
-    if cfg.text_pair_column is not None:
-        raise DataError(f"{path}: a .txt file has one text per line; text pairs need a csv/tsv/jsonl file")
+    if is_pair_model(cfg):
+        raise DataError(f"{path}: a .txt file has one text per line; this model classifies text pairs "
+                        f"({cfg.text_column} + {cfg.text_pair_column}): use a csv/tsv/jsonl file with those columns")
     examples = []
     for line_no, line in enumerate(decoded_lines(path), 1):
         if line.strip():

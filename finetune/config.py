@@ -33,8 +33,7 @@ class FinetuneConfig(TrainingConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.max_seq_length < 8:
-            raise ConfigError(f"max_seq_length: must be >= 8, got {self.max_seq_length}")
+        self.check_lengths()
         if self.data_dir is not None:
             if not os.path.isdir(self.data_dir):
                 raise ConfigError(
@@ -49,3 +48,11 @@ class FinetuneConfig(TrainingConfig):
             raise ConfigError(
                 "no training data: set --train_file PATH (and --validation_file PATH), or --dataset_name NAME when online"
             )
+
+    def check_lengths(self, max_positions: Optional[int] = None) -> None:
+        """max_seq_length (and the task's window fields, in subclasses) usable together, and within a model's
+        max_positions. Run by __post_init__, once the model is loaded, and by `mlm predict` after its overrides."""
+        if self.max_seq_length < 8:
+            raise ConfigError(f"max_seq_length: must be >= 8, got {self.max_seq_length}")
+        if max_positions is not None and self.max_seq_length > max_positions:
+            raise ConfigError(f"max_seq_length: {self.max_seq_length} exceeds the model's {max_positions} positions")

@@ -80,8 +80,8 @@ class Config(FinetuneConfig):
     )
     text_key: str = arg("text", "`mlm predict --input FILE.jsonl`: field holding raw text (split into words here).")
 
-    def __post_init__(self):
-        super().__post_init__()
+    def check_lengths(self, max_positions: Optional[int] = None) -> None:
+        super().check_lengths(max_positions)
         if self.stride < 0:
             raise ConfigError(f"stride: must be >= 0, got {self.stride}")
         # Overlap at most half a window, so every window moves on by at least half a window of new words.

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from types import SimpleNamespace
+from typing import Optional
 
 from mlm.errors import ConfigError, DataError
 
@@ -32,50 +32,98 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--question", help="Question (QA).")
     p.add_argument("--context", help="Context to find the answer in (QA).")
     p.add_argument("--input", help="File of inputs: .jsonl/.csv/.tsv with the task's fields, or .txt one text per line.")
-    p.add_argument("--output", help="Write JSONL here (default: stdout).")
+    p.add_argument("--output", help="Write JSON lines here, .jsonl (default: stdout).")
     p.add_argument("--batch_size", type=int, default=32, help="Inputs per forward pass.")
     p.add_argument("--max_seq_length", type=int, default=None, help="Override the checkpoint's max_seq_length.")
     p.add_argument("--quantize", action="store_true", help="Dynamic int8 quantisation of the Linear layers (CPU).")
     return p
 
 
-def load_task(model_dir: str):
-    """(task module, config namespace, label names) for a checkpoint directory."""
+def load_task(model_dir: str, max_positions: Optional[int] = None):
+    """(task module, task Config with the run's settings, label names) for a checkpoint directory."""
     from finetune.run import TASK_FILE
     from finetune.tasks import ARCHITECTURE_SUFFIXES, TASKS
-    from mlm.model import check_checkpoint_dir
 
-    check_checkpoint_dir(model_dir, field="--model")
+    if max_positions is None:
+        max_positions = checkpoint_positions(model_dir)
+
     task_file = os.path.join(model_dir, TASK_FILE)
     if os.path.isfile(task_file):
         with open(task_file, encoding="utf-8") as f:
             saved = json.load(f)
         task = TASKS[saved["task"]]
-        defaults = {f.name: f.default for f in dataclasses.fields(task.Config)}
-        return task, SimpleNamespace(**{**defaults, **saved["config"]}), saved["labels"]
+        return task, saved_config(task, saved["config"]), saved["labels"]
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
     for arch in config.get("architectures") or []:
         for suffix, name in ARCHITECTURE_SUFFIXES.items():
             if arch.endswith(suffix):
                 task = TASKS[name]
-                defaults = {f.name: f.default for f in dataclasses.fields(task.Config)}
                 id2label = config.get("id2label") or {}
                 labels = [id2label[str(i)] for i in range(len(id2label))] if name != "qa" else []
-                settings = {**defaults, "task": name}
+                cfg = saved_config(task, {"task": name})
                 if name == "cls" and config.get("problem_type"):  # HF's name -> ours (multi-label, regression)
                     from finetune.classification import HF_PROBLEM_TYPES
 
                     ours = {v: k for k, v in HF_PROBLEM_TYPES.items()}
-                    settings["problem_type"] = ours.get(config["problem_type"], settings.get("problem_type"))
-                return task, SimpleNamespace(**settings), labels
+                    cfg.problem_type = ours.get(config["problem_type"], cfg.problem_type)
+                fit_windows(cfg, max_positions)
+                return task, cfg, labels
     raise DataError(f"--model: {model_dir} is not a fine-tuned task checkpoint (no {TASK_FILE}, no known architecture)")
 
 
+def checkpoint_positions(model_dir: str) -> int:
+    """The longest input the checkpoint takes (DataError when model_dir is not a checkpoint)."""
+    import transformers
+
+    from mlm.model import check_checkpoint_dir, usable_positions
+
+    check_checkpoint_dir(model_dir, field="--model")
+    return usable_positions(transformers.AutoConfig.from_pretrained(model_dir))
+
+
+def saved_config(task, settings: dict):
+    """The task's Config holding a run's settings (defaults for the missing ones; unknown ones from another
+    version dropped). __post_init__ is skipped: it checks training data, which prediction has none of."""
+    fields = {f.name: f.default for f in dataclasses.fields(task.Config)}
+    cfg = object.__new__(task.Config)
+    cfg.__dict__.update({**fields, **{k: v for k, v in settings.items() if k in fields}})
+    return cfg
+
+
+def fit_windows(cfg, max_positions: int) -> None:
+    """Default lengths for a checkpoint without mlm's settings, shrunk in proportion to fit its positions
+    (the QA defaults 384/128/64 become 128/42/21 on a 128-position model)."""
+    if cfg.max_seq_length <= max_positions:
+        return
+    for name in ("doc_stride", "max_query_length", "stride"):
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(1, getattr(cfg, name) * max_positions // cfg.max_seq_length))
+    cfg.max_seq_length = max_positions
+
+
+def check_output(output: str | None, input_path: str | None) -> None:
+    """Refuse an --output that cannot be written or would destroy the input, before any work is done."""
+    if output is None:
+        return
+    if output.lower().endswith((".csv", ".tsv", ".txt", ".parquet")):
+        raise ConfigError(f"--output: {output}: predictions are written as JSON lines; name the file .jsonl")
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise ConfigError(f"--output: folder {folder} does not exist")
+    if input_path and os.path.exists(output) and os.path.exists(input_path) and os.path.samefile(output, input_path):
+        raise ConfigError(f"--output: {output} is the --input file")
+
+
 def load_model(task, model_dir: str, quantize: bool):
+    """The checkpoint in eval mode: int8 on CPU when quantize, else on the GPU when there is one."""
+    import torch
+
     model = task.AutoModel.from_pretrained(model_dir)
     model.eval()
-    return quantize_linear_layers(model) if quantize else model
+    if quantize:
+        return quantize_linear_layers(model)
+    return model.to("cuda") if torch.cuda.is_available() else model
 
 
 def quantize_linear_layers(model, per_channel: bool = True):
@@ -119,9 +167,19 @@ def main(argv: list[str]) -> None:
 
     args = build_parser().parse_args(argv)
     setup_console_logging(True)
-    task, cfg, labels = load_task(args.model)
-    if args.max_seq_length:
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch_size: must be >= 1, got {args.batch_size}")
+    check_output(args.output, args.input)
+    max_positions = checkpoint_positions(args.model)
+    task, cfg, labels = load_task(args.model, max_positions)
+    if args.max_seq_length is not None:
         cfg.max_seq_length = args.max_seq_length
+    try:
+        cfg.check_lengths(max_positions)
+    except ConfigError as e:  # name the flag that made the lengths wrong
+        if args.max_seq_length is None:
+            raise ConfigError(f"--model: {args.model}: {e}") from None
+        raise ConfigError(f"--{e}" if str(e).startswith("max_seq_length") else f"--max_seq_length: {e}") from None
     examples = read_inputs(task, cfg, args)
     if not examples:
         raise DataError(f"{args.input}: no inputs found")
@@ -130,12 +188,12 @@ def main(argv: list[str]) -> None:
     start = time.perf_counter()
     records = predict(task, model, tokenizer, cfg, labels, examples, args.batch_size)
     seconds = time.perf_counter() - start
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    try:
-        for record in records:
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    finally:
-        if args.output:
-            out.close()
+    lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    if args.output:  # temp file + rename: a failure never leaves half a file in place of an earlier one
+        with open(args.output + ".tmp", "w", encoding="utf-8") as f:
+            f.write(lines)
+        os.replace(args.output + ".tmp", args.output)
+    else:
+        sys.stdout.write(lines)
     logger.info("%d predictions in %.2fs (%.1f/s)%s", len(records), seconds, len(records) / max(seconds, 1e-9),
                 f", written to {args.output}" if args.output else "")

@@ -78,16 +78,9 @@ class Config(FinetuneConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("doc_stride", "max_query_length", "n_best_size", "max_answer_length"):
+        for name in ("n_best_size", "max_answer_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        # The longest question leaves this many tokens for the context; a window must advance by >= 1 token.
-        room = self.max_seq_length - self.max_query_length - SPECIAL_TOKENS_IN_PAIR
-        if self.doc_stride >= room:
-            raise ConfigError(
-                f"doc_stride: {self.doc_stride} must be < max_seq_length - max_query_length - 3 = {room} "
-                f"(max_seq_length {self.max_seq_length}, max_query_length {self.max_query_length})"
-            )
         if isinstance(self.split_articles, str) and self.split_articles.strip().lower() in ("", "none", "null"):
             self.split_articles = None
         if self.split_articles is not None:
@@ -99,6 +92,20 @@ class Config(FinetuneConfig):
                 )
             if self.train_file is None:
                 raise ConfigError("split_articles: splits train_file by article, but no train_file is set")
+
+
+    def check_lengths(self, max_positions: Optional[int] = None) -> None:
+        super().check_lengths(max_positions)
+        for name in ("doc_stride", "max_query_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        # The longest question leaves this many tokens for the context; a window must advance by >= 1 token.
+        room = self.max_seq_length - self.max_query_length - SPECIAL_TOKENS_IN_PAIR
+        if self.doc_stride >= room:
+            raise ConfigError(
+                f"doc_stride: {self.doc_stride} must be < max_seq_length - max_query_length - 3 = {room} "
+                f"(max_seq_length {self.max_seq_length}, max_query_length {self.max_query_length})"
+            )
 
 
 def parse_split_articles(value: str) -> tuple[int, Optional[int]]:

@@ -64,16 +64,14 @@ def parse_finetune_args(argv: list[str]):
 def load_backbone(task, cfg, labels):
     """The task model on the backbone: a new head on top of the pretrained encoder."""
     from mlm.errors import DataError
-    from mlm.model import check_checkpoint_dir
+    from mlm.model import check_checkpoint_dir, usable_positions
 
     check_checkpoint_dir(cfg.model_name_or_path)
     try:
         model = task.AutoModel.from_pretrained(cfg.model_name_or_path, **task.model_kwargs(cfg, labels))
     except (OSError, ValueError) as e:
         raise DataError(f"model_name_or_path: cannot load {cfg.model_name_or_path}: {str(e).splitlines()[0]}") from None
-    if cfg.max_seq_length > model.config.max_position_embeddings:
-        raise ConfigError(f"max_seq_length: {cfg.max_seq_length} exceeds the model's max_position_embeddings "
-                          f"({model.config.max_position_embeddings})")
+    cfg.check_lengths(usable_positions(model.config))
     return model
 
 

@@ -31,6 +31,9 @@ PRESETS = {
 }
 
 
+# Model types whose position ids start after the padding id (transformers' create_position_ids_from_input_ids).
+_OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text"}
+
 def preset_config(preset: str, vocab_size: int, max_position_embeddings: int = 512, **overrides):
     """A BertConfig for a named size; explicit fields (hidden_size=..., ...) override the preset."""
     from transformers import BertConfig
@@ -91,10 +94,18 @@ def build_masked_lm(
         model = BertForMaskedLM._from_config(
             preset_config(preset, vocab_size, max_positions, **overrides), attn_implementation=attn_implementation
         )
-    limit = model.config.max_position_embeddings
+    limit = usable_positions(model.config)
     if max_seq_length > limit:
-        raise ConfigError(f"max_seq_length: {max_seq_length} exceeds the model's max_position_embeddings ({limit})")
+        raise ConfigError(f"max_seq_length: {max_seq_length} exceeds the model's {limit} positions")
     return model
+
+
+def usable_positions(config) -> int:
+    """The longest input a checkpoint's position embeddings take: RoBERTa-style models number positions from
+    pad_token_id + 1, so 514 embeddings hold 512 tokens."""
+    if config.model_type in _OFFSET_POSITION_MODELS:
+        return config.max_position_embeddings - (config.pad_token_id or 0) - 1
+    return config.max_position_embeddings
 
 
 def mlm_head(model) -> nn.Module:

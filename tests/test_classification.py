@@ -415,6 +415,35 @@ def test_hub_dataset_class_label_ids_become_names(monkeypatch):
     assert cls.label_list(splits["train"], cfg) == ["negative", "positive"]
 
 
+@pytest.mark.parametrize("header,flags,text,pair", [
+    ("question,sentence,label", {}, "question", "sentence"),                          # QNLI
+    ("premise,hypothesis,label", {}, "premise", "hypothesis"),                        # MNLI / SNLI
+    ("id,sentence1,sentence2,label", {"text_column": "sentence1"}, "sentence1", "sentence2"),
+    ("sentence1,sentence2,label", {"text_pair_column": "none"}, "sentence1", None),   # explicitly single texts
+    ("review,other,label", {"text_column": "review"}, "review", None),
+])
+def test_pair_layouts_are_read_as_pairs_and_the_choice_is_saved(tmp_path, header, flags, text, pair):
+    values = ",".join("x" if c != "label" else "1" for c in header.split(","))
+    cfg = config(write(tmp_path, "train.csv", f"{header}\n{values}\n"), **flags)
+    (example,) = cls.load_splits(cfg)["train"]
+    assert example.get("text_pair") == ("x" if pair else None)
+    # written back, so validation files, mlm_task.json and `mlm predict` use the same columns
+    assert (cfg.text_column, cfg.text_pair_column) == (text, pair or cls.NO_PAIR)
+    assert cls.is_pair_model(cfg) is (pair is not None)
+
+
+def test_predict_inputs_must_match_the_model_pairing(tmp_path):
+    pair_cfg = config(text_column="premise", text_pair_column="hypothesis")
+    with pytest.raises(ConfigError, match="--text_pair: this model classifies text pairs"):
+        cls.examples_from_text(pair_cfg, text="a")
+    with pytest.raises(DataError, match="this model classifies text pairs"):
+        cls.examples_from_file(write(tmp_path, "in.txt", "a\n"), pair_cfg)
+    with pytest.raises(DataError, match="missing text pair column 'hypothesis'"):
+        cls.examples_from_file(write(tmp_path, "in.csv", "premise\na\n"), pair_cfg)
+    with pytest.raises(ConfigError, match="--text_pair: this model classifies single texts"):
+        cls.examples_from_text(config(text_column="text", text_pair_column="none"), text="a", text_pair="b")
+
+
 def test_examples_from_text_and_files(tmp_path):
     cfg = config()
     assert cls.examples_from_text(cfg, text="a film", text_pair=None) == [{"text": "a film", "_where": "--text"}]

@@ -131,3 +131,43 @@ def test_qa_learns_spans_and_answers(tmp_path, tiny_bert_dir, capsys):
     code, captured = run_cli(capsys, "predict", "--model", out, "--question", "where does smith work ?", "--context", context)
     record = json.loads(captured.out)
     assert record["prediction_text"] == "london" and context[record["start"]:record["end"]] == "london"
+
+
+def test_predict_checks_its_settings_before_any_work(tmp_path, tiny_bert_dir, capsys):
+    """A plain HF QA checkpoint (128 positions, no mlm_task.json): the 384-token QA defaults are fitted to it;
+    bad flags and outputs are one-line errors that leave an existing output file alone."""
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    from finetune.predict import load_task
+
+    model_dir = tmp_path / "hf-qa"
+    AutoModelForQuestionAnswering.from_pretrained(tiny_bert_dir).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(model_dir)
+    _, cfg, _ = load_task(str(model_dir))
+    assert (cfg.max_seq_length, cfg.doc_stride, cfg.max_query_length) == (128, 42, 21)
+    cfg.check_lengths(128)
+
+    context = " ".join(["john smith lives in london ."] * 40)  # ~240 tokens: several windows
+    code, captured = run_cli(capsys, "predict", "--model", model_dir, "--question", "who ?", "--context", context)
+    assert code == 0 and json.loads(captured.out)["prediction_text"] in context
+
+    questions = tmp_path / "in.jsonl"
+    questions.write_text(json.dumps({"question": "who ?", "context": "john smith ."}) + "\n")
+    kept = tmp_path / "kept.jsonl"
+    kept.write_text("earlier predictions\n")
+    for flags, message in [
+        (["--max_seq_length", "300"], "--max_seq_length: 300 exceeds the model's 128 positions"),
+        (["--max_seq_length", "4"], "--max_seq_length: must be >= 8"),
+        (["--max_seq_length", "24"], "--max_seq_length: doc_stride: 42 must be < max_seq_length - max_query_length - 3"),
+        (["--batch_size", "0"], "--batch_size: must be >= 1"),
+        (["--output", tmp_path / "missing" / "out.jsonl"], "does not exist"),
+        (["--output", tmp_path / "out.csv"], "name the file .jsonl"),
+        (["--output", questions], "is the --input file"),
+    ]:
+        code, captured = run_cli(capsys, "predict", "--model", model_dir, "--input", questions, *flags)
+        errors = [line for line in captured.err.splitlines() if line.startswith("mlm ")]
+        assert code == 1 and len(errors) == 1 and message in errors[0], (flags, captured.err)
+    code, _ = run_cli(capsys, "predict", "--model", model_dir, "--input", tmp_path / "nothing.jsonl", "--output", kept)
+    assert code == 1 and kept.read_text() == "earlier predictions\n"
+    code, _ = run_cli(capsys, "predict", "--model", model_dir, "--input", questions, "--output", kept)
+    assert code == 0 and json.loads(kept.read_text())["id"] == "1" and not (tmp_path / "kept.jsonl.tmp").exists()

@@ -4,7 +4,8 @@ import torch
 from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
 
 from mlm.errors import ConfigError, DataError
-from mlm.model import PRESETS, SparseMaskedLM, build_masked_lm, preset_config, train_flops_per_token
+from mlm.model import (PRESETS, SparseMaskedLM, build_masked_lm, preset_config, train_flops_per_token,
+                       usable_positions)
 
 
 def _tiny_model(vocab=97, attn_implementation="sdpa"):
@@ -176,8 +177,15 @@ def test_build_rejects_bad_checkpoints_and_lengths(tmp_path):
     with pytest.raises(DataError, match="not a directory"):
         build_masked_lm(str(tmp_path / "missing"), "mini", 100, 128)
     _tiny_model().save_pretrained(tmp_path / "ok")
-    with pytest.raises(ConfigError, match="max_position_embeddings"):
+    with pytest.raises(ConfigError, match="max_seq_length: 128 exceeds the model's 64 positions"):
         build_masked_lm(str(tmp_path / "ok"), "mini", 97, 128)
+
+
+def test_usable_positions_skip_roberta_padding_offset():
+    from transformers import BertConfig, RobertaConfig
+
+    assert usable_positions(BertConfig(max_position_embeddings=512)) == 512
+    assert usable_positions(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
 
 
 def test_flops_per_token_formula():
