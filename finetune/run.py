@@ -80,11 +80,12 @@ def main(cfg) -> dict:
 
     from finetune.inference import compute_outputs
     from finetune.tasks import TASKS
-    from mlm.loop import make_accelerator, train
+    from mlm.loop import check_output_dir, make_accelerator, train
     from mlm.runlog import logger, plot_losses, write_json
     from mlm.tokenizer import load_tokenizer
 
     task = TASKS[cfg.task]
+    check_output_dir(cfg)  # before reading and encoding the data
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
     splits = task.load_splits(cfg)

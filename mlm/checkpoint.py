@@ -76,8 +76,11 @@ def save_checkpoint(accelerator, output_dir: str, step: int, state: dict, keep_l
 
 def load_checkpoint(accelerator, path: str) -> dict:
     """Restore model, optimizer, scheduler and RNG states in place; return trainer_state.json."""
-    with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
-        state = json.load(f)
+    try:
+        with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bytes
+        raise DataError(f"resume_from_checkpoint: {path}/{STATE_FILE} is unreadable ({e})") from None
     # Checked before loading: sharded states (FSDP, DeepSpeed) fail with a traceback on another world size.
     written, world = state.get("num_processes", 1), accelerator.num_processes
     if written != world:
@@ -85,5 +88,10 @@ def load_checkpoint(accelerator, path: str) -> dict:
             f"resume_from_checkpoint: {path} was written by {written} processes; resume with the same number "
             f"(this run has {world}) so every rank gets back its own data shard and RNG state"
         )
-    accelerator.load_state(path)
+    try:
+        accelerator.load_state(path)
+    except Exception as e:  # truncated or missing files, another model's shapes: torch/safetensors raise many types
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"resume_from_checkpoint: cannot restore {path} ({reason[:300]}); was it written by this "
+                        "model and settings? resume from an earlier checkpoint or start over") from None
     return state

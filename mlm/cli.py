@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mlm {command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"mlm {command}: interrupted (the last complete checkpoint is intact)", file=sys.stderr)
+        resumable = " (checkpoints are written whole: --resume_from_checkpoint latest continues from the last one)"
+        print(f"mlm {command}: interrupted{resumable if command in ('pretrain', 'finetune') else ''}", file=sys.stderr)
         return 130
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional, TypeVar
@@ -88,8 +89,8 @@ class TrainingConfig:
             raise ConfigError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ConfigError("max_steps and num_train_epochs are both <= 0: nothing to train")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate: must be > 0, got {self.learning_rate}")
+        if not 0 < self.learning_rate < math.inf:
+            raise ConfigError(f"learning_rate: must be a finite number > 0, got {self.learning_rate}")
         if self.early_stopping_patience is not None and self.metric_for_best_model is None:
             raise ConfigError("early_stopping_patience needs metric_for_best_model")
         if self.greater_is_better is None and self.metric_for_best_model is not None:
@@ -121,7 +122,8 @@ class _Parser:
             def error(self, message):  # argparse calls this for bad values
                 raise ConfigError(message)
 
-        self.parser = Strict(cls, prog=prog, description=(cls.__doc__ or "").strip())
+        # No abbreviations: "--rec x" or "--learn 1" silently standing for another flag hides typos.
+        self.parser = Strict(cls, prog=prog, description=(cls.__doc__ or "").strip(), allow_abbrev=False)
         self.parser.add_argument("--recipe", default=None, help="YAML file of field values; flags win over it.")
 
 
@@ -132,6 +134,8 @@ def load_recipe(path: str, cls) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -140,30 +144,39 @@ def load_recipe(path: str, cls) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of field: value")
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{path}: unknown key {key!r}{hint}")
+        if isinstance(value, (list, dict)):
+            raise ConfigError(f"{path}: {key}: expected one value, got a {'list' if isinstance(value, list) else 'mapping'}")
+        if value is None and fields[key].default is not None and "Optional" not in str(fields[key].type):
+            raise ConfigError(f"{path}: {key}: null is not allowed (remove the key for the default, "
+                              f"{fields[key].default!r})")
     return data
 
 
 def parse_config(cls: type[C], argv: list[str], prog: str = "mlm") -> C:
     """Recipe (optional) + flags -> a validated config instance of `cls`."""
     parser = _Parser(cls, prog).parser
-    pre, _ = parser.parse_known_args(argv) if "--recipe" in argv else (None, None)
-    recipe = load_recipe(pre.recipe, cls) if pre is not None and pre.recipe else {}
-    # Recipe values go through the same string parsing as flags, so their types are checked too.
+    recipe_path = _recipe_path(argv)
+    recipe = load_recipe(recipe_path, cls) if recipe_path else {}
+    # Recipe values go through the same string parsing as flags, so their types are checked too; "--key=value"
+    # keeps a value that starts with "--" a value.
     recipe_argv, nulls = [], {}
     for key, value in recipe.items():
         if value is None:
             nulls[key] = None
         else:
-            recipe_argv += [f"--{key}", str(value)]
+            recipe_argv.append(f"--{key}={value}")
     parser.set_defaults(**nulls)
     try:
         *outputs, extra = parser.parse_args_into_dataclasses(recipe_argv + list(argv), return_remaining_strings=True)
+    except ConfigError as e:
+        bad = [key for key in recipe if f"--{key}" in str(e)]
+        raise ConfigError(f"{e} (from {recipe_path})" if bad and not _given(argv, bad[0]) else str(e)) from None
     except TypeError as e:
         raise ConfigError(str(e)) from None
     cfg = outputs[0]  # outputs[1], when present, is the namespace holding --recipe
@@ -173,6 +186,23 @@ def parse_config(cls: type[C], argv: list[str], prog: str = "mlm") -> C:
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ConfigError(f"unknown option {extra[0]}{hint}")
     return cfg
+
+
+def _recipe_path(argv: list[str]) -> Optional[str]:
+    """The value of --recipe PATH / --recipe=PATH (the last one wins, as for any flag)."""
+    path = None
+    for i, token in enumerate(argv):
+        if token == "--recipe":
+            if i + 1 >= len(argv):
+                raise ConfigError("--recipe: expected a YAML file")
+            path = argv[i + 1]
+        elif token.startswith("--recipe="):
+            path = token.split("=", 1)[1]
+    return path
+
+
+def _given(argv: list[str], key: str) -> bool:
+    return any(token == f"--{key}" or token.startswith(f"--{key}=") for token in argv)
 
 
 def print_help(cls, prog: str) -> None:

@@ -86,15 +86,26 @@ def _has_device() -> bool:
     return torch.cuda.is_available()
 
 
-def prepare_output_dir(cfg: TrainingConfig, accelerator) -> Optional[str]:
-    """Refuse to clobber a finished or checkpointed run unless asked; return the checkpoint to resume."""
+def check_output_dir(cfg: TrainingConfig) -> Optional[str]:
+    """Refuse to clobber a finished or checkpointed run, or a saved model (the backbone itself, say), unless
+    asked; return the checkpoint to resume. Side-effect free: commands call it before their slow preparation."""
+    if os.path.exists(cfg.output_dir) and not os.path.isdir(cfg.output_dir):
+        raise ConfigError(f"output_dir: {cfg.output_dir} is a file, not a folder")
     resume = resolve_resume(cfg.output_dir, cfg.resume_from_checkpoint)
     if resume is None and not cfg.overwrite_output_dir:
-        if os.path.exists(os.path.join(cfg.output_dir, "metrics.json")) or list_checkpoints(cfg.output_dir):
+        held = [name for name in ("metrics.json", "config.json") if os.path.exists(os.path.join(cfg.output_dir, name))]
+        if held or list_checkpoints(cfg.output_dir):
+            what = "a saved model" if held == ["config.json"] else "a run"
             raise ConfigError(
-                f"output_dir: {cfg.output_dir} already holds a run; pass --resume_from_checkpoint latest to continue "
-                "it or --overwrite_output_dir to start over"
+                f"output_dir: {cfg.output_dir} already holds {what}; pass --resume_from_checkpoint latest to continue "
+                "a run, --overwrite_output_dir to replace it, or choose another output_dir"
             )
+    return resume
+
+
+def prepare_output_dir(cfg: TrainingConfig, accelerator) -> Optional[str]:
+    """check_output_dir, then clear old checkpoints when overwriting; return the checkpoint to resume."""
+    resume = check_output_dir(cfg)
     if resume is None and cfg.overwrite_output_dir and accelerator.is_main_process:
         shutil.rmtree(os.path.join(cfg.output_dir, "checkpoints"), ignore_errors=True)
     if accelerator.is_main_process:

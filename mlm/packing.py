@@ -140,8 +140,11 @@ def build_packed_dataset(train, validation, tokenizer, max_seq_length: int, cach
 
 
 def _open(folder: str) -> tuple[PackedBlocks, PackedBlocks]:
-    with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
-        meta = json.load(f)
+    try:
+        with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+    except ValueError as e:  # bad JSON or bytes: a damaged cache, not bad input
+        raise DataError(f"{folder}/meta.json: damaged packing cache ({e}): delete {folder} and run again") from None
     blocks = []
     for split in SPLITS:
         info = meta["splits"][split]
@@ -319,7 +322,10 @@ def _build(train, validation, encoder, specials, max_seq_length, holdout, cache_
             split.close()
         bar.close()
         if splits["train"].documents == 0:
-            raise DataError(f"{train.description}: the training split is empty after holding out validation documents")
+            raise DataError(
+                f"{train.description}: the training split is empty after holding out validation documents "
+                f"({splits['validation'].documents} documents in all; a .txt file without blank lines is one "
+                "document: use --document_separator line, a --validation_file, or --validation_split_percentage 0)")
         meta = {
             "format": FORMAT_VERSION,
             "fingerprint": fingerprint,

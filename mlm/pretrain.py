@@ -8,8 +8,10 @@ corpus -> tokenizer -> packed blocks (memmap cache) -> masking collator -> encod
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -17,6 +19,8 @@ import torch
 
 from mlm.config import TrainingConfig, arg
 from mlm.errors import ConfigError
+
+logger = logging.getLogger("mlm")
 
 
 def default_cache_dir() -> str:
@@ -76,22 +80,89 @@ class PretrainConfig(TrainingConfig):
             raise ConfigError(f"validation_split_percentage: must be in [0, 100), got {self.validation_split_percentage}")
 
 
-def prepare_tokenizer(cfg: PretrainConfig, train_corpus):
-    """An existing tokenizer, the checkpoint's, or a WordPiece trained on the corpus (cached by fingerprint)."""
-    import hashlib
+def prepare_tokenizer(cfg: PretrainConfig, train_corpus, accelerator):
+    """An existing tokenizer, the checkpoint's, or a WordPiece trained on the corpus (cached by fingerprint).
 
-    from mlm.tokenizer import load_tokenizer, train_wordpiece
+    WordPiece training is not reproducible (tokenizers breaks ties between equally frequent pairs in hash order),
+    so a trained tokenizer is decided once: rank 0 makes it, writes it into output_dir (where a resumed run
+    reads it back instead of the cache) and sends its files to the other ranks, which may be on nodes with
+    caches of their own.
+    """
+    from mlm.tokenizer import load_tokenizer
 
     if cfg.tokenizer_name or cfg.model_name_or_path:
         return load_tokenizer(cfg.tokenizer_name or cfg.model_name_or_path)
+    files = None
+    if accelerator.is_main_process:
+        if cfg.resume_from_checkpoint and os.path.isfile(os.path.join(cfg.output_dir, "tokenizer.json")):
+            logger.info("tokenizer: the run's own, from %s", cfg.output_dir)
+            files = _folder_files(cfg.output_dir)
+        else:
+            files = _folder_files(_cached_wordpiece(cfg, train_corpus))
+            _write_files(files, cfg.output_dir)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        files = broadcast_object_list([files])[0]
+    cache = os.path.join(cfg.cache_dir or default_cache_dir(), "tokenizers")
+    return load_tokenizer(cfg.output_dir if accelerator.is_main_process else _publish_files(files, cache))
+
+
+def _cached_wordpiece(cfg: PretrainConfig, train_corpus) -> str:
+    """The folder of a WordPiece trained on the corpus, from the cache or trained into it."""
+    import hashlib
+
+    from mlm.tokenizer import train_wordpiece
+
     key = f"{train_corpus.fingerprint()}|{cfg.vocab_size}|{cfg.do_lower_case}"
     path = os.path.join(cfg.cache_dir or default_cache_dir(), "tokenizers", hashlib.sha256(key.encode()).hexdigest()[:16])
-    if os.path.isfile(os.path.join(path, "tokenizer.json")):
-        return load_tokenizer(path)
-    tmp = path + f".tmp{os.getpid()}"
-    train_wordpiece(train_corpus.documents(), tmp, vocab_size=cfg.vocab_size, lowercase=cfg.do_lower_case)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-trained tokenizer in the cache
-    return load_tokenizer(path)
+    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        tmp = path + f".tmp{os.getpid()}"
+        train_wordpiece(train_corpus.documents(), tmp, vocab_size=cfg.vocab_size, lowercase=cfg.do_lower_case)
+        _rename_into_place(tmp, path)
+    return path
+
+
+def _folder_files(folder: str) -> dict[str, bytes]:
+    from mlm.tokenizer import TOKENIZER_FILES
+
+    names = [n for n in sorted(os.listdir(folder)) if n in TOKENIZER_FILES]
+    files = {}
+    for name in names:
+        with open(os.path.join(folder, name), "rb") as f:
+            files[name] = f.read()
+    return files
+
+
+def _publish_files(files: dict[str, bytes], cache: str) -> str:
+    """Rank 0's tokenizer files in a folder named by their content (so any number of runs can share it)."""
+    import hashlib
+
+    digest = hashlib.sha256(b"".join(name.encode() + data for name, data in sorted(files.items()))).hexdigest()[:16]
+    path = os.path.join(cache, f"from-rank0-{digest}")
+    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        tmp = path + f".tmp{os.getpid()}"
+        _write_files(files, tmp)
+        _rename_into_place(tmp, path)
+    return path
+
+
+def _write_files(files: dict[str, bytes], folder: str) -> None:
+    os.makedirs(folder, exist_ok=True)
+    for name, data in files.items():
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(data)
+
+
+def _rename_into_place(tmp: str, path: str) -> None:
+    """Atomic publish: a crash never leaves half a tokenizer in the cache; if another run published the
+    same one meanwhile, keep theirs."""
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+            raise
 
 
 def mlm_loss(model, batch):
@@ -127,11 +198,12 @@ def make_evaluate(valid_data, collate, batch_size: int, accelerator):
 def main(cfg: PretrainConfig) -> dict:
     from mlm.collator import MaskingCollator
     from mlm.corpus import corpus_sources
-    from mlm.loop import make_accelerator, shards_parameters, train
+    from mlm.loop import check_output_dir, make_accelerator, shards_parameters, train
     from mlm.model import SparseMaskedLM, build_masked_lm, train_flops_per_token
     from mlm.packing import build_packed_dataset
-    from mlm.runlog import logger, plot_losses, write_json
+    from mlm.runlog import plot_losses, write_json
 
+    check_output_dir(cfg)  # before minutes of tokenizer training and packing
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
     train_corpus, valid_corpus = corpus_sources(
@@ -140,8 +212,7 @@ def main(cfg: PretrainConfig) -> dict:
         document_separator=cfg.document_separator,
     )
     logger.info("corpus: %s", train_corpus.description)
-    with accelerator.main_process_first():  # rank 0 trains the tokenizer; the others then hit the cache
-        tokenizer = prepare_tokenizer(cfg, train_corpus)
+    tokenizer = prepare_tokenizer(cfg, train_corpus, accelerator)
     hf_model = build_masked_lm(
         cfg.model_name_or_path, cfg.model_preset, len(tokenizer), cfg.max_seq_length,
         hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,

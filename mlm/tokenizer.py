@@ -24,6 +24,8 @@ logger = logging.getLogger("mlm")
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, in this order
 MODEL_MAX_LENGTH = 512
+# What a saved tokenizer folder holds (ours, and transformers' for BERT-family tokenizers).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 _TRAIN_BATCH = 1000  # texts handed to the Rust trainer at a time
 _MIN_VOCAB = len(SPECIAL_TOKENS) + 1  # below this nothing but specials fits
 

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -36,6 +37,9 @@ def main(cfg: TokenizerConfig) -> None:
     from mlm.tokenizer import train_wordpiece
 
     setup_console_logging(True)
+    if os.path.isfile(os.path.join(cfg.output_dir, "config.json")):
+        raise ConfigError(f"output_dir: {cfg.output_dir} holds a model; a new tokenizer there would no longer match "
+                          "its embeddings: choose another folder")
     corpus, _ = corpus_sources(train_file=cfg.train_file, dataset_name=cfg.dataset_name,
                                dataset_config_name=cfg.dataset_config_name, text_column=cfg.text_column,
                                document_separator=cfg.document_separator)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mlm.config import TrainingConfig
-from mlm.errors import ConfigError
+from mlm.errors import ConfigError, DataError
 from mlm.loop import ShardedBatchSampler, make_accelerator, rank_batches, shard_range, train
 
 
@@ -83,6 +83,28 @@ def test_refuses_to_overwrite_a_run(tmp_path):
     (tmp_path / "once" / "metrics.json").write_text("{}")
     with pytest.raises(ConfigError, match="already holds a run"):
         run(tmp_path, "once", max_steps=2)
+
+
+def test_refuses_a_saved_model_or_a_file_as_output_dir(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="already holds a saved model"):
+        run(tmp_path, "model", max_steps=2)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        run(tmp_path, "file", max_steps=2)
+
+
+def test_damaged_checkpoint_is_a_one_line_error(tmp_path):
+    run(tmp_path, "damaged", max_steps=10)
+    step = tmp_path / "damaged" / "checkpoints" / "step-10"
+    weights = step / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    with pytest.raises(DataError, match=r"resume_from_checkpoint: cannot restore .*step-10"):
+        run(tmp_path, "damaged", resume_from_checkpoint="latest", max_steps=12)
+    (step / "trainer_state.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"trainer_state.json is unreadable"):
+        run(tmp_path, "damaged", resume_from_checkpoint="latest", max_steps=12)
 
 
 def test_best_checkpoint_is_kept_and_restored(tmp_path):

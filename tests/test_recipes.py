@@ -7,6 +7,7 @@ import yaml
 
 from finetune.run import parse_finetune_args
 from mlm.config import parse_config
+from mlm.errors import ConfigError
 from mlm.pretrain import PretrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,3 +34,30 @@ def test_demo_recipe_is_the_make_default():
     assert "recipes/pretrain/demo.yaml" in makefile
     demo = yaml.safe_load(open(os.path.join(ROOT, "recipes/pretrain/demo.yaml")))
     assert demo["output_dir"] == "outputs/pretrain-demo" and "train_file" not in demo  # embedded corpus
+
+
+@pytest.mark.parametrize("form", [["--recipe", "{}"], ["--recipe={}"]])
+def test_recipe_values_and_flags_that_override_them(tmp_path, form):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("max_steps: 7\nlearning_rate: 0.002\nwarmup_steps: null\noutput_dir: --odd-name\n")
+    argv = [token.format(recipe) for token in form]
+    cfg = parse_config(PretrainConfig, argv)  # both spellings of --recipe read it
+    assert (cfg.max_steps, cfg.learning_rate, cfg.warmup_steps, cfg.output_dir) == (7, 0.002, None, "--odd-name")
+    assert parse_config(PretrainConfig, argv + ["--max_steps", "9"]).max_steps == 9  # a flag wins
+
+
+@pytest.mark.parametrize("text,message", [
+    ("max_steps: [1, 2]\n", "max_steps: expected one value, got a list"),
+    ("max_steps: null\n", "max_steps: null is not allowed"),
+    ("learning_rate: .inf\n", "learning_rate: must be a finite number > 0"),
+    ("max_steps: many\n", "--max_steps.*invalid int value: 'many' \\(from .*r.yaml\\)"),
+])
+def test_bad_recipe_values_are_one_line_errors(tmp_path, text, message):
+    (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        parse_config(PretrainConfig, ["--recipe", str(tmp_path / "r.yaml")])
+
+
+def test_abbreviated_flags_are_refused():
+    with pytest.raises(ConfigError, match="unknown option --max_s"):
+        parse_config(PretrainConfig, ["--max_s", "5"])
