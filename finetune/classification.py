@@ -524,7 +524,7 @@ def predictions(examples: list[dict], features: list[dict], outputs: list, cfg: 
     single_label: label, score (its softmax probability), probabilities {name: p}
     regression:   score
     multi_label:  labels (sigmoid > 0.5), scores (theirs), probabilities {name: p}
-    plus text, text_pair and gold where the example has them."""
+    plus text, text_pair and gold where the example has them, and source (file:line of the input row)."""
     if len(features) != len(outputs):
         raise ValueError(f"{len(features)} features but {len(outputs)} outputs")
     kind = problem_type(cfg, labels)
@@ -537,6 +537,8 @@ def predictions(examples: list[dict], features: list[dict], outputs: list, cfg: 
         record.update(_decode(np.asarray(logits, dtype=np.float64), kind, labels))
         if example.get("label") is not None:
             record["gold"] = _gold(example["label"], kind, cfg, example.get("_where", "?"))
+        if "_where" in example:  # file:line, to join predictions back to input rows
+            record["source"] = example["_where"]
         records.append(record)
     return records
 

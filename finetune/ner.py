@@ -26,12 +26,14 @@ Output (`predictions`, one JSON record per sentence): tokens, predicted_tags (IO
 so that an I-X not continuing an X entity becomes B-X), gold_tags when known, and entities
 [{type, start_word, end_word (exclusive), text, score}], score = mean over the entity's words of the
 probability the model gave its chosen label. Raw text (`mlm predict --text`) is split into words by
-`WORD_RE`, and its entities also carry character offsets start/end (exclusive) into the text.
+`split_words`, and its entities also carry character offsets start/end (exclusive) into the text.
 """
 from __future__ import annotations
 
+import bisect
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -41,7 +43,7 @@ import torch.nn.functional as F
 import transformers
 
 from finetune.config import FinetuneConfig
-from finetune.metrics import chunks, entity_scores, iobes_to_iob2, to_iob2
+from finetune.metrics import chunks, convert_tags, entity_scores, to_iob2
 from mlm.config import arg
 from mlm.errors import ConfigError, DataError
 from mlm.records import decoded_lines, iter_records, require_columns
@@ -51,6 +53,8 @@ AutoModel = transformers.AutoModelForTokenClassification
 SPLITS = ("train", "validation", "test")
 IGNORE = -100  # label id that cross-entropy skips: specials, padding, non-first sub-words
 RECORD_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet")
+# `mlm predict --input`: files read as CoNLL columns (training reads every non-record file so).
+CONLL_SUFFIXES = (".conll", ".conll03", ".conllu", ".iob", ".iob1", ".iob2", ".bio", ".bioes", ".bilou", ".tsv")
 DOCSTART = "-DOCSTART-"
 
 
@@ -61,10 +65,11 @@ class Config(FinetuneConfig):
     task: str = arg("ner", "Task: cls (sequence classification), ner (token classification) or qa (extractive QA).")
     token_column: int = arg(0, "CoNLL files: column holding the word (0 = first).")
     tag_column: int = arg(-1, "CoNLL files: column holding the entity tag (-1 = last).")
-    tag_scheme: Literal["auto", "iob1", "iob2", "iobes"] = arg(
+    tag_scheme: Literal["auto", "iob1", "iob2", "iobes", "bilou", "io"] = arg(
         "auto",
         "Tag scheme of the input files, converted to IOB2 on reading. auto: per file, iobes if any E-/S- tag, "
-        "else iob1/iob2 (which convert identically: an I-X that starts an entity becomes B-X).",
+        "bilou if any L-/U- tag, io if no tag has a prefix (PER, LOC: a run of one label is one entity), else "
+        "iob1/iob2 (which convert identically: an I-X that starts an entity becomes B-X).",
     )
     label_all_tokens: bool = arg(
         False, "Train on every sub-word (the later ones of a word get its I- tag) instead of the first only."
@@ -121,19 +126,25 @@ def read_file(path: str, cfg: Config) -> list[dict]:
     return _convert_to_iob2(sentences, cfg.tag_scheme)
 
 
-def _read_conll(path: str, token_column: int, tag_column: int) -> list[dict]:
-    """Sentences of a CoNLL column file, tags as written (converted later, once the scheme is known)."""
+def _read_conll(path: str, token_column: int, tag_column: int, words_only_ok: bool = False) -> list[dict]:
+    """Sentences of a CoNLL column file, tags as written (converted later, once the scheme is known).
+
+    words_only_ok (prediction): a file of one column holds words only; its sentences have no "tags".
+    """
     sentences: list[dict] = []
     tokens: list[str] = []
     tags: list[str] = []
     lines: list[int] = []
     n_columns = first_line = None
+    words_only = False
 
     def end_sentence():
         # A -DOCSTART- line and the blank line after it would make an empty sentence: never emit one.
         if tokens:
-            sentences.append({"tokens": list(tokens), "tags": list(tags), "_where": f"{path}:{lines[0]}",
-                              "_lines": list(lines)})
+            sentence = {"tokens": list(tokens), "_where": f"{path}:{lines[0]}", "_lines": list(lines)}
+            if not words_only:
+                sentence["tags"] = list(tags)
+            sentences.append(sentence)
         tokens.clear()
         tags.clear()
         lines.clear()
@@ -147,7 +158,11 @@ def _read_conll(path: str, token_column: int, tag_column: int) -> list[dict]:
             end_sentence()
             continue
         if n_columns is None:
-            _check_conll_layout(path, line_no, line, columns, token_column, tag_column)
+            words_only = words_only_ok and len(columns) == 1 and not line.lstrip().startswith(("{", "["))
+            if words_only:
+                token_column = tag_column = 0
+            else:
+                _check_conll_layout(path, line_no, line, columns, token_column, tag_column)
             n_columns, first_line = len(columns), line_no
         elif len(columns) != n_columns:
             raise DataError(
@@ -251,23 +266,31 @@ def _class_label_names(feature) -> Optional[list[str]]:
 # ------------------------------------------------------------------------------------------- tag schemes
 
 # The B/I/E/S prefixes each scheme may use; anything else is an error, not a silent guess.
-SCHEME_PREFIXES = {"iob1": "BI", "iob2": "BI", "iobes": "BIES"}
+SCHEME_PREFIXES = {"iob1": "BI", "iob2": "BI", "iobes": "BIES", "bilou": "BILOU"}
 
 
 def detect_scheme(tag_sequences: list[list[str]]) -> str:
-    """iobes if any E-/S- tag; else iob1 if some entity starts with I- (as in CoNLL-2003); else iob2.
+    """iobes if any E-/S- tag; bilou if any L-/U- tag; io if no tag has a prefix at all; else iob1 if some
+    entity starts with I- (as in CoNLL-2003); else iob2.
 
     iob1 and iob2 convert to IOB2 by the same rule, so the distinction only matters for messages.
     """
-    iob1 = False
+    iob1 = prefixed = bare = False
     for tags in tag_sequences:
         previous = "O"
         for tag in tags:
             if tag[:2] in ("E-", "S-"):
                 return "iobes"
+            if tag[:2] in ("L-", "U-"):
+                return "bilou"
             if tag.startswith("I-") and previous[2:] != tag[2:]:
                 iob1 = True
+            if tag != "O":
+                has_prefix = tag[1:2] == "-" and tag[0] in "BI"  # "B-" too: a malformed prefixed tag
+                prefixed, bare = prefixed or has_prefix, bare or not has_prefix
             previous = tag
+    if bare and not prefixed:
+        return "io"
     return "iob1" if iob1 else "iob2"
 
 
@@ -276,15 +299,15 @@ def _convert_to_iob2(sentences: list[dict], scheme: str) -> list[dict]:
     detected = scheme == "auto"
     if detected:
         scheme = detect_scheme([s["tags"] for s in sentences])
-    allowed = SCHEME_PREFIXES[scheme]
+    allowed = SCHEME_PREFIXES.get(scheme)  # io: any label is a bare entity type
     for s in sentences:
         for i, tag in enumerate(s["tags"]):
-            if tag != "O" and not (len(tag) > 2 and tag[0] in allowed and tag[1] == "-"):
+            if allowed and tag != "O" and not (len(tag) > 2 and tag[0] in allowed and tag[1] == "-"):
                 expected = "O or " + "/".join(f"{p}-TYPE" for p in allowed)
                 how = " (detected from the file; set tag_scheme to choose)" if detected else ""
                 raise DataError(f"{_word_where(s, i)}: tag {tag!r} is not {scheme}{how}: expected {expected}")
-        # Both rewrite the chunks as conlleval reads them, so the result is always valid IOB2.
-        s["tags"] = iobes_to_iob2(s["tags"]) if scheme == "iobes" else to_iob2(s["tags"])
+        # Rewritten from the chunks as conlleval reads them, so the result is always valid IOB2.
+        s["tags"] = convert_tags(s["tags"], scheme, "iob2")
     return sentences
 
 
@@ -523,6 +546,7 @@ def predictions(
             probs = _softmax(row)
             best = int(probs.argmax())
             tags[w], confidence[w] = labels[best], float(probs[best])
+        _fill_words_without_pieces(tags, confidence, logits)
         tags = to_iob2(tags)  # an I-X after O or after another type becomes B-X
         record = {}
         if "text" in ex:
@@ -531,10 +555,26 @@ def predictions(
         record["predicted_tags"] = tags
         if "tags" in ex:
             record["gold_tags"] = ex["tags"]
+        if "_where" in ex:  # file:line, to join predictions back to input rows
+            record["source"] = ex["_where"]
         # chunks: (type, start_word, end_word exclusive) in sentence order.
         record["entities"] = [_entity(ex, kind, start, end, confidence) for kind, start, end in chunks(tags)]
         records.append(record)
     return records
+
+
+def _fill_words_without_pieces(tags: list[str], confidence: np.ndarray, predicted: dict) -> None:
+    """A word the tokenizer maps to no piece (a lone combining mark, a zero-width space) has no logits: inside
+    an entity (the next predicted word continues the previous one's type) it is I-X, else O."""
+    known = sorted(predicted)
+    for w in range(len(tags)):
+        if w in predicted:
+            continue
+        i = bisect.bisect_left(known, w)
+        before, after = (known[i - 1] if i else None), (known[i] if i < len(known) else None)
+        if before is not None and after is not None and tags[after].startswith("I-") \
+                and tags[before] != "O" and tags[before][2:] == tags[after][2:]:
+            tags[w], confidence[w] = tags[after], confidence[after]
 
 
 def _word_logits(examples, features, outputs) -> list[dict[int, np.ndarray]]:
@@ -577,16 +617,40 @@ def metrics(examples: list[dict], predictions: list[dict], cfg: Config, labels: 
 
 # ----------------------------------------------------------------------------------------- raw input
 
-# A word is a run of letters/digits/underscore, or any other single non-space character. That is the
-# split BERT's own pre-tokenizer makes (whitespace, then every punctuation mark alone), so no word hides
-# inside another and each character offset maps to exactly one word.
-WORD_RE = re.compile(r"\w+|[^\w\s]")
-
-
 def split_words(text: str) -> tuple[list[str], list[list[int]]]:
-    """Words of raw text and their [start, end) character offsets."""
-    matches = list(WORD_RE.finditer(text))
-    return [m.group() for m in matches], [[m.start(), m.end()] for m in matches]
+    """Words of raw text, the way NER corpora (CoNLL, OntoNotes, WNUT) tokenise, and their [start, end) offsets.
+
+    Whitespace separates words; punctuation and symbols at a word's edges are words of their own ("Paris," ->
+    Paris ,), inside it they stay ("Boutros-Ghali", "O'Neill", "10,000"), as does the final period of an
+    abbreviation ("U.S."): a model trained on such words labels only their first piece, so splitting them
+    here would leave the rest unpredicted. CJK ideographs are one word each (as in BERT and Chinese NER data).
+    Combining marks (Devanagari vowel signs, decomposed accents) belong to the word they follow.
+    """
+    words, offsets = [], []
+    for chunk in _CHUNK_RE.finditer(text):
+        start, end = chunk.span()
+        while start < end and _is_edge_punctuation(text[start]):
+            words.append(text[start]), offsets.append([start, start + 1])
+            start += 1
+        trailing = []
+        while end > start and _is_edge_punctuation(text[end - 1]) and not _ABBREVIATION_RE.fullmatch(text, start, end):
+            end -= 1
+            trailing.append([end, end + 1])
+        if start < end:
+            words.append(text[start:end]), offsets.append([start, end])
+        for s, e in reversed(trailing):
+            words.append(text[s:e]), offsets.append([s, e])
+    return words, offsets
+
+
+# Abbreviations with a final period: U.S., e.g., Ph.D. (not "said...")
+_ABBREVIATION_RE = re.compile(r"(?:[^\W\d_]{1,3}\.){2,}")
+# A run of non-space characters, or one CJK ideograph (CJK Unified Ideographs, Extension A, Compatibility).
+_CHUNK_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\s\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+
+
+def _is_edge_punctuation(char: str) -> bool:
+    return unicodedata.category(char)[0] in "PS"  # punctuation and symbols ($, %, emoji)
 
 
 def _text_example(text: str, where: str) -> dict:
@@ -604,12 +668,19 @@ def examples_from_text(cfg: Config, **fields) -> list[dict]:
 
 
 def examples_from_file(path: str, cfg: Config) -> list[dict]:
-    """`mlm predict --input FILE`: JSON lines with "text" (or pre-split "tokens", optionally "tags"),
-    or any other file as plain text, one text per non-blank line."""
+    """`mlm predict --input FILE`: JSON lines / parquet with "text" (or pre-split "tokens", optionally "tags"),
+    CoNLL columns (.conll, .iob, .bio, .tsv, ...: word and tag columns, or words only), or any other file as
+    plain text, one text per non-blank line."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
     if path.lower().endswith(RECORD_SUFFIXES):
         return _examples_from_records(path, cfg)
+    if path.lower().removesuffix(".gz").endswith(CONLL_SUFFIXES):
+        sentences = _read_conll(path, cfg.token_column, cfg.tag_column, words_only_ok=True)
+        labelled = [s for s in sentences if "tags" in s]
+        if labelled:
+            _convert_to_iob2(labelled, cfg.tag_scheme)  # in place: gold tags in IOB2 like training data
+        return sentences
     examples = []
     for line_no, line in enumerate(decoded_lines(path), 1):
         if line.strip():

@@ -27,6 +27,7 @@ examples are dropped from training and left out of the evaluation loss (EM/F1 st
 """
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -147,13 +148,19 @@ def load_splits(cfg: Config) -> dict[str, list[dict]]:
 
 
 def read_file(path: str, require_answers: bool = True) -> list[dict]:
-    """A SQuAD JSON file or a JSON-lines file -> examples (DataError naming the file and line / id)."""
+    """A SQuAD JSON file, JSON lines, a JSON array or parquet of flat records (HF `squad` columns) -> examples
+    (DataError naming the file and line / id)."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
-    if path.lower().endswith((".jsonl", ".jsonl.gz")):
+    name = path.lower().removesuffix(".gz")
+    if name.endswith((".jsonl", ".parquet")):
         return [_example(row, f"{path}:{line}", require_answers, str(line)) for line, row in iter_records(path)]
+    if not name.endswith(".json"):
+        raise DataError(f"{path}: QA reads SQuAD .json, .jsonl or .parquet files (HF squad columns: id, title, "
+                        "context, question, answers)")
+    opener = gzip.open if path.lower().endswith(".gz") else open
     try:
-        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not JSON
+        with opener(path, "rt", encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not JSON
             data = json.load(f)
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
@@ -165,6 +172,8 @@ def read_file(path: str, require_answers: bool = True) -> list[dict]:
         return _squad_examples(data, path, require_answers)
     if isinstance(data, dict):  # a JSON-lines file with a single line
         return [_example(data, f"{path}:1", require_answers, "1")]
+    if isinstance(data, list) and all(isinstance(row, dict) for row in data):  # an array of flat records
+        return [_example(row, f"{path}: record {i}", require_answers, str(i)) for i, row in enumerate(data, 1)]
     raise DataError(f'{path}: expected SQuAD JSON ({{"data": [...]}}) or one JSON object per line')
 
 

@@ -1,14 +1,16 @@
 """Read tabular records (jsonl / csv / tsv / parquet) as plain dicts, with file:line in every error.
 
-    for line, row in iter_records("train.csv"):   # line: 1-based physical line (parquet: row number)
+    for line, row in iter_records("train.csv"):   # line: 1-based physical line (parquet, JSON array: row number)
         ...
 """
 from __future__ import annotations
 
 import csv
 import gzip
+import itertools
 import json
 import os
+import re
 from typing import Iterator
 
 from mlm.errors import DataError
@@ -25,9 +27,13 @@ def file_format(path: str) -> str:
     raise DataError(f"{path}: unknown file type (expected one of {', '.join(TABLE_SUFFIXES)})")
 
 
+_BARE_CR = re.compile(r"(?<=\r)(?!\n)")
+
+
 def decoded_lines(path: str) -> Iterator[str]:
     """The file's lines as text (.gz decompressed), decoded one by one so that a bad byte is reported with its
-    line; a UTF-8 byte-order mark (as Excel and Notepad write) is dropped."""
+    line; a UTF-8 byte-order mark (as Excel and Notepad write) is dropped. Lines end at \n, \r\n or a bare \r
+    (old Mac files)."""
     opener = gzip.open if path.lower().endswith(".gz") else open
     try:
         f = opener(path, "rb")
@@ -39,7 +45,12 @@ def decoded_lines(path: str) -> Iterator[str]:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}:{line_no}: not valid UTF-8 ({e.reason} at byte {e.start} of the line)") from None
-            yield line.removeprefix("\ufeff") if line_no == 1 else line
+            if line_no == 1:
+                line = line.removeprefix("\ufeff")
+            if "\r" in line.rstrip("\r\n"):  # bare CR line ends (old Mac files): split like universal newlines
+                yield from _BARE_CR.split(line)
+            else:
+                yield line
 
 
 def iter_records(path: str, delimiter: str | None = None) -> Iterator[tuple[int, dict]]:
@@ -56,7 +67,12 @@ def iter_records(path: str, delimiter: str | None = None) -> Iterator[tuple[int,
 
 
 def _iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
-    for line_no, line in enumerate(decoded_lines(path), 1):
+    lines = decoded_lines(path)
+    first = next(lines, "")
+    if first.lstrip().startswith("["):  # a .json file holding one array of records: numbered from 1
+        yield from _iter_json_array(path, first + "".join(lines))
+        return
+    for line_no, line in enumerate(itertools.chain([first], lines), 1):
         if not line.strip():
             continue
         try:
@@ -66,6 +82,19 @@ def _iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
         if not isinstance(row, dict):
             raise DataError(f"{path}:{line_no}: expected a JSON object per line, got {type(row).__name__}")
         yield line_no, row
+
+
+def _iter_json_array(path: str, text: str) -> Iterator[tuple[int, dict]]:
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(rows, list):  # e.g. "[1] [2]": JSON lines of arrays
+        raise DataError(f"{path}:1: expected a JSON object per line, or one array of objects")
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: record {number}: expected a JSON object, got {type(row).__name__}")
+        yield number, row
 
 
 def _iter_delimited(path: str, delimiter: str) -> Iterator[tuple[int, dict]]:

@@ -359,7 +359,7 @@ def test_outputs_predictions_and_metrics(tiny_tokenizer, tiny_model):
     records = cls.predictions(examples, features, out, cfg, ["neg", "pos"])
     assert [r["text"] for r in records] == ["good fun", "a boring plot", "bad"]
     for record, logits in zip(records, out):
-        assert set(record) == {"text", "label", "score", "probabilities", "gold"}
+        assert set(record) == {"text", "label", "score", "probabilities", "gold", "source"}
         assert record["label"] == ["neg", "pos"][int(np.argmax(logits))]
         assert record["score"] == pytest.approx(max(record["probabilities"].values()))
         assert sum(record["probabilities"].values()) == pytest.approx(1.0)
@@ -377,12 +377,12 @@ def test_predictions_from_hand_made_logits_for_each_problem_type():
     cfg = config(problem_type="single_label")
     first, second = cls.predictions(examples, features, out, cfg, ["x", "y"])
     assert first == {"text": "a", "text_pair": "b", "label": "y", "score": pytest.approx(0.75),
-                     "probabilities": {"x": pytest.approx(0.25), "y": pytest.approx(0.75)}, "gold": "y"}
+                     "probabilities": {"x": pytest.approx(0.25), "y": pytest.approx(0.75)}, "gold": "y", "source": "x:1"}
     assert second["label"] == "x" and second["score"] == pytest.approx(0.5) and "gold" not in second
 
     reg = cls.predictions([{"text": "a", "label": 2.5, "_where": "x:1"}], [{"example_index": 0}], [np.array([1.5])],
                           config(problem_type="regression"), ["score"])
-    assert reg == [{"text": "a", "score": 1.5, "gold": 2.5}]
+    assert reg == [{"text": "a", "score": 1.5, "gold": 2.5, "source": "x:1"}]
     assert cls.metrics([], reg, config(problem_type="regression"), ["score"])["mse"] == pytest.approx(1.0)
 
     multi_cfg = config(problem_type="multi_label")

@@ -121,6 +121,21 @@ def test_iobes_is_detected_and_converted(tmp_path):
     assert ner.read_file(path, config())[0]["tags"] == ["B-PER", "O", "B-LOC", "I-LOC", "I-LOC"]
 
 
+@pytest.mark.parametrize("tags,scheme,iob2", [
+    (["U-PER", "O", "B-LOC", "I-LOC", "L-LOC", "U-LOC"], "bilou", ["B-PER", "O", "B-LOC", "I-LOC", "I-LOC", "B-LOC"]),
+    # IO: bare labels; a run of one label is one entity (types may contain hyphens)
+    (["PER", "PER", "O", "geo-loc", "ORG"], "io", ["B-PER", "I-PER", "O", "B-geo-loc", "B-ORG"]),
+])
+def test_bilou_and_io_tags_are_detected_and_converted(tmp_path, tags, scheme, iob2):
+    words = [f"w{i}" for i in range(len(tags))]
+    path = write(tmp_path, "t.conll", "".join(f"{w} {t}\n" for w, t in zip(words, tags)))
+    assert ner.detect_scheme([tags]) == scheme
+    assert ner.read_file(path, config())[0]["tags"] == iob2
+    assert ner.read_file(path, config(tag_scheme=scheme))[0]["tags"] == iob2
+    with pytest.raises(DataError, match="is not iob2"):  # a stated scheme is enforced
+        ner.read_file(path, config(tag_scheme="iob2"))
+
+
 def test_jsonl_sentences_and_ner_tags_column(tmp_path):
     rows = [{"tokens": ["John", "Smith"], "tags": ["I-PER", "I-PER"]}, {"tokens": [], "tags": []},
             {"tokens": ["Paris"], "tags": ["B-LOC"]}]
@@ -362,6 +377,26 @@ def test_metrics_are_conlleval_entity_scores():
     assert ner.metrics([example(["a"])], [{"predicted_tags": ["O"]}], config(), LABELS) == {}
 
 
+def test_word_without_pieces_inside_an_entity_continues_it(tiny_tokenizer):
+    # the zero-width space is removed by BERT's normaliser: no sub-word, no logits of its own
+    tokens = ["john", "\u200b", "smith", "visited", "\u200b", "paris"]
+    ex = {"tokens": tokens, "_where": "x:1"}
+    features = ner.encode([ex], tiny_tokenizer, config(), LABELS, with_labels=False)
+    assert 1 not in features[0]["word_ids"] and 4 not in features[0]["word_ids"]
+    chosen = {0: "B-PER", 2: "I-PER", 3: "O", 5: "B-LOC"}
+    (record,) = ner.predictions([ex], features, outputs_choosing(features, chosen), config(), LABELS)
+    assert record["predicted_tags"] == ["B-PER", "I-PER", "I-PER", "O", "O", "B-LOC"]
+    assert [(e["type"], e["start_word"], e["end_word"]) for e in record["entities"]] == [("PER", 0, 3), ("LOC", 5, 6)]
+
+
+def test_predict_reads_conll_files_with_or_without_tags(tmp_path):
+    tagged = ner.examples_from_file(write(tmp_path, "dev.tsv", "John\tI-PER\nruns\tO\n\nParis\tI-LOC\n"), config())
+    assert [(ex["tokens"], ex["tags"]) for ex in tagged] == [(["John", "runs"], ["B-PER", "O"]), (["Paris"], ["B-LOC"])]
+    blind = ner.examples_from_file(write(tmp_path, "test.conll", "-DOCSTART-\n\nJohn\nruns\n\nParis\n"), config())
+    assert [ex["tokens"] for ex in blind] == [["John", "runs"], ["Paris"]] and all("tags" not in ex for ex in blind)
+    assert blind[1]["_where"] == f"{tmp_path / 'test.conll'}:6"
+
+
 def test_raw_text_words_keep_character_offsets(tiny_tokenizer):
     text = "  John   Smith visited Paris, (France)!"
     (ex,) = ner.examples_from_text(config(), text=text)
@@ -374,6 +409,19 @@ def test_raw_text_words_keep_character_offsets(tiny_tokenizer):
     assert [(e["type"], e["start"], e["end"], e["text"]) for e in record["entities"]] == [
         ("PER", 2, 14, "John   Smith"), ("LOC", 23, 28, "Paris"), ("LOC", 31, 37, "France")
     ]
+
+
+@pytest.mark.parametrize("text,words", [
+    ("Boutros-Ghali met U.S. officials, e.g. O'Neill.", ["Boutros-Ghali", "met", "U.S.", "officials", ",", "e.g.",
+                                                        "O'Neill", "."]),
+    ('"Hi," she said... $5 (50%)', ['"', "Hi", ",", '"', "she", "said", ".", ".", ".", "$", "5", "(", "50", "%", ")"]),
+    # decomposed accents and Devanagari vowel signs / virama are combining marks: part of their word
+    ("Mu\u0308ller met \u0928\u0930\u0947\u0902\u0926\u094d\u0930", ["Mu\u0308ller", "met", "\u0928\u0930\u0947\u0902\u0926\u094d\u0930"]),
+    ("李明在北京", ["李", "明", "在", "北", "京"]),  # one CJK ideograph per word, as BERT splits them
+])
+def test_raw_text_is_split_like_ner_corpora(text, words):
+    tokens, offsets = ner.split_words(text)
+    assert tokens == words and [text[s:e] for s, e in offsets] == words
 
 
 def test_examples_from_file_text_tokens_and_plain_lines(tmp_path):

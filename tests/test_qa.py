@@ -116,6 +116,26 @@ def test_reads_jsonl_with_both_answer_layouts(tmp_path):
     assert train[2]["answers"] == {"text": [], "answer_start": []}
 
 
+def test_reads_a_json_array_parquet_and_gzipped_squad(tmp_path):
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"id": "a", "title": "T", "question": "who ?", "context": "john smith .",
+             "answers": {"text": ["john"], "answer_start": [0]}}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet")
+    doc = squad([("T", [("john smith .", [question("a", "who ?", [("john", 0)])])])])
+    with gzip.open(tmp_path / "t.json.gz", "wt", encoding="utf-8") as f:
+        json.dump(doc, f)
+    for path in (write_json(tmp_path / "array.json", rows), str(tmp_path / "t.parquet"), str(tmp_path / "t.json.gz")):
+        (ex,) = qa.read_file(path)
+        assert (ex["id"], ex["answers"]) == ("a", {"text": ["john"], "answer_start": [0]}), path
+    (tmp_path / "t.csv").write_text("id,question\n")
+    with pytest.raises(DataError, match="QA reads SQuAD .json, .jsonl or .parquet"):
+        qa.read_file(str(tmp_path / "t.csv"))
+
+
 def test_hub_dataset_goes_through_the_same_checks(monkeypatch):
     import datasets
 

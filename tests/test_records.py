@@ -46,3 +46,19 @@ def test_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
     (tmp_path / "bom.jsonl").write_bytes('\ufeff{"text": "x"}\n'.encode("utf-8"))
     assert list(iter_records(str(tmp_path / "bom.jsonl"))) == [(1, {"text": "x"})]
     assert list(decoded_lines(str(tmp_path / "bom.csv"))) == ["label,text\r\n", "1,café\r\n"]
+
+
+def test_bare_carriage_returns_end_lines(tmp_path):
+    (tmp_path / "mac.csv").write_bytes(b"text,label\rgood,1\rbad,0\r")
+    assert list(iter_records(str(tmp_path / "mac.csv"))) == [(2, {"text": "good", "label": "1"}),
+                                                              (3, {"text": "bad", "label": "0"})]
+    (tmp_path / "mixed.txt").write_bytes(b"a\r\nb\rc\n")
+    assert list(decoded_lines(str(tmp_path / "mixed.txt"))) == ["a\r\n", "b\r", "c\n"]
+
+
+def test_json_file_holding_an_array_of_records(tmp_path):
+    (tmp_path / "a.json").write_text('[\n  {"text": "x", "label": 1},\n  {"text": "y", "label": 0}\n]\n')
+    assert list(iter_records(str(tmp_path / "a.json"))) == [(1, {"text": "x", "label": 1}), (2, {"text": "y", "label": 0})]
+    (tmp_path / "b.json").write_text('[{"text": "x"}, 3]')
+    with pytest.raises(DataError, match=r"b.json: record 2: expected a JSON object, got int"):
+        list(iter_records(str(tmp_path / "b.json")))
