@@ -200,8 +200,8 @@ def _example(row: dict, columns, where: str, path: str, line: int, label_require
     if pair_col is not None:
         example["text_pair"] = _text(row[pair_col], where, pair_col)
     value = row.get(label_col) if label_col is not None else None
-    if value is not None:
-        example["label"] = value
+    if value is not None and not (not label_required and isinstance(value, str) and not value.strip()):
+        example["label"] = value  # (a test file's blank label cell means "no gold", not an empty class)
     elif label_required:  # a null in jsonl / parquet
         raise DataError(f"{where}: column {label_col!r}: missing label (null)")
     return example

@@ -32,6 +32,8 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], label_n
 
     Returns accuracy, macro_precision, macro_recall, macro_f1, mcc (Matthews correlation) and
     per_class = {name: {precision, recall, f1, support}}. Class ids are positions in `label_names`.
+    With two classes also precision, recall and f1 of the second one, the positive class of sorted binary
+    names (1, pos, positive, true, yes): the F1 that GLUE reports for MRPC and QQP.
     Macro averages run over every class, including classes absent from both y_true and y_pred, and a
     0/0 precision or recall counts as 0 (scikit-learn's zero_division=0): a model that never predicts
     a class is penalised for it instead of the class silently dropping out of the average.
@@ -43,8 +45,10 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], label_n
     precision, recall, f1_, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average=None, zero_division=0
     )
+    binary = {"precision": float(precision[1]), "recall": float(recall[1]), "f1": float(f1_[1])} if len(labels) == 2 else {}
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
+        **binary,
         "macro_precision": float(np.mean(precision)),
         "macro_recall": float(np.mean(recall)),
         "macro_f1": float(np.mean(f1_)),

@@ -150,7 +150,7 @@ def _read_conll(path: str, token_column: int, tag_column: int, words_only_ok: bo
         lines.clear()
 
     for line_no, line in enumerate(decoded_lines(path), 1):
-        columns = line.split()  # any run of spaces/tabs; trailing whitespace and \r vanish
+        columns = _conll_columns(line)
         if not columns:
             end_sentence()
             continue
@@ -174,6 +174,15 @@ def _read_conll(path: str, token_column: int, tag_column: int, words_only_ok: bo
         lines.append(line_no)
     end_sentence()
     return sentences
+
+
+def _conll_columns(line: str) -> list[str]:
+    """Fields split at runs of ASCII spaces/tabs: a no-break space inside a word ("10\u00a0000") stays in it."""
+    stripped = line.strip(" \t\r\n")
+    return _COLUMN_SEPARATOR.split(stripped) if stripped else []
+
+
+_COLUMN_SEPARATOR = re.compile(r"[ \t]+")
 
 
 def _check_conll_layout(path, line_no, line, columns, token_column, tag_column) -> None:

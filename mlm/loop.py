@@ -107,7 +107,12 @@ def prepare_output_dir(cfg: TrainingConfig, accelerator) -> Optional[str]:
     """check_output_dir, then clear old checkpoints when overwriting; return the checkpoint to resume."""
     resume = check_output_dir(cfg)
     if resume is None and cfg.overwrite_output_dir and accelerator.is_main_process:
-        shutil.rmtree(os.path.join(cfg.output_dir, "checkpoints"), ignore_errors=True)
+        # Starting over: nothing of the old run may pass for the new one's (model files are replaced at the end).
+        for name in ("checkpoints", "predictions"):
+            shutil.rmtree(os.path.join(cfg.output_dir, name), ignore_errors=True)
+        for name in ("metrics.json", "loss.png"):
+            if os.path.isfile(os.path.join(cfg.output_dir, name)):
+                os.remove(os.path.join(cfg.output_dir, name))
     if accelerator.is_main_process:
         os.makedirs(cfg.output_dir, exist_ok=True)
     accelerator.wait_for_everyone()
@@ -156,6 +161,9 @@ def build_scheduler(optimizer, cfg: TrainingConfig, total_steps: int):
         warmup = cfg.warmup_steps
     else:
         warmup = math.ceil((cfg.warmup_ratio or 0.0) * total_steps)
+    if warmup >= total_steps > 0:
+        logger.warning("warmup_steps %d >= the run's %d steps: the learning rate never reaches its peak %g",
+                       warmup, total_steps, cfg.learning_rate)
     name = "constant_with_warmup" if cfg.lr_scheduler_type == "constant" else cfg.lr_scheduler_type
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
@@ -326,7 +334,14 @@ def train(
         raise DataError(f"training data has {len(train_data)} examples: fewer than the {world} processes")
     total_steps, steps_per_epoch = plan_steps(cfg, len(sampler), accumulation)
     eval_every = cfg.eval_steps or steps_per_epoch
-    save_every = eval_every if cfg.metric_for_best_model else (cfg.save_steps or eval_every)
+    select_best = bool(cfg.metric_for_best_model and evaluate is not None)
+    if cfg.metric_for_best_model and evaluate is None:
+        logger.warning("metric_for_best_model %s: there is no validation data, so no evaluation, best-model choice "
+                       "or early stopping", cfg.metric_for_best_model)
+    elif select_best and cfg.save_steps and cfg.save_steps != eval_every:
+        logger.warning("save_steps %d ignored: with metric_for_best_model a checkpoint is saved at every evaluation "
+                       "(eval_steps %d), so the best one exists", cfg.save_steps, eval_every)
+    save_every = eval_every if select_best else (cfg.save_steps or eval_every)
 
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
@@ -502,7 +517,9 @@ def _update_best(cfg: TrainingConfig, state: TrainState, metrics: dict) -> bool:
     name = cfg.metric_for_best_model
     key = name if name.startswith("eval_") else f"eval_{name}"
     if key not in metrics:
-        raise ConfigError(f"metric_for_best_model: {name!r} is not among the metrics ({', '.join(sorted(metrics))})")
+        usable = sorted(k.removeprefix("eval_") for k, v in metrics.items()
+                        if isinstance(v, (int, float)) and k != "eval_runtime")
+        raise ConfigError(f"metric_for_best_model: {name!r} is not among this task's metrics ({', '.join(usable)})")
     value = float(metrics[key])
     better = state.best_metric is None or (value > state.best_metric if cfg.greater_is_better else value < state.best_metric)
     if better:

@@ -9,6 +9,7 @@ This is the only pretraining module that names transformers model classes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Optional
 
@@ -19,8 +20,12 @@ from mlm.collator import gather_masked
 from mlm.encoder import LaneDropout, bert_layer, bert_layers
 from mlm.errors import ConfigError, DataError
 
+logger = logging.getLogger("mlm")
+
 # (layers, hidden, heads): BERT-base/large (Devlin et al. 2018) and the compact models of
 # Turc et al. 2019 ("Well-Read Students Learn Better"); intermediate size is always 4 x hidden.
+# Fields that describe the shape of a new model (a checkpoint has its own).
+SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 PRESETS = {
     "tiny": (2, 128, 2),
     "mini": (4, 256, 4),
@@ -80,10 +85,21 @@ def build_masked_lm(
 
     if model_name_or_path:
         check_checkpoint_dir(model_name_or_path)
+        shape = {k: v for k, v in overrides.items() if k in SHAPE_FIELDS and v is not None}
+        dropout = {k: v for k, v in overrides.items() if k not in SHAPE_FIELDS and v is not None}
         try:
-            model = AutoModelForMaskedLM.from_pretrained(model_name_or_path, attn_implementation=attn_implementation)
+            model, info = AutoModelForMaskedLM.from_pretrained(
+                model_name_or_path, attn_implementation=attn_implementation, output_loading_info=True, **dropout)
         except (OSError, ValueError) as e:
             raise DataError(f"model_name_or_path: cannot load {model_name_or_path}: {str(e).splitlines()[0]}") from None
+        for name, value in shape.items():
+            if getattr(model.config, name, value) != value:
+                raise ConfigError(f"{name}: {value}, but the checkpoint {model_name_or_path} has "
+                                  f"{getattr(model.config, name)}; shape fields only describe new models")
+        if info.get("missing_keys"):  # e.g. a sentence-embedding checkpoint: encoder only
+            missing = sorted(info["missing_keys"])
+            logger.warning("%s has no weights for %d tensors, which start random: %s%s", model_name_or_path,
+                           len(missing), ", ".join(missing[:4]), ", ..." if len(missing) > 4 else "")
         if model.config.vocab_size < vocab_size:
             raise ConfigError(
                 f"tokenizer_name: tokenizer has {vocab_size} ids but the checkpoint's vocabulary has "

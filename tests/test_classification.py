@@ -174,6 +174,10 @@ def test_test_split_without_labels_is_allowed(tmp_path, tiny_tokenizer, tiny_mod
     records = cls.predictions(splits["test"], features, out, cfg, labels)
     assert all("gold" not in r for r in records)
     assert cls.metrics(splits["test"], records, cfg, labels) == {}  # predictions only
+    # a test file with a blank label column (a Kaggle-style template) is unlabelled too
+    blank = write(tmp_path, "blank.csv", "sentence,label\nthe plot,\nthe acting,pos\n")
+    rows = cls.load_splits(config(train, test_file=blank))["test"]
+    assert "label" not in rows[0] and rows[1]["label"] == "pos"
 
 
 def test_validation_split_needs_labels(tmp_path):

@@ -85,6 +85,15 @@ def test_refuses_to_overwrite_a_run(tmp_path):
         run(tmp_path, "once", max_steps=2)
 
 
+def test_overwrite_starts_over_without_the_old_runs_outputs(tmp_path):
+    run(tmp_path, "over", max_steps=2)
+    (tmp_path / "over" / "metrics.json").write_text("{}")
+    (tmp_path / "over" / "predictions").mkdir()
+    (tmp_path / "over" / "predictions" / "test.jsonl").write_text("old\n")
+    run(tmp_path, "over", max_steps=2, overwrite_output_dir=True)
+    assert not (tmp_path / "over" / "predictions").exists() and not (tmp_path / "over" / "metrics.json").exists()
+
+
 def test_refuses_a_saved_model_or_a_file_as_output_dir(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")

@@ -63,6 +63,14 @@ def test_classification_counts_classes_absent_from_the_data_and_rejects_bad_ids(
         classification_metrics([0, 1], [0], ["a", "b"])
 
 
+def test_binary_classification_adds_the_positive_class_scores():
+    # gold 1 1 1 0 0, predicted 1 0 1 1 0: positive class "1": TP 2, FP 1, FN 1 -> P 2/3, R 2/3, F1 2/3
+    out = classification_metrics([1, 1, 1, 0, 0], [1, 0, 1, 1, 0], ["0", "1"])
+    assert (out["precision"], out["recall"], out["f1"]) == (approx(2 / 3), approx(2 / 3), approx(2 / 3))
+    assert out["per_class"]["0"]["f1"] == approx(0.5) and out["macro_f1"] == approx((2 / 3 + 0.5) / 2)
+    assert "f1" not in classification_metrics([0, 1, 2], [0, 1, 2], ["a", "b", "c"])  # multi-class: macro only
+
+
 def test_regression_by_hand_and_constant_inputs():
     # mse: errors 0, 1, -1, 1 -> 3/4.
     # pearson: x - 2.5 = (-1.5, -.5, .5, 1.5), y - 2.75 = (-1.75, .25, -.75, 2.25)

@@ -101,6 +101,8 @@ def test_conll_with_byte_order_mark_crlf_and_gzip(tmp_path):
         f.write(text)
     for path in (write(tmp_path, "t.conll", text), str(tmp_path / "t.conll.gz")):
         assert [(s["tokens"], s["tags"]) for s in ner.read_file(path, config())] == [(["John", "runs"], ["B-PER", "O"])]
+    nbsp = write(tmp_path, "n.conll", "10\u00a0000 O\nvoters O\n")  # a no-break space is part of the word
+    assert ner.read_file(nbsp, config())[0]["tokens"] == ["10\u00a0000", "voters"]
 
 
 def test_custom_token_and_tag_columns(tmp_path):
