@@ -60,6 +60,8 @@ logger = logging.getLogger("mlm")
 FORMAT_VERSION = 1
 BATCH_DOCUMENTS = 1000        # documents handed to the Rust tokenizer at a time
 BATCH_CHARS = 4_000_000       # ... or fewer when they are long, so a batch stays a few MB
+PIECE_CHARS = 20_000          # a longer document (one huge line) is tokenised in pieces of about this size:
+#                               the tokenizer keeps ~100 bytes of alignment per character of a text it encodes
 SPLITS = ("train", "validation")
 
 
@@ -395,6 +397,25 @@ def _log_built(meta: dict, folder: str) -> None:
     logger.info("packing: done in %.1fs (%.0f tokens/s), cached in %s", seconds, total / max(seconds, 1e-9), folder)
 
 
+def text_pieces(text: str, size: int) -> list[str]:
+    """`text` cut before a whitespace character about every `size` characters, so that tokenising the pieces one
+    by one gives the tokens of the whole (pre-tokenizers split at whitespace; byte-level BPE and SentencePiece
+    attach a space to the word after it, which keeps it). A piece without whitespace is cut where it must."""
+    if len(text) <= size:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start > size:
+        cut = start + size
+        while cut > start + size // 2 and not text[cut].isspace():
+            cut -= 1
+        if not text[cut].isspace():  # no whitespace in the second half: cut mid-word
+            cut = start + size
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
 class _Split:
     """Queues one split's documents, tokenises them a batch at a time and appends finished blocks to its file."""
 
@@ -407,50 +428,60 @@ class _Split:
         self.seq_length = seq_length
         self.file = open(path, "wb")
         self.queue: list[str] = []
+        self.queued_docs: list[int] = []  # per queued piece, the number of the document it belongs to
         self.queued_chars = 0
+        self.last_doc = -1  # the document of the last packed piece: the next piece continues it or starts one
         self.carry = np.empty(0, self.dtype)  # the stream's tail (< T-2 tokens) waiting for the next batch
         self.pending = None  # (future of the batch being tokenised, its size)
         self.added = 0  # documents received (some may still be queued or being tokenised)
         self.documents = self.text_tokens = self.blocks = self.pad_tokens = 0
 
     def add(self, text: str) -> None:
+        for piece in text_pieces(text, PIECE_CHARS):
+            self.queue.append(piece)
+            self.queued_docs.append(self.added)
+            self.queued_chars += len(piece)
+            if len(self.queue) >= BATCH_DOCUMENTS or self.queued_chars >= BATCH_CHARS:
+                self.flush()
         self.added += 1
-        self.queue.append(text)
-        self.queued_chars += len(text)
-        if len(self.queue) >= BATCH_DOCUMENTS or self.queued_chars >= BATCH_CHARS:
-            self.flush()
 
     def flush(self) -> None:
         """Hand the queued batch to the worker, then pack the previous batch while the worker tokenises."""
         if not self.queue:
             return
-        batch, self.queue, self.queued_chars = self.queue, [], 0
+        batch, docs = self.queue, np.asarray(self.queued_docs)
+        self.queue, self.queued_docs, self.queued_chars = [], [], 0
         future = self.worker.submit(self.encoder, batch)
         self._pack_pending()
-        self.pending = (future, len(batch))
+        self.pending = (future, docs)
 
     def _pack_pending(self) -> None:
         if self.pending is None:
             return
-        future, size = self.pending
+        future, docs = self.pending
         self.pending = None
         lengths, tokens = future.result()  # re-raises a tokenizer error here
-        self.progress.update(size)
-        lengths = lengths[lengths > 0]  # a document with no token (only control characters) leaves no trace
+        self.progress.update(len(np.unique(docs)))
+        kept = lengths > 0  # a piece with no token (only control characters) leaves no trace
+        lengths, docs = lengths[kept], docs[kept]
         if len(lengths):
-            self._append(self._join(lengths, tokens))
+            starts = docs != np.concatenate([[self.last_doc], docs[:-1]])  # pieces that begin a document
+            self.last_doc = int(docs[-1])
+            self._append(self._join(lengths, tokens, starts))
 
-    def _join(self, lengths: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """One flat array: [SEP] before every document except the split's first one."""
-        stream = np.empty(len(tokens) + len(lengths), self.dtype)
-        sep_at = np.cumsum(lengths + 1) - (lengths + 1)  # each document is preceded by its separator
+    def _join(self, lengths: np.ndarray, tokens: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """One flat array: [SEP] before every document except the split's first one; the pieces of one
+        document follow each other directly."""
+        step = lengths + starts
+        stream = np.empty(len(tokens) + int(starts.sum()), self.dtype)
+        sep_at = (np.cumsum(step) - step)[starts]  # a starting piece is preceded by its separator
         is_sep = np.zeros(len(stream), bool)
         is_sep[sep_at] = True
         stream[sep_at] = self.sep
         stream[~is_sep] = tokens
-        if self.documents == 0:
+        if self.documents == 0 and starts[0]:
             stream = stream[1:]
-        self.documents += len(lengths)
+        self.documents += int(starts.sum())
         self.text_tokens += len(tokens)
         return stream
 

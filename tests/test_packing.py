@@ -99,6 +99,22 @@ def test_stream_crosses_batches_unchanged(tmp_path, tiny_tokenizer, monkeypatch)
     assert np.array_equal(np.fromfile(small.path, np.uint16), np.fromfile(large.path, np.uint16))
 
 
+def test_long_documents_are_tokenised_in_pieces_with_the_same_tokens(tmp_path, tiny_tokenizer, monkeypatch):
+    # Pieces of ~40 characters (every long document becomes several, some pieces hold only control characters)
+    # and batches of 5 pieces: the blocks must equal the whole documents' tokens, one [SEP] per document.
+    docs = documents()
+    docs[12] = "\x01 " * 30 + "john visited paris " * 3  # a document whose first pieces have no token
+    monkeypatch.setattr(packing, "PIECE_CHARS", 40)
+    monkeypatch.setattr(packing, "BATCH_DOCUMENTS", 5)
+    train, _ = build_packed_dataset(make_corpus(tmp_path, docs), None, tiny_tokenizer, 16, str(tmp_path / "a"), 0)
+    assert unpack(train) == expected_stream(tiny_tokenizer, docs)
+    meta = json.load(open(os.path.join(os.path.dirname(train.path), "meta.json")))
+    assert meta["splits"]["train"]["documents"] == len(docs) - 1
+    text = "ab " * 30
+    assert "".join(packing.text_pieces(text, 10)) == text and all(p.startswith(" ") for p in packing.text_pieces(text, 10)[1:])
+    assert packing.text_pieces("x" * 25, 10) == ["x" * 10, "x" * 10, "x" * 5]  # no whitespace: cut where it must
+
+
 def test_validation_holdout_is_deterministic_disjoint_and_order_free(tmp_path, tiny_tokenizer):
     docs = documents(80)
     kept = [d for d in docs if token_ids(tiny_tokenizer, d)]
