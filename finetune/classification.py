@@ -5,10 +5,11 @@ MRPC/RTE) and a label column, and fine-tunes `AutoModelForSequenceClassification
 
     make finetune TASK=cls                                    # SST-2, recipes/finetune/cls.yaml
     mlm finetune --task cls --train_file train.csv --validation_file dev.csv --text_column review
-    mlm predict --model_name_or_path outputs/cls --text "a charming and often affecting journey"
+    mlm predict --model outputs/cls --text "a charming and often affecting journey"
 
 Three problem types (--problem_type, default "auto", resolved from the TRAINING labels):
-  * single_label  one class per example; cross-entropy; accuracy / macro F1 / MCC.
+  * single_label  one class per example; cross-entropy; accuracy / macro F1 / MCC (two classes: also
+                  precision / recall / f1 of the second, positive, class). 1, "1" and "1.0" are one class.
   * regression    one float per example (STS-B style); squared error; MSE / Pearson / Spearman.
   * multi_label   a set of classes per example, given as a JSON list or a string joined with
                   --label_separator; per-class sigmoid + binary cross-entropy; subset accuracy / F1.
@@ -17,10 +18,12 @@ label is a number that is not an integer (3.8), and single_label otherwise: inte
 (0/1, 1..5 stars) are classes; pass --problem_type regression to treat them as scores.
 
 Files: .csv / .tsv / .jsonl / .parquet through mlm.records (or a hub dataset with --dataset_name;
-ClassLabel ids become their names). The text column defaults to the first of "text", "sentence",
-"sentence1" the file has ("text" is the common name; GLUE uses "sentence"); with "sentence1" and no
---text_pair_column, a "sentence2" column is taken as the pair. The test split may have no label
-column at all (the GLUE test files have none): it then gets predictions and no metrics.
+ClassLabel ids become their names). Sentence-pair layouts are read as pairs: sentence1/sentence2,
+premise/hypothesis, question/sentence, question1/question2, text/text_pair, text_a/text_b (also when
+--text_column names the first of them; --text_pair_column none turns pairs off). Otherwise the text column
+defaults to the first of "text", "sentence", "sentence1" the file has. The columns chosen are logged and
+saved with the model, so `mlm predict` asks for the same inputs. The test split may have no label column at
+all (the GLUE test files have none), or blank labels: it then gets predictions and no metrics.
 
 Every example is a plain dict {"text", "text_pair"?, "label"?, "_where": "path:line"}; `load_splits`
 normalises labels (class names as strings, floats for regression, lists of names for multi-label)

@@ -9,13 +9,15 @@ Run it (CoNLL-2003, three epochs):
 Data (`load_splits`):
   * CoNLL column files (`eng.train`, `*.conll`, `*.txt`, `*.tsv`): one word per line, columns separated by
     spaces or tabs, a blank line between sentences, `-DOCSTART-` lines skipped. The word and the tag are
-    read from `token_column` and `tag_column` (Python indices, -1 = last column).
+    read from `token_column` and `tag_column` (Python indices, -1 = last column). `mlm predict --input`
+    reads CoNLL files by suffix (.conll, .iob, .bio, .tsv, ...), with tags (shown as gold) or words only.
   * JSON lines / parquet (`*.jsonl`, `*.json`, `*.parquet`): one sentence per row,
     `{"tokens": [...], "tags": [...]}` (keys `tokens_key`, `tags_key`).
   * A hub dataset (`dataset_name`): columns `tokens_key` and `tags_key` (falling back to `ner_tags`);
     integer ClassLabel tags are mapped to their names.
-  Tags may be IOB1 (the original CoNLL-2003), IOB2 or IOBES; every split is converted to IOB2 as it is
-  read, so everything downstream (labels, model, metrics, predictions) speaks IOB2 only.
+  Tags may be IOB1 (the original CoNLL-2003), IOB2, IOBES, BILOU or IO (bare types: PER, LOC); every split
+  is converted to IOB2 as it is read, so everything downstream (labels, model, metrics, predictions) speaks
+  IOB2 only.
 
 Model side (`encode` .. `predictions`): words are split into sub-words by the fast tokenizer; the label
 sits on the first sub-word of each word (the others get -100, or the word's I- tag with

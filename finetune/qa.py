@@ -8,22 +8,24 @@ With version 2 (unanswerable questions) the span [CLS]..[CLS] means "no answer".
 
     make finetune TASK=qa                                  # recipes/finetune/qa.yaml
     mlm finetune --task qa --recipe recipes/finetune/qa.yaml --model_name_or_path DIR
-    mlm predict --task qa --model_name_or_path outputs/finetune-qa --question "..." --context "..."
+    mlm predict --model outputs/finetune-qa --question "..." --context "..."
 
 Data (train_file / validation_file / test_file):
   * SQuAD JSON, v1.1 or v2.0: {"data": [{"title", "paragraphs": [{"context", "qas": [{"id", "question",
     "answers": [{"text", "answer_start"}], "is_impossible"?}]}]}]}; v2's plausible_answers are ignored.
-  * JSON lines: {"id", "question", "context", "answers": {"text": [...], "answer_start": [...]}} per line
-    (the Hugging Face layout), or "answers": [{"text", "answer_start"}, ...]; "title" is optional, and
-    "id" too (default: the line number). [] or empty texts mean "no answer" (v2).
+  * JSON lines, a JSON array of records or parquet: {"id", "question", "context", "answers": {"text": [...],
+    "answer_start": [...]}} per row (the Hugging Face layout), or "answers": [{"text", "answer_start"}, ...];
+    "title" is optional, and "id" too (default: the line number). [] or empty texts, or "is_impossible":
+    true, mean "no answer" (v2). A test file may have no "answers": it is predicted, not scored.
   * a hub dataset (dataset_name, e.g. squad / squad_v2) with the same columns.
 With only the official dev file at hand, split_articles "38:10" trains on its first 38 articles and
 evaluates on the next 10 (whole articles on each side, so no paragraph leaks across the split).
 
 Every example is {"id", "question", "context", "answers": {"text": [...], "answer_start": [...]},
-"title"?, "_where"}. An answer_start that does not point at its text is moved to the nearest occurrence
-of the text in the context; an answer whose text is not in the context keeps answer_start -1: such
-examples are dropped from training and left out of the evaluation loss (EM/F1 still use the text).
+"title"?, "_where"}. Answer texts are trimmed of surrounding spaces. An answer_start that does not point at
+its text is moved to the nearest whole-word occurrence of the text in the context; an answer whose text is
+not in the context keeps answer_start -1: such examples are dropped from training and left out of the
+evaluation loss (EM/F1 still use the text).
 """
 from __future__ import annotations
 
