@@ -564,8 +564,8 @@ def predictions(
             record["text"] = ex["text"]
         record["tokens"] = ex["tokens"]
         record["predicted_tags"] = tags
-        if "tags" in ex:
-            record["gold_tags"] = ex["tags"]
+        if "tags" in ex or "gold_tags" in ex:
+            record["gold_tags"] = ex.get("tags", ex.get("gold_tags"))
         if "_where" in ex:  # file:line, to join predictions back to input rows
             record["source"] = ex["_where"]
         # chunks: (type, start_word, end_word exclusive) in sentence order.
@@ -687,11 +687,7 @@ def examples_from_file(path: str, cfg: Config) -> list[dict]:
     if path.lower().endswith(RECORD_SUFFIXES):
         return _examples_from_records(path, cfg)
     if path.lower().removesuffix(".gz").endswith(CONLL_SUFFIXES):
-        sentences = _read_conll(path, cfg.token_column, cfg.tag_column, words_only_ok=True)
-        labelled = [s for s in sentences if "tags" in s]
-        if labelled:
-            _convert_to_iob2(labelled, cfg.tag_scheme)  # in place: gold tags in IOB2 like training data
-        return sentences
+        return _as_shown_gold(_read_conll(path, cfg.token_column, cfg.tag_column, words_only_ok=True), cfg)
     examples = []
     for line_no, line in enumerate(decoded_lines(path), 1):
         if line.strip():
@@ -700,7 +696,7 @@ def examples_from_file(path: str, cfg: Config) -> list[dict]:
 
 
 def _examples_from_records(path: str, cfg: Config) -> list[dict]:
-    examples, labelled = [], []
+    examples = []
     for line_no, row in iter_records(path):
         where = f"{path}:{line_no}"
         if cfg.text_key in row:
@@ -719,8 +715,17 @@ def _examples_from_records(path: str, cfg: Config) -> list[dict]:
                 raise DataError(f"{where}: {len(example['tokens'])} tokens but {len(row[tags_key])} tags")
             example["tags"] = row[tags_key]
             example["_lines"] = [line_no] * len(example["tokens"])
-            labelled.append(example)
         examples.append(example)
+    return _as_shown_gold(examples, cfg)
+
+
+def _as_shown_gold(examples: list[dict], cfg: Config) -> list[dict]:
+    """Prediction inputs: gold tags in IOB2 like training data, kept as "gold_tags" to show next to the
+    predicted ones; not "tags", which encode() would check against the model's labels (a type the model
+    never saw must not stop a prediction)."""
+    labelled = [ex for ex in examples if "tags" in ex]
     if labelled:
-        _convert_to_iob2(labelled, cfg.tag_scheme)  # in place: gold tags in IOB2 like training data
+        _convert_to_iob2(labelled, cfg.tag_scheme)
+    for ex in labelled:
+        ex["gold_tags"] = ex.pop("tags")
     return examples

@@ -393,10 +393,19 @@ def test_word_without_pieces_inside_an_entity_continues_it(tiny_tokenizer):
 
 def test_predict_reads_conll_files_with_or_without_tags(tmp_path):
     tagged = ner.examples_from_file(write(tmp_path, "dev.tsv", "John\tI-PER\nruns\tO\n\nParis\tI-LOC\n"), config())
-    assert [(ex["tokens"], ex["tags"]) for ex in tagged] == [(["John", "runs"], ["B-PER", "O"]), (["Paris"], ["B-LOC"])]
+    assert [(ex["tokens"], ex["gold_tags"]) for ex in tagged] == [(["John", "runs"], ["B-PER", "O"]),
+                                                                   (["Paris"], ["B-LOC"])]
     blind = ner.examples_from_file(write(tmp_path, "test.conll", "-DOCSTART-\n\nJohn\nruns\n\nParis\n"), config())
-    assert [ex["tokens"] for ex in blind] == [["John", "runs"], ["Paris"]] and all("tags" not in ex for ex in blind)
+    assert [ex["tokens"] for ex in blind] == [["John", "runs"], ["Paris"]] and all("gold_tags" not in ex for ex in blind)
     assert blind[1]["_where"] == f"{tmp_path / 'test.conll'}:6"
+
+
+def test_predict_shows_gold_tags_of_types_the_model_never_saw(tmp_path, tiny_tokenizer):
+    (ex,) = ner.examples_from_file(write(tmp_path, "in.jsonl", '{"tokens": ["John", "runs"], "tags": ["B-ANIMAL", "O"]}\n'),
+                                   config())
+    features = ner.encode([ex], tiny_tokenizer, config(), LABELS, with_labels=False)  # no "never seen" error
+    (record,) = ner.predictions([ex], features, outputs_choosing(features, ["B-PER", "O"]), config(), LABELS)
+    assert record["gold_tags"] == ["B-ANIMAL", "O"] and record["predicted_tags"] == ["B-PER", "O"]
 
 
 def test_raw_text_words_keep_character_offsets(tiny_tokenizer):
@@ -431,7 +440,7 @@ def test_examples_from_file_text_tokens_and_plain_lines(tmp_path):
                  + json.dumps({"tokens": ["Paris"], "tags": ["I-LOC"]}) + "\n")
     a, b = ner.examples_from_file(path, config())
     assert a["tokens"] == ["John", "ran", "."] and a["offsets"][2] == [8, 9] and a["_where"] == f"{path}:1"
-    assert b["tokens"] == ["Paris"] and b["tags"] == ["B-LOC"]
+    assert b["tokens"] == ["Paris"] and b["gold_tags"] == ["B-LOC"]
     lines = ner.examples_from_file(write(tmp_path, "in.txt", "John ran.\n\nParis\n"), config())
     assert [ex["tokens"] for ex in lines] == [["John", "ran", "."], ["Paris"]]
     with pytest.raises(DataError, match=r"in2.jsonl:1: needs 'text'"):
