@@ -33,6 +33,7 @@ probability the model gave its chosen label. Raw text (`mlm predict --text`) is 
 from __future__ import annotations
 
 import bisect
+import json
 import os
 import re
 import unicodedata
@@ -372,7 +373,10 @@ def encode(examples: list[dict], tokenizer, cfg: Config, labels: list[str], with
     prefix, suffix = _special_frame(tokenizer)
     budget = cfg.max_seq_length - len(prefix) - len(suffix)  # content tokens per window
     # One batched call for all sentences, without specials: windows are cut from these token lists.
-    encoded = tokenizer([ex["tokens"] for ex in examples], is_split_into_words=True, add_special_tokens=False)
+    words = [ex["tokens"] for ex in examples]
+    if _marks_spaces_in_tokens(tokenizer):  # byte-level BPE: "Smith" alone is "S mith", " Smith" is "ĠSmith"
+        words = [[" " + word for word in sentence] for sentence in words]
+    encoded = tokenizer(words, is_split_into_words=True, add_special_tokens=False)
     with_types = "token_type_ids" in tokenizer.model_input_names
     features = []
     for index, ex in enumerate(examples):
@@ -404,6 +408,14 @@ def encode(examples: list[dict], tokenizer, cfg: Config, labels: list[str], with
                 feature["labels"] = _token_labels(word_ids, tag_ids, labels, label2id, cfg.label_all_tokens)
             features.append(feature)
     return features
+
+
+def _marks_spaces_in_tokens(tokenizer) -> bool:
+    """Byte-level BPE (RoBERTa, GPT-2) without add_prefix_space: a word's tokens depend on the space before
+    it, which split words do not carry, so each one needs it back (what add_prefix_space=True does)."""
+    config = json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
+    steps = config.get("pretokenizers", [config]) if config.get("type") == "Sequence" else [config]
+    return any(step.get("type") == "ByteLevel" and not step.get("add_prefix_space", False) for step in steps)
 
 
 def _special_frame(tokenizer) -> tuple[list[int], list[int]]:

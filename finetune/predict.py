@@ -102,6 +102,16 @@ def fit_windows(cfg, max_positions: int) -> None:
     cfg.max_seq_length = max_positions
 
 
+def check_lengths(cfg, max_positions: int, args) -> None:
+    """cfg.check_lengths, its error naming the flag that made the lengths wrong."""
+    try:
+        cfg.check_lengths(max_positions)
+    except ConfigError as e:
+        if args.max_seq_length is None:
+            raise ConfigError(f"--model: {args.model}: {e}") from None
+        raise ConfigError(f"--{e}" if str(e).startswith("max_seq_length") else f"--max_seq_length: {e}") from None
+
+
 def check_output(output: str | None, input_path: str | None) -> None:
     """Refuse an --output that cannot be written or would destroy the input, before any work is done."""
     if output is None:
@@ -162,29 +172,26 @@ def predict(task, model, tokenizer, cfg, labels, examples: list[dict], batch_siz
 
 
 def main(argv: list[str]) -> None:
+    from mlm.model import usable_positions
     from mlm.runlog import logger, setup_console_logging
-    from mlm.tokenizer import load_tokenizer
+    from mlm.tokenizer import fit_tokenizer_to_model, load_tokenizer
 
     args = build_parser().parse_args(argv)
     setup_console_logging(True)
     if args.batch_size < 1:
         raise ConfigError(f"--batch_size: must be >= 1, got {args.batch_size}")
     check_output(args.output, args.input)
-    max_positions = checkpoint_positions(args.model)
-    task, cfg, labels = load_task(args.model, max_positions)
+    task, cfg, labels = load_task(args.model, checkpoint_positions(args.model))
     if args.max_seq_length is not None:
         cfg.max_seq_length = args.max_seq_length
-    try:
-        cfg.check_lengths(max_positions)
-    except ConfigError as e:  # name the flag that made the lengths wrong
-        if args.max_seq_length is None:
-            raise ConfigError(f"--model: {args.model}: {e}") from None
-        raise ConfigError(f"--{e}" if str(e).startswith("max_seq_length") else f"--max_seq_length: {e}") from None
+    check_lengths(cfg, checkpoint_positions(args.model), args)
     examples = read_inputs(task, cfg, args)
     if not examples:
         raise DataError(f"{args.input}: no inputs found")
     tokenizer = load_tokenizer(args.model)
     model = load_model(task, args.model, args.quantize)
+    check_lengths(cfg, usable_positions(model.config, model), args)  # the model itself shows any position offset
+    fit_tokenizer_to_model(tokenizer, model)
     start = time.perf_counter()
     records = predict(task, model, tokenizer, cfg, labels, examples, args.batch_size)
     seconds = time.perf_counter() - start

@@ -600,6 +600,12 @@ def predictions(
         record = {"id": example["id"], "prediction_text": "", "start": None, "end": None, "score": None}
         if best is not None:
             score, char_start, char_end = best
+            # Tokenizers that keep untrimmed offsets (byte-level BPE with trim_offsets off) count the space
+            # before a word as part of it: an answer never starts or ends with whitespace.
+            while char_start < char_end and example["context"][char_start].isspace():
+                char_start += 1
+            while char_end > char_start and example["context"][char_end - 1].isspace():
+                char_end -= 1
             record.update(prediction_text=example["context"][char_start:char_end], start=char_start, end=char_end,
                           score=score)
         if v2:

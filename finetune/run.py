@@ -61,17 +61,18 @@ def parse_finetune_args(argv: list[str]):
     return parse_config(TASKS[task].Config, argv, prog=f"mlm finetune --task {task}")
 
 
-def load_backbone(task, cfg, labels):
+def load_backbone(task, cfg, labels, tokenizer_size: int):
     """The task model on the backbone: a new head on top of the pretrained encoder."""
     from mlm.errors import DataError
-    from mlm.model import check_checkpoint_dir, usable_positions
+    from mlm.model import check_checkpoint_dir, check_vocabulary, usable_positions
 
     check_checkpoint_dir(cfg.model_name_or_path)
     try:
         model = task.AutoModel.from_pretrained(cfg.model_name_or_path, **task.model_kwargs(cfg, labels))
     except (OSError, ValueError) as e:
         raise DataError(f"model_name_or_path: cannot load {cfg.model_name_or_path}: {str(e).splitlines()[0]}") from None
-    cfg.check_lengths(usable_positions(model.config))
+    cfg.check_lengths(usable_positions(model.config, model))
+    check_vocabulary(model.config, tokenizer_size)
     return model
 
 
@@ -82,7 +83,7 @@ def main(cfg) -> dict:
     from finetune.tasks import TASKS
     from mlm.loop import check_output_dir, make_accelerator, train
     from mlm.runlog import logger, plot_losses, write_json
-    from mlm.tokenizer import load_tokenizer
+    from mlm.tokenizer import fit_tokenizer_to_model, load_tokenizer
 
     task = TASKS[cfg.task]
     check_output_dir(cfg)  # before reading and encoding the data
@@ -98,11 +99,12 @@ def main(cfg) -> dict:
                 ", ".join(labels[:20]) + (" ..." if len(labels) > 20 else "") if labels else "-")
 
     tokenizer = load_tokenizer(cfg.tokenizer_name or cfg.model_name_or_path)
+    model = load_backbone(task, cfg, labels, len(tokenizer))
+    fit_tokenizer_to_model(tokenizer, model)
     features = {
         split: task.encode(examples, tokenizer, cfg, labels, with_labels=(split == "train"))
         for split, examples in splits.items()
     }
-    model = load_backbone(task, cfg, labels)
 
     def evaluate_split(model, split: str):
         outputs = compute_outputs(task, model, features[split], tokenizer, cfg.per_device_eval_batch_size, accelerator)

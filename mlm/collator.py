@@ -20,7 +20,8 @@ The rules, following BERT's create_pretraining_data:
   with random_replace_prob, otherwise it keeps its id. Independent draws make the split exact in
   expectation even for rows with a single mask (exact per-row counts would round 1 mask to "always
   [MASK]").
-* Whole-word masking: a word is a token plus the "##" continuation tokens after it. Words are taken
+* Whole-word masking: a word is a token plus the continuation tokens after it ("##" pieces of WordPiece;
+  with byte-level BPE or SentencePiece, the tokens up to the next one marked as a word start). Words are taken
   in random order until num_to_mask tokens are reached, so a row overshoots by less than the length of
   its last word and a word is never split. The 80/10/10 draw is made once per WORD: all of its tokens
   become [MASK], or all become random tokens (each its own random id), or all stay. (BERT draws per
@@ -41,6 +42,7 @@ where building one np.random.Generator per row alone costs about 17 us x B.
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Optional, Sequence
 
@@ -124,6 +126,25 @@ def gather_masked(hidden: torch.Tensor, masked_positions: torch.Tensor) -> torch
     return torch.gather(hidden, 1, index)
 
 
+def continuation_pieces(tokenizer, vocab_size: int) -> np.ndarray:
+    """(V,) bool: the tokens that continue the word before them. WordPiece marks continuations ("##ing");
+    byte-level BPE (RoBERTa) and SentencePiece (XLM-R, ALBERT) mark word starts instead ("Ġword", "▁word")."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # a slow (Python) tokenizer is taken for WordPiece
+    config = json.loads(backend.to_str()) if backend is not None else {"model": {"type": "WordPiece"}}
+    pre = config.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    tokens = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
+    if config["model"]["type"] == "WordPiece":
+        prefix = config["model"].get("continuing_subword_prefix") or "##"
+        return np.array([t is not None and t.startswith(prefix) for t in tokens], dtype=bool)
+    for step in steps:
+        start = {"ByteLevel": "\u0120", "Metaspace": step.get("replacement", "\u2581")}.get(step.get("type"))
+        if start:
+            return np.array([t is not None and not t.startswith(start) for t in tokens], dtype=bool)
+    raise ConfigError("whole_word_masking: cannot tell where words start with this tokenizer (WordPiece, "
+                      "byte-level BPE and SentencePiece are supported)")
+
+
 class MaskingCollator:
     """Pads a list of examples and masks them; see the module docstring for the rules."""
 
@@ -176,10 +197,9 @@ class MaskingCollator:
         if len(self.nonspecial_ids) == 0 and self.random_replace_prob > 0:
             raise ConfigError("random_replace_prob: the tokenizer has no non-special token to draw from")
 
-        self.is_continuation = None  # (V,) bool, "##..." pieces, only needed for whole-word masking
+        self.is_continuation = None  # (V,) bool, pieces that continue a word, only needed for whole-word masking
         if self.whole_word_masking:
-            tokens = tokenizer.convert_ids_to_tokens(list(range(self.vocab_size)))
-            self.is_continuation = np.array([t is not None and t.startswith("##") for t in tokens], dtype=bool)
+            self.is_continuation = continuation_pieces(tokenizer, self.vocab_size)
 
     def num_predictions(self, seq_len: int) -> int:
         """K, the number of label slots for a batch padded to seq_len: data-independent, so shapes are static."""

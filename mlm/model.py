@@ -37,7 +37,8 @@ PRESETS = {
 
 
 # Model types whose position ids start after the padding id (transformers' create_position_ids_from_input_ids).
-_OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text"}
+_OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "mpnet",
+                           "roberta-prelayernorm", "ibert", "longformer", "xmod", "luke"}
 
 def preset_config(preset: str, vocab_size: int, max_position_embeddings: int = 512, **overrides):
     """A BertConfig for a named size; explicit fields (hidden_size=..., ...) override the preset."""
@@ -81,15 +82,20 @@ def build_masked_lm(
     **overrides,
 ):
     """A BertForMaskedLM (or any AutoModelForMaskedLM) from a checkpoint, or fresh from a preset."""
-    from transformers import AutoModelForMaskedLM, BertForMaskedLM
+    from transformers import AutoConfig, AutoModelForMaskedLM, BertForMaskedLM
 
     if model_name_or_path:
         check_checkpoint_dir(model_name_or_path)
         shape = {k: v for k, v in overrides.items() if k in SHAPE_FIELDS and v is not None}
         dropout = {k: v for k, v in overrides.items() if k not in SHAPE_FIELDS and v is not None}
         try:
+            config = AutoConfig.from_pretrained(model_name_or_path)
+            for name, value in dropout.items():  # e.g. DistilBERT names its dropout differently
+                if not hasattr(config, name):
+                    raise ConfigError(f"{name}: {config.model_type} checkpoints have no such setting")
+                setattr(config, name, value)
             model, info = AutoModelForMaskedLM.from_pretrained(
-                model_name_or_path, attn_implementation=attn_implementation, output_loading_info=True, **dropout)
+                model_name_or_path, config=config, attn_implementation=attn_implementation, output_loading_info=True)
         except (OSError, ValueError) as e:
             raise DataError(f"model_name_or_path: cannot load {model_name_or_path}: {str(e).splitlines()[0]}") from None
         for name, value in shape.items():
@@ -100,37 +106,59 @@ def build_masked_lm(
             missing = sorted(info["missing_keys"])
             logger.warning("%s has no weights for %d tensors, which start random: %s%s", model_name_or_path,
                            len(missing), ", ".join(missing[:4]), ", ..." if len(missing) > 4 else "")
-        if model.config.vocab_size < vocab_size:
-            raise ConfigError(
-                f"tokenizer_name: tokenizer has {vocab_size} ids but the checkpoint's vocabulary has "
-                f"{model.config.vocab_size}"
-            )
+        check_vocabulary(model.config, vocab_size)
     else:
         max_positions = max(512, max_seq_length)
         model = BertForMaskedLM._from_config(
             preset_config(preset, vocab_size, max_positions, **overrides), attn_implementation=attn_implementation
         )
-    limit = usable_positions(model.config)
+    mlm_head(model)  # before any packing: a model whose head is unknown cannot be trained here
+    limit = usable_positions(model.config, model)
     if max_seq_length > limit:
         raise ConfigError(f"max_seq_length: {max_seq_length} exceeds the model's {limit} positions")
     return model
 
 
-def usable_positions(config) -> int:
+def check_vocabulary(config, tokenizer_size: int) -> None:
+    """Every id the tokenizer can produce must have an embedding."""
+    if config.vocab_size < tokenizer_size:
+        raise ConfigError(f"tokenizer_name: the tokenizer has {tokenizer_size} ids but the checkpoint's vocabulary "
+                          f"has {config.vocab_size}")
+
+
+def usable_positions(config, model=None) -> int:
     """The longest input a checkpoint's position embeddings take: RoBERTa-style models number positions from
-    pad_token_id + 1, so 514 embeddings hold 512 tokens."""
-    if config.model_type in _OFFSET_POSITION_MODELS:
-        return config.max_position_embeddings - (config.pad_token_id or 0) - 1
-    return config.max_position_embeddings
+    padding id + 1, so 514 embeddings hold 512 tokens. With the model at hand the offset is read from its
+    position embedding (such models give it a padding_idx); from a config alone, from the model type."""
+    embeddings = getattr(getattr(model, "base_model", None), "embeddings", None)
+    positions = getattr(embeddings, "position_embeddings", None)
+    if isinstance(positions, nn.Embedding):
+        offset = 0 if positions.padding_idx is None else positions.padding_idx + 1
+    elif config.model_type in _OFFSET_POSITION_MODELS:
+        offset = (config.pad_token_id or 0) + 1
+    else:
+        offset = 0
+    return config.max_position_embeddings - offset
+
+
+# The MLM heads of the HF masked-LM classes: one module, or modules applied in turn.
+_HEAD_LAYOUTS = (
+    ("cls",),  # BERT and most BERT-family models
+    ("lm_head",),  # RoBERTa, XLM-R, MPNet, ...
+    ("predictions",),  # ALBERT
+    ("generator_predictions", "generator_lm_head"),  # ELECTRA's generator
+    ("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector"),  # DistilBERT
+)
 
 
 def mlm_head(model) -> nn.Module:
     """The module mapping hidden states (..., H) to vocabulary logits (..., V)."""
-    for name in ("cls", "lm_head"):  # BERT family / RoBERTa family
-        head = getattr(model, name, None)
-        if isinstance(head, nn.Module):
-            return head
-    raise ConfigError(f"model_name_or_path: {type(model).__name__} has no MLM head this framework knows (cls/lm_head)")
+    for layout in _HEAD_LAYOUTS:
+        parts = [getattr(model, name, None) for name in layout]
+        if all(isinstance(part, nn.Module) for part in parts):
+            return parts[0] if len(parts) == 1 else nn.Sequential(*parts)  # a view: registers nothing on model
+    known = ", ".join("+".join(layout) for layout in _HEAD_LAYOUTS)
+    raise ConfigError(f"model_name_or_path: {type(model).__name__} has no MLM head this framework knows ({known})")
 
 
 class SparseMaskedLM(nn.Module):
@@ -159,7 +187,8 @@ class SparseMaskedLM(nn.Module):
         """Last-layer hidden states at `positions`: (B, K, H)."""
         base = self.model.base_model
         if not self.fast_encoder:
-            hidden = base(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}  # DistilBERT takes none
+            hidden = base(input_ids=input_ids, attention_mask=attention_mask, **types)
             return gather_masked(hidden.last_hidden_state, positions)
         hidden = base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         key_mask = None  # packed pretraining rows have no padding; a mask would only slow attention down
@@ -200,7 +229,8 @@ def train_flops_per_token(config, seq_len: int, head_fraction: float, last_layer
     on every position, its queries, attention, output projection and feed-forward block on that fraction.
     The default (1) is the standard formula, the one MFU is reported against.
     """
-    h, L, V, inter = config.hidden_size, config.num_hidden_layers, config.vocab_size, config.intermediate_size
+    h, L, V = config.hidden_size, config.num_hidden_layers, config.vocab_size
+    inter = getattr(config, "intermediate_size", None) or getattr(config, "hidden_dim", 4 * h)  # DistilBERT: hidden_dim
     layer = 4 * h * h + 2 * h * inter  # Q, K, V, O projections + the two feed-forward matrices
     last = 2 * h * h + last_layer_fraction * (layer - 2 * h * h)
     attention = 12 * seq_len * h * (L - 1 + last_layer_fraction)

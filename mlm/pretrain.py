@@ -56,8 +56,10 @@ class PretrainConfig(TrainingConfig):
     num_hidden_layers: Optional[int] = arg(None, "Override the preset's number of layers.")
     num_attention_heads: Optional[int] = arg(None, "Override the preset's number of attention heads.")
     intermediate_size: Optional[int] = arg(None, "Override the preset's feed-forward size (default 4 x hidden).")
-    hidden_dropout_prob: float = arg(0.1, "Dropout on hidden states.")
-    attention_probs_dropout_prob: float = arg(0.1, "Dropout on attention probabilities.")
+    hidden_dropout_prob: Optional[float] = arg(
+        None, "Dropout on hidden states (default: 0.1 for a new model, the checkpoint's own when continuing).")
+    attention_probs_dropout_prob: Optional[float] = arg(
+        None, "Dropout on attention probabilities (default: 0.1 for a new model, the checkpoint's own).")
     max_seq_length: int = arg(128, "Tokens per packed training sequence, [CLS] and [SEP] included.")
     mlm_probability: float = arg(0.15, "Fraction of (non-special) tokens selected for prediction.")
     mask_replace_prob: float = arg(0.8, "Of the selected tokens: fraction replaced by [MASK].")

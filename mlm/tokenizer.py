@@ -117,6 +117,17 @@ def _save(tokenizer, output_dir: str, lowercase: bool) -> None:
         f.writelines(token + "\n" for token, _ in vocab)
 
 
+def fit_tokenizer_to_model(tokenizer, model) -> None:
+    """Stop the tokenizer returning token_type_ids to a model that has no use for them: one that takes none
+    (DistilBERT) or has a single token type (RoBERTa; a BERT tokenizer would send the second segment as 1)."""
+    import inspect
+
+    takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
+    if (not takes_types or getattr(model.config, "type_vocab_size", 2) < 2) and \
+            "token_type_ids" in tokenizer.model_input_names:
+        tokenizer.model_input_names = [name for name in tokenizer.model_input_names if name != "token_type_ids"]
+
+
 def load_tokenizer(name_or_dir: str):
     """A fast tokenizer from a local dir or a hub name; DataError/ConfigError (one line) when it is unusable."""
     from transformers import AutoTokenizer

@@ -327,6 +327,22 @@ def test_whole_word_masking_takes_whole_words(tiny_tokenizer):
     assert abs((pos == 2).sum().item() - (pos == 1).sum().item()) < 150
 
 
+def test_word_starts_of_byte_level_bpe(tiny_roberta_dir):
+    from transformers import AutoTokenizer
+
+    from mlm.collator import continuation_pieces
+
+    tok = AutoTokenizer.from_pretrained(tiny_roberta_dir)
+    ids = tok("John Smith visited Paris")["input_ids"]  # <s> John ĠSmith Ġvis ited ĠParis </s> (pieces vary)
+    tokens = tok.convert_ids_to_tokens(ids)
+    table = continuation_pieces(tok, len(tok))
+    assert [bool(table[i]) for i in ids[1:-1]] == [not t.startswith("\u0120") for t in tokens[1:-1]]
+    collate = MaskingCollator(tok, whole_word_masking=True)
+    word_start, _, _ = collate._words(np.array([ids]), ~collate.is_special[np.array([ids])])
+    # every word starts at a "Ġ" token, the first word right after <s>
+    assert [tokens[i] for i in np.flatnonzero(word_start[0])] == [tokens[1]] + [t for t in tokens[2:-1] if t[0] == "\u0120"]
+
+
 def test_word_structure_with_odd_ids():
     # [CLS] w31 ##p20 ##p21 w32 [SEP-like special 30] ##p22 w33 ##p23 [SEP] [PAD]
     ids = np.array([[11, 31, 20, 21, 32, 30, 22, 33, 23, 13, 7]])

@@ -171,3 +171,25 @@ def test_predict_checks_its_settings_before_any_work(tmp_path, tiny_bert_dir, ca
     assert code == 1 and kept.read_text() == "earlier predictions\n"
     code, _ = run_cli(capsys, "predict", "--model", model_dir, "--input", questions, "--output", kept)
     assert code == 0 and json.loads(kept.read_text())["id"] == "1" and not (tmp_path / "kept.jsonl.tmp").exists()
+
+
+def test_roberta_backbone_and_a_bert_tokenizer_on_it(tmp_path, tiny_roberta_dir, tiny_bert_dir, capsys):
+    """RoBERTa: 130 position embeddings hold 128 tokens, and one token type: a BERT tokenizer's segment ids
+    for the pair (0/1) must not reach it."""
+    context = "John Smith visited Paris . Angela lives in Berlin ."
+    rows = [{"id": str(i), "question": "who visited Paris ?", "context": context,
+             "answers": {"text": ["John Smith"], "answer_start": [0]}} for i in range(8)]
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["finetune", "--task", "qa", "--train_file", data, "--max_query_length", 12, "--doc_stride", 16,
+            "--max_steps", 2]
+    code, captured = run_cli(capsys, *args, "--max_seq_length", 130, *common(tmp_path, tiny_roberta_dir, "long"))
+    assert code == 1 and "max_seq_length: 130 exceeds the model's 128 positions" in captured.err
+    code, _ = run_cli(capsys, *args, "--max_seq_length", 128, *common(tmp_path, tiny_roberta_dir, "qa"))
+    assert code == 0
+    code, captured = run_cli(capsys, "predict", "--model", tmp_path / "qa", "--question", "who ?", "--context", context)
+    record = json.loads(captured.out)
+    assert code == 0 and context[record["start"]:record["end"]] == record["prediction_text"]
+    code, _ = run_cli(capsys, *args, "--max_seq_length", 64, "--tokenizer_name", tiny_bert_dir,
+                      *common(tmp_path, tiny_roberta_dir, "mixed"))
+    assert code == 0

@@ -27,23 +27,56 @@ def _masked_batch():
     return input_ids, attention, positions, labels
 
 
+def _dense_labels(input_ids, positions, labels):
+    """The (B, T) labels of the stock models: -100 except at the masked positions."""
+    dense = torch.full_like(input_ids, -100)
+    for row in range(len(input_ids)):
+        for pos, lab in zip(positions[row].tolist(), labels[row].tolist()):
+            if lab != -100:
+                dense[row, pos] = lab
+    return dense
+
+
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 @pytest.mark.parametrize("fast_encoder", [True, False])
 def test_sparse_loss_equals_stock_bert_for_masked_lm(fast_encoder, attn_implementation):
     model = _tiny_model(attn_implementation=attn_implementation)
     input_ids, attention, positions, labels = _masked_batch()
-    dense_labels = torch.full_like(input_ids, -100)
-    for row in range(3):
-        for pos, lab in zip(positions[row].tolist(), labels[row].tolist()):
-            if lab != -100:
-                dense_labels[row, pos] = lab
     with torch.no_grad():
-        stock = model(input_ids=input_ids, attention_mask=attention, labels=dense_labels).loss
+        stock = model(input_ids=input_ids, attention_mask=attention,
+                      labels=_dense_labels(input_ids, positions, labels)).loss
         sparse = SparseMaskedLM(model, fast_encoder=fast_encoder)
         assert sparse.fast_encoder == fast_encoder
         out = sparse(input_ids, attention, positions, labels)
     assert out["count"].item() == 9  # 3 + 4 + 2 real targets
     assert torch.allclose(out["loss_sum"] / out["count"], stock, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["distilbert", "electra", "albert"])
+def test_other_mlm_heads_give_the_stock_loss(family):
+    # Their layers are not BERT's: the model's own encoder runs, and the head is found and run on the K slots.
+    import transformers
+
+    small = dict(vocab_size=97, max_position_embeddings=32)
+    config = {
+        "distilbert": transformers.DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, dropout=0.0,
+                                                    attention_dropout=0.0, **small),
+        "electra": transformers.ElectraConfig(embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                                              num_attention_heads=2, intermediate_size=64, **small),
+        "albert": transformers.AlbertConfig(embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                                            num_attention_heads=2, intermediate_size=64, **small),
+    }[family]
+    torch.manual_seed(0)
+    model = transformers.AutoModelForMaskedLM.from_config(config).eval()
+    input_ids, attention, positions, labels = _masked_batch()
+    with torch.no_grad():
+        stock = model(input_ids=input_ids, attention_mask=attention,
+                      labels=_dense_labels(input_ids, positions, labels)).loss
+        sparse = SparseMaskedLM(model)
+        out = sparse(input_ids, attention, positions, labels)
+    assert not sparse.fast_encoder
+    assert torch.allclose(out["loss_sum"] / out["count"], stock, atol=1e-5)
+    assert train_flops_per_token(config, 16, 0.15) > 0
 
 
 @pytest.mark.parametrize("training", [True, False])

@@ -408,6 +408,19 @@ def test_predict_shows_gold_tags_of_types_the_model_never_saw(tmp_path, tiny_tok
     assert record["gold_tags"] == ["B-ANIMAL", "O"] and record["predicted_tags"] == ["B-PER", "O"]
 
 
+def test_byte_level_bpe_words_are_encoded_as_in_running_text(tiny_roberta_dir):
+    # RoBERTa's tokens carry the space before a word ("ĠSmith"): split words must get it back, as in running text
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_roberta_dir)
+    ex = {"tokens": ["John", "Smith", "visited", "Paris"], "tags": ["B-PER", "I-PER", "O", "B-LOC"], "_where": "x:1"}
+    (feature,) = ner.encode([ex], tok, config(), LABELS, with_labels=True)
+    running = tok(" John Smith visited Paris", add_special_tokens=False)["input_ids"]
+    assert feature["input_ids"][1:-1] == running and "token_type_ids" not in feature
+    firsts = [t for t, w in enumerate(feature["word_ids"]) if w is not None and w != feature["word_ids"][t - 1]]
+    assert [feature["labels"][t] for t in firsts] == [ID[tag] for tag in ex["tags"]]
+
+
 def test_raw_text_words_keep_character_offsets(tiny_tokenizer):
     text = "  John   Smith visited Paris, (France)!"
     (ex,) = ner.examples_from_text(config(), text=text)

@@ -177,3 +177,28 @@ def test_tokenizer_command_trains_a_loadable_wordpiece(sentence_corpus, tmp_path
     assert tok.tokenize("the cat")[0] == "the" and tok.tokenize("The cat")[0] != "the"  # case kept
     code, err = run_cli(capsys, "tokenizer", "--vocab_size", "10")
     assert code == 1 and "vocab_size" in err[0]
+
+
+@pytest.mark.parametrize("family", ["roberta", "distilbert"])
+def test_continued_pretraining_of_other_families(sentence_corpus, tmp_path, tiny_roberta_dir, tiny_tokenizer, family):
+    """Byte-level BPE with whole-word masking (RoBERTa), a model with its own head layout and no token types
+    (DistilBERT): both continue, keep their own dropout, and save a checkpoint transformers loads."""
+    from transformers import AutoModelForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
+
+    from mlm.errors import ConfigError
+
+    path = tiny_roberta_dir
+    if family == "distilbert":
+        path = str(tmp_path / "distil")
+        DistilBertForMaskedLM(DistilBertConfig(vocab_size=len(tiny_tokenizer), dim=32, n_layers=2, n_heads=2,
+                                               hidden_dim=64, max_position_embeddings=64)).save_pretrained(path)
+        tiny_tokenizer.save_pretrained(path)
+        with pytest.raises(ConfigError, match="hidden_dropout_prob: distilbert checkpoints have no such setting"):
+            main(tiny_args(sentence_corpus, tmp_path / "bad", tmp_path / "cache", model_name_or_path=path,
+                           hidden_dropout_prob=0.2))
+    out = tmp_path / family
+    metrics = main(tiny_args(sentence_corpus, out, tmp_path / "cache", model_name_or_path=path, max_steps=4,
+                             eval_steps=4, save_steps=4, whole_word_masking=True))
+    assert math.isfinite(metrics["eval_loss"])
+    reloaded = AutoModelForMaskedLM.from_pretrained(out)
+    assert reloaded.config.model_type == family

@@ -449,6 +449,12 @@ def test_best_span_across_windows():
     assert "null_score" not in rec
 
 
+def test_untrimmed_offsets_never_put_spaces_around_the_answer():
+    untrimmed = [(0, 4), (4, 9), (9, 14), (14, 19)]  # byte-level BPE, trim_offsets off: " bbbb" starts at 4
+    (rec,) = post([window(0, untrimmed)], [(logits(9, {5: 5.0}), logits(9, {6: 5.0}))])
+    assert rec["prediction_text"] == "bbbb cccc" and (rec["start"], rec["end"]) == (5, 14)
+
+
 def test_never_a_span_in_the_question_or_on_special_tokens():
     features = [window(0, W1)]
     # the highest logits sit on question tokens (1, 2), [CLS] and the final [SEP]
