@@ -1,4 +1,4 @@
-# mlm: make install | pretrain | finetune TASK=cls|ner|qa | predict | test | bench
+# mlm: make install | pretrain | finetune TASK=cls|ner|qa | test | bench | clean (predict: .venv/bin/mlm predict)
 #   make pretrain RECIPE=recipes/pretrain/wikitext2.yaml ARGS="--max_steps 500"
 #   make finetune TASK=ner MODEL=outputs/pretrain-demo DATA=/path/to/conll2003
 #   make finetune TASK=qa RECIPE=recipes/finetune/qa-tiny.yaml

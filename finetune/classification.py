@@ -150,8 +150,9 @@ def read_table(path: str, cfg: Config, label_required: bool) -> list[dict]:
 def resolve_columns(names: list[str], cfg: Config, label_required: bool, where: str, delimited: bool = False):
     """(text, text pair or None, label or None) column names for data with columns `names`.
 
-    Side effect: the text columns chosen automatically are written to cfg (text_pair_column 'none' for single
-    texts), so the other splits, the saved run config and `mlm predict` read the same columns.
+    Side effect: what was chosen automatically is written to cfg, so the other splits, the saved run config
+    and `mlm predict` read the same kind of input: single texts as text_pair_column 'none' (the text column
+    itself is still found per file: SST-2's "sentence" in one file, "text" in another), pairs as both columns.
     """
     available = ", ".join(map(str, names))
 
@@ -180,9 +181,12 @@ def resolve_columns(names: list[str], cfg: Config, label_required: bool, where: 
     label = cfg.label_column if cfg.label_column in names else None
     if label is None and label_required:
         raise missing("label", cfg.label_column, "; set --label_column")
-    if (cfg.text_column, cfg.text_pair_column) != (text, pair or NO_PAIR):
-        logger.info("%s: text column %r%s", where, text, f", text pair column {pair!r}" if pair else " (single texts)")
-        cfg.text_column, cfg.text_pair_column = text, pair or NO_PAIR
+    if pair and (cfg.text_column, cfg.text_pair_column) != (text, pair):
+        logger.info("%s: text pairs from columns %r and %r", where, text, pair)
+        cfg.text_column, cfg.text_pair_column = text, pair
+    elif not pair and cfg.text_pair_column is None:
+        logger.info("%s: single texts from column %r", where, text)
+        cfg.text_pair_column = NO_PAIR
     return text, pair, label
 
 
@@ -621,7 +625,7 @@ def examples_from_text(cfg: Config, text: Optional[str] = None, text_pair: Optio
 def examples_from_file(path: str, cfg: Config) -> list[dict]:
     """`mlm predict --input FILE`: a table with the text column (labels, if present, become "gold"),
     or a .txt file with one text per line (blank lines skipped)."""
-    if not path.lower().endswith(".txt"):
+    if not path.lower().endswith((".txt", ".txt.gz")):
         examples = read_table(path, cfg, label_required=False)
         if cfg.problem_type != "auto":  # else the gold labels stay raw and `predictions` reads them per model
             _normalise_labels(examples, cfg)

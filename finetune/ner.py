@@ -33,6 +33,7 @@ probability the model gave its chosen label. Raw text (`mlm predict --text`) is 
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import os
 import re
@@ -77,10 +78,11 @@ class Config(FinetuneConfig):
     label_all_tokens: bool = arg(
         False, "Train on every sub-word (the later ones of a word get its I- tag) instead of the first only."
     )
-    stride: int = arg(
-        32,
+    stride: Optional[int] = arg(
+        None,
         "Sentences longer than max_seq_length are split at word boundaries into windows overlapping by up to this "
-        "many tokens (at most max_seq_length / 2); each word is predicted from the window where it is most central.",
+        "many tokens (at most max_seq_length / 2; default 32, or max_seq_length / 4 when that is less); each word "
+        "is predicted from the window where it is most central.",
     )
     tokens_key: str = arg("tokens", "JSON lines / parquet / hub datasets: field holding the list of words.")
     tags_key: str = arg(
@@ -90,6 +92,8 @@ class Config(FinetuneConfig):
 
     def check_lengths(self, max_positions: Optional[int] = None) -> None:
         super().check_lengths(max_positions)
+        if self.stride is None:  # the default, resolved here so that it always fits max_seq_length
+            self.stride = min(32, self.max_seq_length // 4)
         if self.stride < 0:
             raise ConfigError(f"stride: must be >= 0, got {self.stride}")
         # Overlap at most half a window, so every window moves on by at least half a window of new words.
@@ -112,21 +116,24 @@ def load_splits(cfg: Config) -> dict[str, list[dict]]:
         splits = _load_hub(cfg)
     else:
         files = {"train": cfg.train_file, "validation": cfg.validation_file, "test": cfg.test_file}
-        splits = {split: read_file(path, cfg) for split, path in files.items() if path}
+        # A test file may hold words only (no gold): it is predicted, not scored.
+        splits = {split: read_file(path, cfg, tags_required=split != "test") for split, path in files.items() if path}
     return splits  # max_train_samples / max_eval_samples are applied by finetune/run.py
 
 
-def read_file(path: str, cfg: Config) -> list[dict]:
-    """Labelled sentences of one file (CoNLL columns, or JSON lines / parquet by name), tags in IOB2."""
+def read_file(path: str, cfg: Config, tags_required: bool = True) -> list[dict]:
+    """Labelled sentences of one file (CoNLL columns, or JSON lines / parquet by name), tags in IOB2.
+    Without tags_required, sentences may come without tags (words-only CoNLL, rows without a tags field)."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
     if path.lower().endswith(RECORD_SUFFIXES):
-        sentences = _read_records(path, cfg)
+        sentences = _read_records(path, cfg, tags_required)
     else:
-        sentences = _read_conll(path, cfg.token_column, cfg.tag_column)
+        sentences = _read_conll(path, cfg.token_column, cfg.tag_column, words_only_ok=not tags_required)
     if not sentences:
         raise DataError(f"{path}: no sentences found")
-    return _convert_to_iob2(sentences, cfg.tag_scheme)
+    _convert_to_iob2([s for s in sentences if "tags" in s], cfg.tag_scheme)
+    return sentences
 
 
 def _read_conll(path: str, token_column: int, tag_column: int, words_only_ok: bool = False) -> list[dict]:
@@ -206,19 +213,22 @@ def _check_conll_layout(path, line_no, line, columns, token_column, tag_column) 
         )
 
 
-def _read_records(path: str, cfg: Config) -> list[dict]:
+def _read_records(path: str, cfg: Config, tags_required: bool = True) -> list[dict]:
     sentences = []
     for line_no, row in iter_records(path):
         where = f"{path}:{line_no}"
         tags_key = _pick_tags_key(row, cfg.tags_key)
-        require_columns(path, line_no, row, [cfg.tokens_key, tags_key])
-        tokens, tags = row[cfg.tokens_key], row[tags_key]
+        require_columns(path, line_no, row, [cfg.tokens_key] + ([tags_key] if tags_required else []))
+        tokens = row[cfg.tokens_key]
         _check_word_list(where, cfg.tokens_key, tokens)
-        _check_word_list(where, tags_key, tags)
-        if len(tokens) != len(tags):
-            raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} tags")
+        sentence = {"tokens": tokens, "_where": where, "_lines": [line_no] * len(tokens)}
+        if tags_key in row:
+            _check_word_list(where, tags_key, row[tags_key])
+            if len(tokens) != len(row[tags_key]):
+                raise DataError(f"{where}: {len(tokens)} tokens but {len(row[tags_key])} tags")
+            sentence["tags"] = row[tags_key]
         if tokens:
-            sentences.append({"tokens": tokens, "tags": tags, "_where": where, "_lines": [line_no] * len(tokens)})
+            sentences.append(sentence)
     return sentences
 
 
@@ -641,33 +651,54 @@ def metrics(examples: list[dict], predictions: list[dict], cfg: Config, labels: 
 # ----------------------------------------------------------------------------------------- raw input
 
 def split_words(text: str) -> tuple[list[str], list[list[int]]]:
-    """Words of raw text, the way NER corpora (CoNLL, OntoNotes, WNUT) tokenise, and their [start, end) offsets.
+    """Words of raw text, the way NER corpora (CoNLL, OntoNotes: Penn Treebank style) tokenise, and their
+    [start, end) offsets.
 
     Whitespace separates words; punctuation and symbols at a word's edges are words of their own ("Paris," ->
-    Paris ,), inside it they stay ("Boutros-Ghali", "O'Neill", "10,000"), as does the final period of an
-    abbreviation ("U.S."): a model trained on such words labels only their first piece, so splitting them
-    here would leave the rest unpredicted. CJK ideographs are one word each (as in BERT and Chinese NER data).
-    Combining marks (Devanagari vowel signs, decomposed accents) belong to the word they follow.
+    Paris ,), a run of one mark as one word ("--", "..."); inside a word they stay ("Boutros-Ghali", "10,000").
+    Abbreviations keep their period ("U.S.", "J.", "St."), and clitics are split off ("Clinton's" -> Clinton
+    's, "don't" -> do n't): a model trained on such words labels only their first piece, so splitting text
+    otherwise would leave pieces unpredicted. CJK ideographs are one word each (as in BERT and Chinese NER
+    data); combining marks (Devanagari vowel signs, decomposed accents) belong to the word they follow.
     """
-    words, offsets = [], []
+    spans: list[tuple[int, int]] = []
     for chunk in _CHUNK_RE.finditer(text):
         start, end = chunk.span()
-        while start < end and _is_edge_punctuation(text[start]):
-            words.append(text[start]), offsets.append([start, start + 1])
-            start += 1
-        trailing = []
-        while end > start and _is_edge_punctuation(text[end - 1]) and not _ABBREVIATION_RE.fullmatch(text, start, end):
-            end -= 1
-            trailing.append([end, end + 1])
+        while start < end and _is_edge_punctuation(text[start]):  # leading marks, a run of one mark at a time
+            run = start + 1
+            while run < end and text[run] == text[start]:
+                run += 1
+            spans.append((start, run))
+            start = run
+        trailing: list[tuple[int, int]] = []
+        while end > start and _is_edge_punctuation(text[end - 1]) and not _is_abbreviation(text[start:end]):
+            run = end - 1
+            while run > start and text[run - 1] == text[end - 1]:
+                run -= 1
+            trailing.append((run, end))
+            end = run
+        clitic = _CLITIC_RE.search(text, start, end)
+        if clitic and clitic.start() > start:
+            trailing.append((clitic.start(), end))
+            end = clitic.start()
         if start < end:
-            words.append(text[start:end]), offsets.append([start, end])
-        for s, e in reversed(trailing):
-            words.append(text[s:e]), offsets.append([s, e])
-    return words, offsets
+            spans.append((start, end))
+        spans.extend(reversed(trailing))
+    return [text[s:e] for s, e in spans], [[s, e] for s, e in spans]
 
 
-# Abbreviations with a final period: U.S., e.g., Ph.D. (not "said...")
-_ABBREVIATION_RE = re.compile(r"(?:[^\W\d_]{1,3}\.){2,}")
+def _is_abbreviation(word: str) -> bool:
+    return bool(_ABBREVIATION_RE.fullmatch(word)) or word.lower() in _TITLES
+
+
+# Abbreviations with a final period: U.S., e.g., Ph.D., and initials: J. (not "said...")
+_ABBREVIATION_RE = re.compile(r"(?:[^\W\d_]{1,3}\.){2,}|[^\W\d_]\.")
+# Titles and company forms written with a period, kept whole as the Penn Treebank does.
+_TITLES = {"mr.", "mrs.", "ms.", "dr.", "prof.", "st.", "jr.", "sr.", "gen.", "col.", "lt.", "sgt.", "capt.", "gov.",
+           "sen.", "rep.", "rev.", "inc.", "corp.", "co.", "ltd.", "bros.", "no.", "vs.", "mt.", "ft.", "jan.", "feb.",
+           "mar.", "apr.", "jun.", "jul.", "aug.", "sep.", "sept.", "oct.", "nov.", "dec."}
+# English clitics split off the word before them: 's 're 've 'll 'd 'm n't (straight or curly apostrophe).
+_CLITIC_RE = re.compile(r"(?:['\u2019](?:s|re|ve|ll|d|m)|n['\u2019]t)\Z", re.IGNORECASE)
 # A run of non-space characters, or one CJK ideograph (CJK Unified Ideographs, Extension A, Compatibility).
 _CHUNK_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\s\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 
@@ -692,13 +723,13 @@ def examples_from_text(cfg: Config, **fields) -> list[dict]:
 
 def examples_from_file(path: str, cfg: Config) -> list[dict]:
     """`mlm predict --input FILE`: JSON lines / parquet with "text" (or pre-split "tokens", optionally "tags"),
-    CoNLL columns (.conll, .iob, .bio, .tsv, ...: word and tag columns, or words only), or any other file as
-    plain text, one text per non-blank line."""
+    CoNLL columns (.conll, .iob, .bio, .tsv, ...: word and tag columns, or words only; under any other name when
+    its lines end in tags, like eng.testb), or plain text, one text per non-blank line."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
     if path.lower().endswith(RECORD_SUFFIXES):
         return _examples_from_records(path, cfg)
-    if path.lower().removesuffix(".gz").endswith(CONLL_SUFFIXES):
+    if path.lower().removesuffix(".gz").endswith(CONLL_SUFFIXES) or _looks_like_conll(path, cfg.tag_column):
         return _as_shown_gold(_read_conll(path, cfg.token_column, cfg.tag_column, words_only_ok=True), cfg)
     examples = []
     for line_no, line in enumerate(decoded_lines(path), 1):
@@ -729,6 +760,26 @@ def _examples_from_records(path: str, cfg: Config) -> list[dict]:
             example["_lines"] = [line_no] * len(example["tokens"])
         examples.append(example)
     return _as_shown_gold(examples, cfg)
+
+
+_TAG_RE = re.compile(r"O|[BIESLU]-\S+")
+
+
+def _looks_like_conll(path: str, tag_column: int) -> bool:
+    """Word lines whose tag column holds tags, or a -DOCSTART- line, in the first 200 lines: CoNLL, whatever
+    the file is called (raw text lines do not all end in O / B-X)."""
+    seen = 0
+    for line in itertools.islice(decoded_lines(path), 200):
+        columns = _conll_columns(line)
+        if not columns:
+            continue
+        if columns[0] == DOCSTART:
+            return True
+        if len(columns) < 2 or not -len(columns) <= tag_column < len(columns) \
+                or not _TAG_RE.fullmatch(columns[tag_column]):
+            return False
+        seen += 1
+    return seen > 0
 
 
 def _as_shown_gold(examples: list[dict], cfg: Config) -> list[dict]:

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=32, help="Inputs per forward pass.")
     p.add_argument("--max_seq_length", type=int, default=None, help="Override the checkpoint's max_seq_length.")
     p.add_argument("--quantize", action="store_true", help="Dynamic int8 quantisation of the Linear layers (CPU).")
+    p.add_argument("--text_column", help="cls --input tables: the text column, when not the one trained on.")
+    p.add_argument("--text_pair_column", help="cls --input tables: the second text column of a pair model.")
     return p
 
 
@@ -97,7 +99,7 @@ def fit_windows(cfg, max_positions: int) -> None:
     if cfg.max_seq_length <= max_positions:
         return
     for name in ("doc_stride", "max_query_length", "stride"):
-        if hasattr(cfg, name):
+        if getattr(cfg, name, None) is not None:
             setattr(cfg, name, max(1, getattr(cfg, name) * max_positions // cfg.max_seq_length))
     cfg.max_seq_length = max_positions
 
@@ -121,6 +123,10 @@ def check_output(output: str | None, input_path: str | None) -> None:
     folder = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):
         raise ConfigError(f"--output: folder {folder} does not exist")
+    if os.path.isdir(output):
+        raise ConfigError(f"--output: {output} is a folder; name a .jsonl file")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"--output: cannot write in {folder}")
     if input_path and os.path.exists(output) and os.path.exists(input_path) and os.path.samefile(output, input_path):
         raise ConfigError(f"--output: {output} is the --input file")
 
@@ -184,6 +190,13 @@ def main(argv: list[str]) -> None:
     task, cfg, labels = load_task(args.model, checkpoint_positions(args.model))
     if args.max_seq_length is not None:
         cfg.max_seq_length = args.max_seq_length
+    for name in ("text_column", "text_pair_column"):
+        if getattr(args, name) is not None:
+            if not hasattr(cfg, name):
+                raise ConfigError(f"--{name}: only the cls task reads text columns")
+            if name == "text_pair_column" and cfg.text_pair_column == "none":
+                raise ConfigError("--text_pair_column: this model classifies single texts, not pairs")
+            setattr(cfg, name, getattr(args, name))
     check_lengths(cfg, checkpoint_positions(args.model), args)
     examples = read_inputs(task, cfg, args)
     if not examples:
@@ -197,9 +210,12 @@ def main(argv: list[str]) -> None:
     seconds = time.perf_counter() - start
     lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     if args.output:  # temp file + rename: a failure never leaves half a file in place of an earlier one
-        with open(args.output + ".tmp", "w", encoding="utf-8") as f:
-            f.write(lines)
-        os.replace(args.output + ".tmp", args.output)
+        try:
+            with open(args.output + ".tmp", "w", encoding="utf-8") as f:
+                f.write(lines)
+            os.replace(args.output + ".tmp", args.output)
+        except OSError as e:
+            raise DataError(f"--output: cannot write {args.output} ({e.strerror})") from None
     else:
         sys.stdout.write(lines)
     logger.info("%d predictions in %.2fs (%.1f/s)%s", len(records), seconds, len(records) / max(seconds, 1e-9),

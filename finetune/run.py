@@ -13,23 +13,22 @@ import dataclasses
 import json
 import os
 
-from mlm.config import parse_config
+from mlm.config import parse_config, recipe_path
 from mlm.errors import ConfigError
 
 TASK_FILE = "mlm_task.json"
 
 
 def task_name_from_args(argv: list[str]) -> str | None:
-    """--task from the flags, else the recipe's `task` key."""
+    """--task from the flags (the last one, as for any flag), else the recipe's `task` key."""
+    task = None
     for i, token in enumerate(argv):
         if token == "--task" and i + 1 < len(argv):
-            return argv[i + 1]
-        if token.startswith("--task="):
-            return token.split("=", 1)[1]
-    for i, token in enumerate(argv):
-        if token == "--recipe" and i + 1 < len(argv):
-            return _recipe_task(argv[i + 1])
-    return None
+            task = argv[i + 1]
+        elif token.startswith("--task="):
+            task = token.split("=", 1)[1]
+    path = recipe_path(argv)
+    return task if task is not None or not path else _recipe_task(path)
 
 
 def _recipe_task(path: str) -> str | None:
@@ -40,8 +39,8 @@ def _recipe_task(path: str) -> str | None:
     with open(path, encoding="utf-8") as f:
         try:
             data = yaml.safe_load(f)
-        except yaml.YAMLError:
-            return None  # parse_config reports the YAML error with its line
+        except (yaml.YAMLError, UnicodeDecodeError):
+            return None  # parse_config reports the error with its line
     return data.get("task") if isinstance(data, dict) else None
 
 

@@ -152,7 +152,7 @@ def load_recipe(path: str, cls) -> dict:
             raise ConfigError(f"{path}: unknown key {key!r}{hint}")
         if isinstance(value, (list, dict)):
             raise ConfigError(f"{path}: {key}: expected one value, got a {'list' if isinstance(value, list) else 'mapping'}")
-        if value is None and fields[key].default is not None and "Optional" not in str(fields[key].type):
+        if value is None and fields[key].default is not None:  # (HfArgumentParser rewrites field types)
             raise ConfigError(f"{path}: {key}: null is not allowed (remove the key for the default, "
                               f"{fields[key].default!r})")
     return data
@@ -161,22 +161,23 @@ def load_recipe(path: str, cls) -> dict:
 def parse_config(cls: type[C], argv: list[str], prog: str = "mlm") -> C:
     """Recipe (optional) + flags -> a validated config instance of `cls`."""
     parser = _Parser(cls, prog).parser
-    recipe_path = _recipe_path(argv)
-    recipe = load_recipe(recipe_path, cls) if recipe_path else {}
+    path = recipe_path(argv)
+    recipe = load_recipe(path, cls) if path else {}
+    argv, nulls = _take_nulls(list(argv), {f.name for f in dataclasses.fields(cls) if f.default is None})
     # Recipe values go through the same string parsing as flags, so their types are checked too; "--key=value"
     # keeps a value that starts with "--" a value.
-    recipe_argv, nulls = [], {}
+    recipe_argv = []
     for key, value in recipe.items():
         if value is None:
-            nulls[key] = None
-        else:
+            nulls.setdefault(key, None)
+        elif key not in nulls:  # a flag's null wins over the recipe's value
             recipe_argv.append(f"--{key}={value}")
     parser.set_defaults(**nulls)
     try:
         *outputs, extra = parser.parse_args_into_dataclasses(recipe_argv + list(argv), return_remaining_strings=True)
     except ConfigError as e:
         bad = [key for key in recipe if f"--{key}" in str(e)]
-        raise ConfigError(f"{e} (from {recipe_path})" if bad and not _given(argv, bad[0]) else str(e)) from None
+        raise ConfigError(f"{e} (from {path})" if bad and not _given(argv, bad[0]) else str(e)) from None
     except TypeError as e:
         raise ConfigError(str(e)) from None
     cfg = outputs[0]  # outputs[1], when present, is the namespace holding --recipe
@@ -188,17 +189,33 @@ def parse_config(cls: type[C], argv: list[str], prog: str = "mlm") -> C:
     return cfg
 
 
-def _recipe_path(argv: list[str]) -> Optional[str]:
+def recipe_path(argv: list[str]) -> Optional[str]:
     """The value of --recipe PATH / --recipe=PATH (the last one wins, as for any flag)."""
     path = None
     for i, token in enumerate(argv):
         if token == "--recipe":
-            if i + 1 >= len(argv):
-                raise ConfigError("--recipe: expected a YAML file")
-            path = argv[i + 1]
+            path = argv[i + 1] if i + 1 < len(argv) else ""
         elif token.startswith("--recipe="):
             path = token.split("=", 1)[1]
+    if path is not None and not path.strip():  # e.g. an unset $RECIPE: never silently the defaults
+        raise ConfigError("--recipe: expected a YAML file, got nothing")
     return path
+
+
+def _take_nulls(argv: list[str], optional: set[str]) -> tuple[list[str], dict]:
+    """Flags `--key null` / `--key=null` of optional fields (default None), taken out of argv as {key: None}: the flag form of
+    a recipe's `key: null`, to unset a recipe's value."""
+    kept, nulls, i = [], {}, 0
+    while i < len(argv):
+        name, eq, value = argv[i][2:].partition("=") if argv[i].startswith("--") else ("", "", "")
+        if name in optional and eq and value.lower() == "null":
+            nulls[name], i = None, i + 1
+        elif name in optional and not eq and i + 1 < len(argv) and argv[i + 1].lower() == "null":
+            nulls[name], i = None, i + 2
+        else:
+            kept.append(argv[i])
+            i += 1
+    return kept, nulls
 
 
 def _given(argv: list[str], key: str) -> bool:

@@ -142,21 +142,25 @@ def build_packed_dataset(train, validation, tokenizer, max_seq_length: int, cach
 
 
 def _open(folder: str) -> tuple[PackedBlocks, PackedBlocks]:
+    damaged = f"{folder}/meta.json: damaged packing cache"
     try:
         with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
             meta = json.load(f)
     except ValueError as e:  # bad JSON or bytes: a damaged cache, not bad input
-        raise DataError(f"{folder}/meta.json: damaged packing cache ({e}): delete {folder} and run again") from None
+        raise DataError(f"{damaged} ({e}): delete {folder} and run again") from None
     blocks = []
     for split in SPLITS:
-        info = meta["splits"][split]
         path = os.path.join(folder, f"{split}.bin")
         if not os.path.isfile(path):
             raise DataError(f"{path}: missing from the packing cache: delete {folder} and run again")
-        last_length = meta["max_seq_length"] - info["pad_tokens"]
-        packed = PackedBlocks(path, meta["max_seq_length"], meta["dtype"], info["num_tokens"], last_length)
-        if len(packed) != info["blocks"]:
-            raise DataError(f"{path}: {len(packed)} blocks but meta.json says {info['blocks']}: delete {folder}")
+        try:
+            info, length = meta["splits"][split], meta["max_seq_length"]
+            packed = PackedBlocks(path, length, meta["dtype"], info["num_tokens"], length - info["pad_tokens"])
+            expected = info["blocks"]
+        except (KeyError, TypeError) as e:
+            raise DataError(f"{damaged} (no {e} for {split}): delete {folder} and run again") from None
+        if len(packed) != expected:
+            raise DataError(f"{path}: {len(packed)} blocks but meta.json says {expected}: delete {folder}")
         blocks.append(packed)
     return blocks[0], blocks[1]
 

@@ -206,6 +206,9 @@ def main(cfg: PretrainConfig) -> dict:
     from mlm.runlog import plot_losses, write_json
 
     check_output_dir(cfg)  # before minutes of tokenizer training and packing
+    cache = cfg.cache_dir or default_cache_dir()
+    if os.path.exists(cache) and not os.path.isdir(cache):
+        raise ConfigError(f"cache_dir: {cache} is a file, not a folder")
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
     train_corpus, valid_corpus = corpus_sources(

@@ -431,9 +431,18 @@ def test_pair_layouts_are_read_as_pairs_and_the_choice_is_saved(tmp_path, header
     cfg = config(write(tmp_path, "train.csv", f"{header}\n{values}\n"), **flags)
     (example,) = cls.load_splits(cfg)["train"]
     assert example.get("text_pair") == ("x" if pair else None)
-    # written back, so validation files, mlm_task.json and `mlm predict` use the same columns
-    assert (cfg.text_column, cfg.text_pair_column) == (text, pair or cls.NO_PAIR)
-    assert cls.is_pair_model(cfg) is (pair is not None)
+    # written back, so validation files, mlm_task.json and `mlm predict` read the same kind of input
+    assert cfg.text_pair_column == (pair or cls.NO_PAIR) and cls.is_pair_model(cfg) is (pair is not None)
+    assert cfg.text_column == (text if pair or "text_column" in flags else None)  # single: found per file
+
+
+def test_single_text_files_may_name_their_text_column_differently(tmp_path):
+    cfg = config(write(tmp_path, "train.csv", "text,label\ngood,pos\nbad,neg\n"),
+                 validation_file=write(tmp_path, "dev.tsv", "sentence\tlabel\nfun\tpos\n"))
+    splits = cls.load_splits(cfg)
+    assert splits["validation"][0]["text"] == "fun" and cfg.text_pair_column == cls.NO_PAIR
+    (ex,) = cls.examples_from_file(write(tmp_path, "in.jsonl", '{"sentence": "x"}\n'), cfg)  # predict, too
+    assert ex["text"] == "x"
 
 
 def test_predict_inputs_must_match_the_model_pairing(tmp_path):

@@ -163,6 +163,7 @@ def test_predict_checks_its_settings_before_any_work(tmp_path, tiny_bert_dir, ca
         (["--output", tmp_path / "missing" / "out.jsonl"], "does not exist"),
         (["--output", tmp_path / "out.csv"], "name the file .jsonl"),
         (["--output", questions], "is the --input file"),
+        (["--output", tmp_path], "is a folder"),
     ]:
         code, captured = run_cli(capsys, "predict", "--model", model_dir, "--input", questions, *flags)
         errors = [line for line in captured.err.splitlines() if line.startswith("mlm ")]

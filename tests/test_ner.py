@@ -105,6 +105,17 @@ def test_conll_with_byte_order_mark_crlf_and_gzip(tmp_path):
     assert ner.read_file(nbsp, config())[0]["tokens"] == ["10\u00a0000", "voters"]
 
 
+def test_test_split_may_have_no_tags(tmp_path):
+    train = write(tmp_path, "train.conll", "John B-PER\nruns O\n")
+    for name, text in (("test.conll", "Paris\n\nJohn\nruns\n"), ("test.jsonl", '{"tokens": ["Paris"]}\n')):
+        cfg = config(train_file=train, test_file=write(tmp_path, name, text))
+        splits = ner.load_splits(cfg)
+        assert splits["test"][0]["tokens"] == ["Paris"] and all("tags" not in ex for ex in splits["test"])
+        assert ner.metrics(splits["test"], [{"predicted_tags": ["O"]}] * len(splits["test"]), cfg, LABELS) == {}
+    with pytest.raises(DataError, match="name the same column"):  # validation still needs tags
+        ner.load_splits(config(train_file=train, validation_file=write(tmp_path, "dev.conll", "Paris\n")))
+
+
 def test_custom_token_and_tag_columns(tmp_path):
     path = write(tmp_path, "t.conll", "B-PER x John\nO y runs\n\nB-LOC z Paris\n")
     sentences = ner.read_file(path, config(token_column=2, tag_column=0))
@@ -398,6 +409,12 @@ def test_predict_reads_conll_files_with_or_without_tags(tmp_path):
     blind = ner.examples_from_file(write(tmp_path, "test.conll", "-DOCSTART-\n\nJohn\nruns\n\nParis\n"), config())
     assert [ex["tokens"] for ex in blind] == [["John", "runs"], ["Paris"]] and all("gold_tags" not in ex for ex in blind)
     assert blind[1]["_where"] == f"{tmp_path / 'test.conll'}:6"
+    # any name, when the lines end in tags (eng.testb) or a -DOCSTART- line opens the file
+    named = ner.examples_from_file(write(tmp_path, "eng.testb", "-DOCSTART- -X- O\n\nJohn NNP I-PER\n"), config())
+    assert [(ex["tokens"], ex["gold_tags"]) for ex in named] == [(["John"], ["B-PER"])]
+    assert ner.examples_from_file(write(tmp_path, "notes", "Paris B-LOC\n"), config())[0]["tokens"] == ["Paris"]
+    text = ner.examples_from_file(write(tmp_path, "plain.txt", "I like it O\nJohn ran .\n"), config())
+    assert [ex["tokens"] for ex in text] == [["I", "like", "it", "O"], ["John", "ran", "."]]
 
 
 def test_predict_shows_gold_tags_of_types_the_model_never_saw(tmp_path, tiny_tokenizer):
@@ -438,7 +455,10 @@ def test_raw_text_words_keep_character_offsets(tiny_tokenizer):
 @pytest.mark.parametrize("text,words", [
     ("Boutros-Ghali met U.S. officials, e.g. O'Neill.", ["Boutros-Ghali", "met", "U.S.", "officials", ",", "e.g.",
                                                         "O'Neill", "."]),
-    ('"Hi," she said... $5 (50%)', ['"', "Hi", ",", '"', "she", "said", ".", ".", ".", "$", "5", "(", "50", "%", ")"]),
+    ('"Hi," she said... $5 (50%)', ['"', "Hi", ",", '"', "she", "said", "...", "$", "5", "(", "50", "%", ")"]),
+    ("St. Louis signed J. Smith of Clinton's team -- again, didn't he?",
+     ["St.", "Louis", "signed", "J.", "Smith", "of", "Clinton", "'s", "team", "--", "again", ",", "did", "n't", "he",
+      "?"]),
     # decomposed accents and Devanagari vowel signs / virama are combining marks: part of their word
     ("Mu\u0308ller met \u0928\u0930\u0947\u0902\u0926\u094d\u0930", ["Mu\u0308ller", "met", "\u0928\u0930\u0947\u0902\u0926\u094d\u0930"]),
     ("李明在北京", ["李", "明", "在", "北", "京"]),  # one CJK ideograph per word, as BERT splits them
@@ -514,6 +534,7 @@ def test_config_checks_stride():
     with pytest.raises(ConfigError, match="stride"):
         config(max_seq_length=16, stride=9)
     assert config().task == "ner" and config().max_seq_length == 128
+    assert config().stride == 32 and config(max_seq_length=32).stride == 8  # the default fits short windows
 
 
 @pytest.mark.parametrize("recipe", ["recipes/finetune/ner.yaml", "recipes/finetune/ner-tiny.yaml"])

@@ -285,3 +285,13 @@ def test_ascii_shortcut_is_dropped_when_it_disagrees(tiny_tokenizer, monkeypatch
         lengths, tokens = encoder(texts)
     assert "disagrees" in caplog.text and encoder.plain is None
     assert tokens.tolist() == token_ids(tiny_tokenizer, "the movie") + token_ids(tiny_tokenizer, "the café")
+
+
+@pytest.mark.parametrize("meta", ["{not json", "{}", '{"splits": {"train": {}}}'])
+def test_a_damaged_cache_is_a_one_line_error(tmp_path, tiny_tokenizer, meta):
+    corpus = make_corpus(tmp_path, documents())
+    train, _ = build_packed_dataset(corpus, None, tiny_tokenizer, 16, str(tmp_path / "c"), 0)
+    with open(os.path.join(os.path.dirname(train.path), "meta.json"), "w") as f:
+        f.write(meta)
+    with pytest.raises(DataError, match="damaged packing cache"):
+        build_packed_dataset(corpus, None, tiny_tokenizer, 16, str(tmp_path / "c"), 0)

@@ -44,6 +44,11 @@ def test_recipe_values_and_flags_that_override_them(tmp_path, form):
     cfg = parse_config(PretrainConfig, argv)  # both spellings of --recipe read it
     assert (cfg.max_steps, cfg.learning_rate, cfg.warmup_steps, cfg.output_dir) == (7, 0.002, None, "--odd-name")
     assert parse_config(PretrainConfig, argv + ["--max_steps", "9"]).max_steps == 9  # a flag wins
+    assert parse_config(PretrainConfig, argv + ["--warmup_steps", "3"]).warmup_steps == 3
+    unset = parse_config(PretrainConfig, argv + ["--output_dir=x", "--validation_file", "null", "--warmup_steps=null"])
+    assert unset.validation_file is None and unset.warmup_steps is None  # a flag can unset a recipe's value
+    with pytest.raises(ConfigError, match="--recipe: expected a YAML file, got nothing"):
+        parse_config(PretrainConfig, ["--recipe="])
 
 
 @pytest.mark.parametrize("text,message", [
