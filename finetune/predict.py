@@ -104,6 +104,20 @@ def fit_windows(cfg, max_positions: int) -> None:
     cfg.max_seq_length = max_positions
 
 
+def apply_flags(cfg, args) -> None:
+    """--max_seq_length and the cls column flags override the run's settings."""
+    if args.max_seq_length is not None:
+        cfg.max_seq_length = args.max_seq_length
+    for name in ("text_column", "text_pair_column"):
+        if getattr(args, name) is None:
+            continue
+        if not hasattr(cfg, name):
+            raise ConfigError(f"--{name}: only the cls task reads text columns")
+        if name == "text_pair_column" and cfg.text_pair_column == "none":
+            raise ConfigError("--text_pair_column: this model classifies single texts, not pairs")
+        setattr(cfg, name, getattr(args, name))
+
+
 def check_lengths(cfg, max_positions: int, args) -> None:
     """cfg.check_lengths, its error naming the flag that made the lengths wrong."""
     try:
@@ -187,17 +201,10 @@ def main(argv: list[str]) -> None:
     if args.batch_size < 1:
         raise ConfigError(f"--batch_size: must be >= 1, got {args.batch_size}")
     check_output(args.output, args.input)
-    task, cfg, labels = load_task(args.model, checkpoint_positions(args.model))
-    if args.max_seq_length is not None:
-        cfg.max_seq_length = args.max_seq_length
-    for name in ("text_column", "text_pair_column"):
-        if getattr(args, name) is not None:
-            if not hasattr(cfg, name):
-                raise ConfigError(f"--{name}: only the cls task reads text columns")
-            if name == "text_pair_column" and cfg.text_pair_column == "none":
-                raise ConfigError("--text_pair_column: this model classifies single texts, not pairs")
-            setattr(cfg, name, getattr(args, name))
-    check_lengths(cfg, checkpoint_positions(args.model), args)
+    positions = checkpoint_positions(args.model)
+    task, cfg, labels = load_task(args.model, positions)
+    apply_flags(cfg, args)
+    check_lengths(cfg, positions, args)
     examples = read_inputs(task, cfg, args)
     if not examples:
         raise DataError(f"{args.input}: no inputs found")

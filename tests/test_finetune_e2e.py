@@ -68,6 +68,13 @@ def test_classification_fits_separable_data_and_predicts(tmp_path, tiny_bert_dir
     query = model.bert.encoder.layer[0].attention.self.query
     assert query.weight().dtype == torch.qint8 and query.weight().qscheme() == torch.per_channel_affine
 
+    reviews = tmp_path / "reviews.csv"  # another column name: --text_column says which
+    reviews.write_text("id,review\n7,a boring bad film\n")
+    code, captured = run_cli(capsys, "predict", "--model", out, "--input", reviews, "--text_column", "review")
+    assert code == 0 and json.loads(captured.out)["source"] == f"{reviews}:2"
+    code, captured = run_cli(capsys, "predict", "--model", out, "--text", "x", "--text_pair_column", "other")
+    assert code == 1 and "this model classifies single texts" in captured.err
+
     from transformers import pipeline
 
     clf = pipeline("text-classification", model=str(out))
