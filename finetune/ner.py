@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 import os
 import re
 import unicodedata
@@ -51,6 +50,7 @@ from finetune.metrics import chunks, convert_tags, entity_scores, to_iob2
 from mlm.config import arg
 from mlm.errors import ConfigError, DataError
 from mlm.records import decoded_lines, iter_records, require_columns
+from mlm.tokenizer import pre_tokenizer_steps
 
 AutoModel = transformers.AutoModelForTokenClassification
 
@@ -288,7 +288,7 @@ def _class_label_names(feature) -> Optional[list[str]]:
 # ------------------------------------------------------------------------------------------- tag schemes
 
 # The B/I/E/S prefixes each scheme may use; anything else is an error, not a silent guess.
-SCHEME_PREFIXES = {"iob1": "BI", "iob2": "BI", "iobes": "BIES", "bilou": "BILOU"}
+SCHEME_PREFIXES = {"iob1": "BI", "iob2": "BI", "iobes": "BIES", "bilou": "BILU"}
 
 
 def detect_scheme(tag_sequences: list[list[str]]) -> str:
@@ -423,9 +423,8 @@ def encode(examples: list[dict], tokenizer, cfg: Config, labels: list[str], with
 def _marks_spaces_in_tokens(tokenizer) -> bool:
     """Byte-level BPE (RoBERTa, GPT-2) without add_prefix_space: a word's tokens depend on the space before
     it, which split words do not carry, so each one needs it back (what add_prefix_space=True does)."""
-    config = json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
-    steps = config.get("pretokenizers", [config]) if config.get("type") == "Sequence" else [config]
-    return any(step.get("type") == "ByteLevel" and not step.get("add_prefix_space", False) for step in steps)
+    return any(step.get("type") == "ByteLevel" and not step.get("add_prefix_space", False)
+               for step in pre_tokenizer_steps(tokenizer))
 
 
 def _special_frame(tokenizer) -> tuple[list[int], list[int]]:
@@ -762,7 +761,7 @@ def _examples_from_records(path: str, cfg: Config) -> list[dict]:
     return _as_shown_gold(examples, cfg)
 
 
-_TAG_RE = re.compile(r"O|[BIESLU]-\S+")
+_TAG_RE = re.compile(r"O|[%s]-\S+" % "".join(sorted(set("".join(SCHEME_PREFIXES.values())))))
 
 
 def _looks_like_conll(path: str, tag_column: int) -> bool:

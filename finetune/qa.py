@@ -479,11 +479,8 @@ def answer_token_span(context: str, answers: dict, offsets: list) -> tuple[int, 
         return IGNORE, IGNORE
     text, char_start = located[0]
     char_end = char_start + len(text)
-    # Spaces at the edges of an answer belong to no token; trim them so the edge tokens are found.
-    while char_start < char_end and context[char_start].isspace():
-        char_start += 1
-    while char_end > char_start and context[char_end - 1].isspace():
-        char_end -= 1
+    # Spaces at the edges of an answer belong to no token; trim them so the window check finds the edge tokens.
+    char_start, char_end = _without_edge_spaces(context, char_start, char_end)
     context_tokens = [i for i, o in enumerate(offsets) if o is not None]
     if not context_tokens:
         return 0, 0
@@ -496,6 +493,15 @@ def answer_token_span(context: str, answers: dict, offsets: list) -> tuple[int, 
     if not overlapping:
         return 0, 0
     return overlapping[0], overlapping[-1]
+
+
+def _without_edge_spaces(text: str, start: int, end: int) -> tuple[int, int]:
+    """text[start:end] narrowed to drop the whitespace at both ends."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
 
 
 def collate(features: list[dict], tokenizer) -> dict[str, torch.Tensor]:
@@ -602,10 +608,7 @@ def predictions(
             score, char_start, char_end = best
             # Tokenizers that keep untrimmed offsets (byte-level BPE with trim_offsets off) count the space
             # before a word as part of it: an answer never starts or ends with whitespace.
-            while char_start < char_end and example["context"][char_start].isspace():
-                char_start += 1
-            while char_end > char_start and example["context"][char_end - 1].isspace():
-                char_end -= 1
+            char_start, char_end = _without_edge_spaces(example["context"], char_start, char_end)
             record.update(prediction_text=example["context"][char_start:char_end], start=char_start, end=char_end,
                           score=score)
         if v2:

@@ -129,15 +129,15 @@ def gather_masked(hidden: torch.Tensor, masked_positions: torch.Tensor) -> torch
 def continuation_pieces(tokenizer, vocab_size: int) -> np.ndarray:
     """(V,) bool: the tokens that continue the word before them. WordPiece marks continuations ("##ing");
     byte-level BPE (RoBERTa) and SentencePiece (XLM-R, ALBERT) mark word starts instead ("Ġword", "▁word")."""
+    from mlm.tokenizer import pre_tokenizer_steps
+
     backend = getattr(tokenizer, "backend_tokenizer", None)  # a slow (Python) tokenizer is taken for WordPiece
-    config = json.loads(backend.to_str()) if backend is not None else {"model": {"type": "WordPiece"}}
-    pre = config.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    model = json.loads(backend.to_str())["model"] if backend is not None else {"type": "WordPiece"}
     tokens = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
-    if config["model"]["type"] == "WordPiece":
-        prefix = config["model"].get("continuing_subword_prefix") or "##"
+    if model["type"] == "WordPiece":
+        prefix = model.get("continuing_subword_prefix") or "##"
         return np.array([t is not None and t.startswith(prefix) for t in tokens], dtype=bool)
-    for step in steps:
+    for step in pre_tokenizer_steps(tokenizer):
         start = {"ByteLevel": "\u0120", "Metaspace": step.get("replacement", "\u2581")}.get(step.get("type"))
         if start:
             return np.array([t is not None and not t.startswith(start) for t in tokens], dtype=bool)

@@ -345,7 +345,7 @@ def _build(train, validation, encoder, specials, max_seq_length, holdout, cache_
         }
         with open(os.path.join(tmp_dir, "meta.json"), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
-        _publish(tmp_dir, final_dir)
+        publish_folder(tmp_dir, final_dir, "meta.json")
     finally:
         worker.shutdown(wait=True, cancel_futures=True)
         bar.close()
@@ -380,13 +380,15 @@ def _hash_bucket(text: str) -> int:
     return int.from_bytes(digest, "little") % 10_000
 
 
-def _publish(tmp_dir: str, final_dir: str) -> None:
-    """Rename the finished folder into place; if another process got there first, keep theirs."""
+def publish_folder(tmp_dir: str, final_dir: str, marker: str) -> None:
+    """Rename a finished cache folder into place (atomic: no reader ever sees half of it); if another process
+    published one first (its `marker` file is there), keep theirs and drop ours."""
     try:
         os.rename(tmp_dir, final_dir)
     except OSError:
-        if not os.path.isfile(os.path.join(final_dir, "meta.json")):
+        if not os.path.isfile(os.path.join(final_dir, marker)):
             raise
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def _log_built(meta: dict, folder: str) -> None:

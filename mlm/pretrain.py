@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -114,6 +113,7 @@ def _cached_wordpiece(cfg: PretrainConfig, train_corpus) -> str:
     """The folder of a WordPiece trained on the corpus, from the cache or trained into it."""
     import hashlib
 
+    from mlm.packing import publish_folder
     from mlm.tokenizer import train_wordpiece
 
     key = f"{train_corpus.fingerprint()}|{cfg.vocab_size}|{cfg.do_lower_case}"
@@ -121,7 +121,7 @@ def _cached_wordpiece(cfg: PretrainConfig, train_corpus) -> str:
     if not os.path.isfile(os.path.join(path, "tokenizer.json")):
         tmp = path + f".tmp{os.getpid()}"
         train_wordpiece(train_corpus.documents(), tmp, vocab_size=cfg.vocab_size, lowercase=cfg.do_lower_case)
-        _rename_into_place(tmp, path)
+        publish_folder(tmp, path, "tokenizer.json")
     return path
 
 
@@ -140,12 +140,14 @@ def _publish_files(files: dict[str, bytes], cache: str) -> str:
     """Rank 0's tokenizer files in a folder named by their content (so any number of runs can share it)."""
     import hashlib
 
+    from mlm.packing import publish_folder
+
     digest = hashlib.sha256(b"".join(name.encode() + data for name, data in sorted(files.items()))).hexdigest()[:16]
     path = os.path.join(cache, f"from-rank0-{digest}")
     if not os.path.isfile(os.path.join(path, "tokenizer.json")):
         tmp = path + f".tmp{os.getpid()}"
         _write_files(files, tmp)
-        _rename_into_place(tmp, path)
+        publish_folder(tmp, path, "tokenizer.json")
     return path
 
 
@@ -154,17 +156,6 @@ def _write_files(files: dict[str, bytes], folder: str) -> None:
     for name, data in files.items():
         with open(os.path.join(folder, name), "wb") as f:
             f.write(data)
-
-
-def _rename_into_place(tmp: str, path: str) -> None:
-    """Atomic publish: a crash never leaves half a tokenizer in the cache; if another run published the
-    same one meanwhile, keep theirs."""
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not os.path.isfile(os.path.join(path, "tokenizer.json")):
-            raise
 
 
 def mlm_loss(model, batch):

@@ -13,6 +13,7 @@ implementations that read vocab.txt.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -115,6 +116,14 @@ def _save(tokenizer, output_dir: str, lowercase: bool) -> None:
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
     with open(os.path.join(output_dir, "vocab.txt"), "w", encoding="utf-8") as f:
         f.writelines(token + "\n" for token, _ in vocab)
+
+
+def pre_tokenizer_steps(tokenizer) -> list[dict]:
+    """The fast tokenizer's pre-tokenizer as a list of steps (tokenizer.json's "pre_tokenizer", a Sequence
+    flattened): how words are cut and marked (BertPreTokenizer, ByteLevel "Ġ", Metaspace "▁")."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    config = (json.loads(backend.to_str()).get("pre_tokenizer") if backend is not None else None) or {}
+    return config.get("pretokenizers", [config]) if config.get("type") == "Sequence" else [config]
 
 
 def fit_tokenizer_to_model(tokenizer, model) -> None:
