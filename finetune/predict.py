@@ -208,7 +208,7 @@ def main(argv: list[str]) -> None:
     examples = read_inputs(task, cfg, args)
     if not examples:
         raise DataError(f"{args.input}: no inputs found")
-    tokenizer = load_tokenizer(args.model)
+    tokenizer = load_tokenizer(args.model, field="--model")
     model = load_model(task, args.model, args.quantize)
     check_lengths(cfg, usable_positions(model.config, model), args)  # the model itself shows any position offset
     fit_tokenizer_to_model(tokenizer, model)

@@ -80,11 +80,13 @@ def main(cfg) -> dict:
 
     from finetune.inference import compute_outputs
     from finetune.tasks import TASKS
+    from mlm.hub import check_sources, tokenizer_source
     from mlm.loop import check_output_dir, make_accelerator, train
     from mlm.runlog import logger, plot_losses, write_json
     from mlm.tokenizer import fit_tokenizer_to_model, load_tokenizer
 
     task = TASKS[cfg.task]
+    check_sources(cfg)
     check_output_dir(cfg)  # before reading and encoding the data
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
@@ -97,7 +99,7 @@ def main(cfg) -> dict:
     logger.info("%s: %s; labels: %s", cfg.task, ", ".join(f"{len(v)} {k}" for k, v in splits.items()),
                 ", ".join(labels[:20]) + (" ..." if len(labels) > 20 else "") if labels else "-")
 
-    tokenizer = load_tokenizer(cfg.tokenizer_name or cfg.model_name_or_path)
+    tokenizer = load_tokenizer(*tokenizer_source(cfg))
     model = load_backbone(task, cfg, labels, len(tokenizer))
     fit_tokenizer_to_model(tokenizer, model)
     features = {

@@ -56,8 +56,11 @@ def preset_config(preset: str, vocab_size: int, max_position_embeddings: int = 5
     return BertConfig(vocab_size=vocab_size, max_position_embeddings=max_position_embeddings, **fields)
 
 
-def check_checkpoint_dir(path: str, field: str = "model_name_or_path") -> None:
-    """Fail with one line when a local path is not a Hugging Face checkpoint directory."""
+def check_checkpoint_dir(path: str, field: str = "model_name_or_path") -> str:
+    """`path` located (mlm.hub.locate); one-line error when it is a folder but not a Hugging Face checkpoint."""
+    from mlm.hub import locate
+
+    path = locate(path, field)
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise DataError(f"{field}: {path} is not a checkpoint directory (no config.json)")
@@ -69,8 +72,7 @@ def check_checkpoint_dir(path: str, field: str = "model_name_or_path") -> None:
         weights = [n for n in os.listdir(path) if n.endswith((".safetensors", ".bin")) or n.endswith(".index.json")]
         if not weights:
             raise DataError(f"{field}: {path} has a config.json but no weights (model.safetensors)")
-    elif os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") > 1:
-        raise DataError(f"{field}: {path} is not a directory")
+    return path
 
 
 def build_masked_lm(
@@ -82,10 +84,10 @@ def build_masked_lm(
     **overrides,
 ):
     """A BertForMaskedLM (or any AutoModelForMaskedLM) from a checkpoint, or fresh from a preset."""
-    from transformers import AutoConfig, AutoModelForMaskedLM, BertForMaskedLM
+    from transformers import AutoConfig, AutoModelForMaskedLM
 
     if model_name_or_path:
-        check_checkpoint_dir(model_name_or_path)
+        model_name_or_path = check_checkpoint_dir(model_name_or_path)
         shape = {k: v for k, v in overrides.items() if k in SHAPE_FIELDS and v is not None}
         dropout = {k: v for k, v in overrides.items() if k not in SHAPE_FIELDS and v is not None}
         try:
@@ -109,7 +111,7 @@ def build_masked_lm(
         check_vocabulary(model.config, vocab_size)
     else:
         max_positions = max(512, max_seq_length)
-        model = BertForMaskedLM._from_config(
+        model = AutoModelForMaskedLM.from_config(
             preset_config(preset, vocab_size, max_positions, **overrides), attn_implementation=attn_implementation
         )
     mlm_head(model)  # before any packing: a model whose head is unknown cannot be trained here

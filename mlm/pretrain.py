@@ -18,6 +18,7 @@ import torch
 
 from mlm.config import TrainingConfig, arg
 from mlm.errors import ConfigError
+from mlm.hub import check_sources, tokenizer_source
 
 logger = logging.getLogger("mlm")
 
@@ -92,7 +93,7 @@ def prepare_tokenizer(cfg: PretrainConfig, train_corpus, accelerator):
     from mlm.tokenizer import load_tokenizer
 
     if cfg.tokenizer_name or cfg.model_name_or_path:
-        return load_tokenizer(cfg.tokenizer_name or cfg.model_name_or_path)
+        return load_tokenizer(*tokenizer_source(cfg))
     files = None
     if accelerator.is_main_process:
         if cfg.resume_from_checkpoint and os.path.isfile(os.path.join(cfg.output_dir, "tokenizer.json")):
@@ -196,6 +197,7 @@ def main(cfg: PretrainConfig) -> dict:
     from mlm.packing import build_packed_dataset
     from mlm.runlog import plot_losses, write_json
 
+    check_sources(cfg)
     check_output_dir(cfg)  # before minutes of tokenizer training and packing
     cache = cfg.cache_dir or default_cache_dir()
     if os.path.exists(cache) and not os.path.isdir(cache):

@@ -137,20 +137,19 @@ def fit_tokenizer_to_model(tokenizer, model) -> None:
         tokenizer.model_input_names = [name for name in tokenizer.model_input_names if name != "token_type_ids"]
 
 
-def load_tokenizer(name_or_dir: str):
-    """A fast tokenizer from a local dir or a hub name; DataError/ConfigError (one line) when it is unusable."""
+def load_tokenizer(name_or_dir: str, field: str = "tokenizer_name"):
+    """A fast tokenizer from a local dir or a hub name; DataError/ConfigError (one line, naming `field` when the
+    folder is missing) when it is unusable."""
     from transformers import AutoTokenizer
 
-    name_or_dir = os.path.expanduser(name_or_dir)
+    from mlm.hub import locate
+
+    name_or_dir = locate(name_or_dir, field)
     is_local = os.path.isdir(name_or_dir)
     if is_local:
         files = set(os.listdir(name_or_dir))
         if not files & {"tokenizer.json", "vocab.txt", "tokenizer_config.json"}:
             raise DataError(f"{name_or_dir}: no tokenizer files here (expected tokenizer.json or vocab.txt)")
-    elif os.path.exists(name_or_dir) or name_or_dir.startswith((".", "/")):
-        # A path, not a hub name: say so instead of letting the hub client report a confusing lookup error.
-        what = "a file, not a tokenizer directory" if os.path.exists(name_or_dir) else "directory not found"
-        raise DataError(f"{name_or_dir}: {what}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_dir)
     except Exception as e:  # OSError (not found / offline), ValueError (unknown class), ...

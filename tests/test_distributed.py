@@ -2,8 +2,7 @@
 
 Every launched run asserts the world size it really had (metrics.json "num_processes": 2): accelerate
 happily starts one process, or two independent ones, and exits 0. The launch configs that need GPUs
-are checked with accelerate's own config loader and the checks `accelerate launch` makes before it
-starts anything.
+are checked in test_launch_configs.py.
 
     pytest -m distributed tests/test_distributed.py
 """
@@ -258,67 +257,3 @@ def test_finetune_on_two_ranks_evaluates_every_example_once(tmp_path, tiny_bert_
         if isinstance(value, float):
             assert metrics[f"eval_{key}"] == pytest.approx(value, abs=1e-6), key
     assert np.allclose([p["score"] for p in preds], [p["score"] for p in single_preds], atol=1e-5)
-
-
-# ---------------------------------------------------------------------------- launch configs (no processes)
-
-CONFIGS = os.path.join(ROOT, "recipes", "accelerate")
-CONFIG_CASES = [  # name, distributed_type, processes, machines, mixed precision
-    ("cpu-2proc", "MULTI_GPU", 2, 1, "no"),
-    ("single-gpu", "NO", 1, 1, "bf16"),
-    ("multi-gpu", "MULTI_GPU", 8, 1, "bf16"),
-    ("multi-node", "MULTI_GPU", 16, 2, "bf16"),
-    ("fsdp", "FSDP", 8, 1, "bf16"),
-    ("deepspeed-zero2", "DEEPSPEED", 8, 1, "bf16"),
-]
-
-
-@pytest.mark.parametrize("name, distributed_type, processes, machines, precision", CONFIG_CASES)
-def test_launch_configs_load_with_accelerate(name, distributed_type, processes, machines, precision):
-    from accelerate.commands.config.config_args import load_config_from_file
-
-    path = os.path.join(CONFIGS, f"{name}.yaml")
-    cfg = load_config_from_file(path)
-    assert str(cfg.distributed_type).split(".")[-1] == distributed_type
-    assert (cfg.num_processes, cfg.num_machines, str(cfg.mixed_precision).split(".")[-1]) == (processes, machines, precision)
-    assert cfg.use_cpu == (name == "cpu-2proc")
-    if name == "fsdp":
-        assert cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "BertLayer"
-        assert cfg.fsdp_config["fsdp_version"] == 2
-    if name == "deepspeed-zero2":
-        assert cfg.deepspeed_config["zero_stage"] == 2
-    if name == "multi-node":
-        assert cfg.rdzv_backend == "c10d" and cfg.main_process_port
-    with open(path) as f:
-        header = f.readline()
-    assert header.startswith("#")  # every config opens with what it is for and its run command
-
-
-@pytest.mark.parametrize("name, distributed_type, processes, machines, precision", CONFIG_CASES)
-def test_launch_configs_pass_accelerates_launch_checks(name, distributed_type, processes, machines, precision):
-    """What `accelerate launch --config_file X -m mlm pretrain` works out before it starts a process."""
-    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env, prepare_simple_launcher_cmd_env
-
-    extra = ["--machine_rank", "1", "--main_process_ip", "10.0.0.1"] if machines > 1 else []
-    args = launch_command_parser().parse_args(["--config_file", os.path.join(CONFIGS, f"{name}.yaml"), *extra,
-                                               "-m", "mlm", "pretrain"])
-    args, defaults, precision_from_config = _validate_launch_command(args)
-    if distributed_type == "DEEPSPEED":
-        fields = list(defaults.deepspeed_config) + (["mixed_precision"] if precision_from_config else [])
-        args.deepspeed_fields_from_accelerate_config = ",".join(fields)  # what launch_command sets
-        _, env = prepare_deepspeed_cmd_env(args)
-        assert env["ACCELERATE_USE_DEEPSPEED"] == "true" and env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "2"
-    elif distributed_type == "NO":
-        cmd, env = prepare_simple_launcher_cmd_env(args)
-        assert cmd[-3:] == ["-m", "mlm", "pretrain"] and env["CUDA_VISIBLE_DEVICES"] == "0"
-    else:  # torchrun underneath: processes per node, nodes
-        env = prepare_multi_gpu_env(args)
-        assert int(args.nproc_per_node) == processes // machines
-        if machines > 1:
-            assert int(args.nnodes) == machines and args.rdzv_endpoint == "10.0.0.1:29500"
-        if distributed_type == "FSDP":
-            assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
-    assert env["ACCELERATE_MIXED_PRECISION"] == precision
-    # A GPU config must not put the ranks on the CPU; the CPU config leaves it to mlm (see cpu-2proc.yaml).
-    assert env.get("ACCELERATE_USE_CPU", "False") in ("False", os.environ.get("ACCELERATE_USE_CPU"))

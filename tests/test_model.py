@@ -13,7 +13,7 @@ def _tiny_model(vocab=97, attn_implementation="sdpa"):
     config = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
                         attention_probs_dropout_prob=0.0)
-    return BertForMaskedLM._from_config(config, attn_implementation=attn_implementation).eval()
+    return AutoModelForMaskedLM.from_config(config, attn_implementation=attn_implementation).eval()
 
 
 def _masked_batch():
@@ -207,7 +207,7 @@ def test_build_rejects_bad_checkpoints_and_lengths(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no config.json"):
         build_masked_lm(str(tmp_path / "empty"), "mini", 100, 128)
-    with pytest.raises(DataError, match="not a directory"):
+    with pytest.raises(ConfigError, match=rf"^model_name_or_path: {tmp_path / 'missing'}: no such folder$"):
         build_masked_lm(str(tmp_path / "missing"), "mini", 100, 128)
     _tiny_model().save_pretrained(tmp_path / "ok")
     with pytest.raises(ConfigError, match="max_seq_length: 128 exceeds the model's 64 positions"):

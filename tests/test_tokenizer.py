@@ -102,10 +102,10 @@ def test_load_tokenizer_errors_name_the_path(tmp_path):
     empty.mkdir()
     with pytest.raises(DataError, match=rf"{empty}: no tokenizer files"):
         load_tokenizer(str(empty))
-    with pytest.raises(DataError, match="directory not found"):
+    with pytest.raises(ConfigError, match=rf"^tokenizer_name: {tmp_path / 'nope'}: no such folder$"):
         load_tokenizer(str(tmp_path / "nope"))
-    with pytest.raises(DataError, match="not a tokenizer directory"):
-        load_tokenizer(__file__)
+    with pytest.raises(ConfigError, match="^--model: .*: a file, not a model folder$"):
+        load_tokenizer(__file__, field="--model")
 
 
 def test_a_specials_only_vocabulary_fails_loudly(tmp_path):

@@ -1,0 +1,115 @@
+"""Where a model or tokenizer comes from: a local folder, or a Hugging Face hub id when the hub can be reached.
+
+Every loader asks `locate(name, field)` before `from_pretrained`, so that
+
+* a missing local path fails at once: `model_name_or_path: outputs/run: no such folder`;
+* a hub id on a machine that cannot reach the hub fails in seconds (one connection attempt, 3 s at most)
+  instead of after the hub client's retries (~70 s measured offline), unless the hub cache already holds it:
+  then offline mode is switched on (HF_HUB_OFFLINE, the hub client's documented switch) and the cache serves it.
+"""
+import os
+import re
+import socket
+from functools import lru_cache
+from typing import Optional
+from urllib.parse import urlparse
+
+from mlm.errors import ConfigError
+
+# What a hub id looks like: `name` or `owner/name`, of letters, digits and `-_.` (not starting with a dot).
+_HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+CONNECT_TIMEOUT_S = 3.0
+
+
+def locate(name: str, field: str) -> str:
+    """`name` as the loaders should take it (a local folder, `~` expanded, or a hub id); ConfigError when it
+    names nothing that can be loaded: a missing path, a file, or a hub id while the hub is unreachable."""
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise ConfigError(f"{field}: {name}: a file, not a model folder")
+    if _looks_like_path(name):
+        raise ConfigError(f"{field}: {name}: no such folder")
+    if hub_reachable():
+        return name
+    go_offline()
+    if _in_hub_cache(name):
+        return name
+    if "/" in name:  # folder/name or owner/name: offline, the folder is the likelier meaning
+        raise ConfigError(f"{field}: {name}: no such folder (nor a model id on the Hugging Face hub, which "
+                          "cannot be reached from here)")
+    raise ConfigError(
+            f"{field}: {name!r} is not a local folder and the Hugging Face hub cannot be reached from here; "
+            f"pass a checkpoint folder (e.g. --{field} outputs/pretrain-demo), or download it where the hub is "
+            "reachable (HF_HUB_OFFLINE=1 then reads it from the hub cache)")
+    return name
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name that cannot be a hub id, or whose first folder exists here: the user meant a local path."""
+    if not _HUB_ID.match(name):  # ./x, ~/x, /x, a/b/c, x/, spaces, backslashes, ...
+        return True
+    return "/" in name and os.path.isdir(name.split("/", 1)[0])
+
+
+def hub_offline() -> bool:
+    """Offline mode as the hub client reads it (HF_HUB_OFFLINE, or transformers' TRANSFORMERS_OFFLINE)."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+@lru_cache(maxsize=None)
+def _endpoint_reachable(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+        return True
+    except OSError:  # no DNS, refused, timed out
+        return False
+
+
+def hub_reachable() -> bool:
+    """One TCP connection to the hub endpoint (HF_ENDPOINT, e.g. a mirror), cached per process."""
+    if hub_offline():
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    return _endpoint_reachable(url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443))
+
+
+def go_offline() -> None:
+    """Switch the hub client to its cache only, for this process and the ones it starts: no further lookups
+    that can only time out. huggingface_hub reads the variable at import, so its constant is set too."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return
+    constants.HF_HUB_OFFLINE = True
+
+
+def _in_hub_cache(repo_id: str) -> Optional[str]:
+    """A cached file of the repo (any model or tokenizer has one of these), or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("config.json", "tokenizer_config.json"):
+        try:
+            found = try_to_load_from_cache(repo_id, filename)
+        except ValueError:  # not a valid repo id after all (e.g. "a--b")
+            return None
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def check_sources(cfg) -> None:
+    """Locate the model and tokenizer a run's config names, before any data is read or any folder written."""
+    for field in ("model_name_or_path", "tokenizer_name"):
+        if getattr(cfg, field, None):
+            locate(getattr(cfg, field), field)
+
+
+def tokenizer_source(cfg) -> tuple[str, str]:
+    """The tokenizer a run loads and the field that named it: `tokenizer_name`, else the model's own."""
+    if cfg.tokenizer_name:
+        return cfg.tokenizer_name, "tokenizer_name"
+    return cfg.model_name_or_path, "model_name_or_path"
