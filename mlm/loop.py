@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
-from mlm.checkpoint import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
+from mlm.checkpoint import list_checkpoints, load_best_weights, load_checkpoint, resolve_resume, save_checkpoint
 from mlm.config import TrainingConfig
 from mlm.errors import ConfigError, DataError
 from mlm.runlog import RunLog, logger, setup_console_logging
@@ -86,12 +86,12 @@ def _has_device() -> bool:
     return torch.cuda.is_available()
 
 
-def check_output_dir(cfg: TrainingConfig) -> Optional[str]:
+def check_output_dir(cfg: TrainingConfig, warn: bool = False) -> Optional[str]:
     """Refuse to clobber a finished or checkpointed run, or a saved model (the backbone itself, say), unless
     asked; return the checkpoint to resume. Side-effect free: commands call it before their slow preparation."""
     if os.path.exists(cfg.output_dir) and not os.path.isdir(cfg.output_dir):
         raise ConfigError(f"output_dir: {cfg.output_dir} is a file, not a folder")
-    resume = resolve_resume(cfg.output_dir, cfg.resume_from_checkpoint)
+    resume = resolve_resume(cfg.output_dir, cfg.resume_from_checkpoint, warn)
     if resume is None and not cfg.overwrite_output_dir:
         held = [name for name in ("metrics.json", "config.json") if os.path.exists(os.path.join(cfg.output_dir, name))]
         if held or list_checkpoints(cfg.output_dir):
@@ -105,7 +105,7 @@ def check_output_dir(cfg: TrainingConfig) -> Optional[str]:
 
 def prepare_output_dir(cfg: TrainingConfig, accelerator) -> Optional[str]:
     """check_output_dir, then clear old checkpoints when overwriting; return the checkpoint to resume."""
-    resume = check_output_dir(cfg)
+    resume = check_output_dir(cfg, warn=accelerator.is_main_process)
     if resume is None and cfg.overwrite_output_dir and accelerator.is_main_process:
         # Starting over: nothing of the old run may pass for the new one's (model files are replaced at the end).
         for name in ("checkpoints", "predictions"):
@@ -345,13 +345,13 @@ def train(
 
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
+    # The scheduler is not prepared: an AcceleratedScheduler would step once per process per optimizer step.
     model, optimizer = accelerator.prepare(model, optimizer)
-    # Not prepared: an AcceleratedScheduler would step once per process per optimizer step.
-    accelerator.register_for_checkpointing(scheduler)
+    objects = (model, optimizer, scheduler)
 
     state = TrainState(num_processes=world, total_steps=total_steps)
     if resume:
-        saved = load_checkpoint(accelerator, resume)  # refuses another number of processes
+        saved = load_checkpoint(accelerator, objects, resume)  # refuses another number of processes
         state = TrainState(**{**saved, "total_steps": total_steps})
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume, state.step, state.epoch, state.position)
     if cfg.report_to != "none":
@@ -442,7 +442,7 @@ def train(
             last_eval_step = state.step
             stop = _update_best(cfg, state, last_metrics)
         if state.step % save_every == 0 or state.step == total_steps or stop:
-            _save(cfg, accelerator, state)
+            _save(cfg, accelerator, objects, state)
         interval_start += time.perf_counter() - pause
     progress.close()
 
@@ -455,7 +455,7 @@ def train(
     if use_best and state.best_step != state.step:
         logger.info("restoring the best checkpoint (step %d, %s = %.4f)", state.best_step,
                     cfg.metric_for_best_model, state.best_metric)
-        accelerator.load_state(os.path.join(cfg.output_dir, "checkpoints", f"step-{state.best_step}"))
+        load_best_weights(accelerator, model, os.path.join(cfg.output_dir, "checkpoints", f"step-{state.best_step}"))
     final = {"global_step": state.step, **((state.best_metrics if use_best else last_metrics) or {})}
     if use_best:
         final["best_step"] = state.best_step
@@ -531,12 +531,12 @@ def _update_best(cfg: TrainingConfig, state: TrainState, metrics: dict) -> bool:
     return patience is not None and state.evals_without_improvement >= patience
 
 
-def _save(cfg: TrainingConfig, accelerator, state: TrainState) -> None:
+def _save(cfg: TrainingConfig, accelerator, objects: tuple, state: TrainState) -> None:
     keep = set()
     if state.best_step is not None:
         keep.add(os.path.join(cfg.output_dir, "checkpoints", f"step-{state.best_step}"))
-    record = {k: v for k, v in dataclasses.asdict(state).items()}
-    save_checkpoint(accelerator, cfg.output_dir, state.step, record, cfg.save_total_limit, keep)
+    save_checkpoint(accelerator, objects, cfg.output_dir, state.step, dataclasses.asdict(state),
+                    dataclasses.asdict(cfg), cfg.save_total_limit, keep)
 
 
 def _progress_bar(cfg, accelerator, total: int, initial: int):
