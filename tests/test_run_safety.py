@@ -3,11 +3,17 @@ the output_dir lock, overwrites that move aside, lineage of resumed runs, change
 import json
 import os
 import pickle
+import re
+import signal
+import sys
+import time
 
 import pytest
 import torch
 
+from dist_helpers import finish, start, start_launch
 from mlm.errors import DataError
+from test_distributed import pretrain_args
 from test_loop import run, squared_error
 
 
@@ -128,3 +134,88 @@ def test_checkpoint_files_and_folder_are_synced_before_the_rename(tmp_path, monk
     assert {".", "model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json", "rng_state_0.json",
             "trainer_state.json", "manifest.json"} <= synced
     assert ("fsync", str(tmp_path / "run" / "checkpoints")) in events[rename:]
+
+
+# ------------------------------------------------------------------------------------------ 8. signals
+
+
+def wait_for_steps(output_dir, steps: int, proc, timeout: float = 180) -> None:
+    """Until log.jsonl holds `steps` training lines (the run is in its loop)."""
+    deadline = time.monotonic() + timeout
+    log = output_dir / "log.jsonl"
+    while time.monotonic() < deadline:
+        if log.exists() and log.read_text().count('"loss"') >= steps:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended early:\n{proc.communicate()[1][-3000:]}")
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError("the run did not reach its training loop")
+
+
+def endless(corpus_file, output_dir) -> list[str]:
+    """A tiny pretraining run that would go on for a long time: only a signal ends it."""
+    corpus = {"file": corpus_file, "cache": os.path.join(os.path.dirname(corpus_file), "cache")}
+    return pretrain_args(corpus, output_dir, max_steps=100000, save_steps=50000, eval_steps=50000)
+
+
+def stopped_checkpoint(result, pattern: str, ranks: int = 1) -> int:
+    """The step of the checkpoint that a stopped run names in its one-line message (checked intact)."""
+    from mlm.checkpoint import checkpoint_problem
+
+    lines = [line for line in result.stderr.splitlines() if line.startswith("mlm pretrain: ")]
+    assert lines and all(re.search(pattern, line) for line in lines), result.stderr[-3000:]
+    match = re.search(r"at step (\d+): checkpoint written to (\S+);", lines[0])
+    step, path = int(match.group(1)), match.group(2)
+    assert step >= 3 and checkpoint_problem(path) is None
+    assert json.loads(open(os.path.join(path, "trainer_state.json")).read())["step"] == step
+    assert all(os.path.isfile(os.path.join(path, f"rng_state_{r}.json")) for r in range(ranks))
+    return step
+
+
+def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_nonzero(sentence_corpus, tmp_path):
+    out = tmp_path / "run"
+    proc = start([sys.executable, "-m", "mlm", *endless(sentence_corpus, out)])
+    wait_for_steps(out, 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    result = finish(proc, 120, time.perf_counter())
+    assert result.returncode == 128 + signal.SIGTERM and "Traceback" not in result.stderr
+    stopped_checkpoint(result, r"^mlm pretrain: stopped by SIGTERM at step \d+: checkpoint written to .*; continue "
+                               r"with --resume_from_checkpoint latest$")
+
+
+def rank_pids(launcher: int) -> dict[int, int]:
+    """{rank: pid} of the processes under a launcher (their environment holds RANK)."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        rank = [e[5:] for e in environ if e.startswith(b"RANK=")]
+        if ppid == launcher and rank:
+            found[int(rank[0])] = int(pid)
+    return found
+
+
+@pytest.mark.distributed
+def test_sigusr1_on_one_rank_stops_both_ranks_after_a_checkpoint(sentence_corpus, tmp_path):
+    out = tmp_path / "run"
+    proc = start_launch(endless(sentence_corpus, out))
+    wait_for_steps(out, 3, proc)
+    os.kill(rank_pids(proc.pid)[1], signal.SIGUSR1)
+    result = finish(proc, 180, time.perf_counter())
+    assert result.returncode != 0
+    stopped_checkpoint(result, r"stopped( by SIGUSR1|: another rank was asked to stop) at step", ranks=2)
+
+
+@pytest.mark.distributed
+def test_ranks_save_and_stop_when_the_launcher_is_killed(sentence_corpus, tmp_path):
+    out = tmp_path / "run"
+    proc = start_launch(endless(sentence_corpus, out))
+    wait_for_steps(out, 3, proc)
+    os.kill(proc.pid, signal.SIGKILL)  # the launcher alone: its ranks live on
+    result = finish(proc, 180, time.perf_counter())  # until the ranks close its output
+    stopped_checkpoint(result, r"stopped: the launcher \(pid \d+\) is gone at step", ranks=2)
