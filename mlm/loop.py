@@ -18,7 +18,6 @@ import dataclasses
 import datetime
 import math
 import os
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -29,9 +28,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
-from mlm.checkpoint import list_checkpoints, load_best_weights, load_checkpoint, resolve_resume, save_checkpoint
+from mlm.checkpoint import load_best_weights, load_checkpoint, save_checkpoint
 from mlm.config import TrainingConfig
 from mlm.errors import ConfigError, DataError
+from mlm.run_dir import run_directory
 from mlm.runlog import RunLog, logger, setup_console_logging
 from mlm.signals import Preempted, StopRequest
 
@@ -85,39 +85,6 @@ def _has_device() -> bool:
     if hasattr(torch, "accelerator"):
         return torch.accelerator.is_available()
     return torch.cuda.is_available()
-
-
-def check_output_dir(cfg: TrainingConfig, warn: bool = False) -> Optional[str]:
-    """Refuse to clobber a finished or checkpointed run, or a saved model (the backbone itself, say), unless
-    asked; return the checkpoint to resume. Side-effect free: commands call it before their slow preparation."""
-    if os.path.exists(cfg.output_dir) and not os.path.isdir(cfg.output_dir):
-        raise ConfigError(f"output_dir: {cfg.output_dir} is a file, not a folder")
-    resume = resolve_resume(cfg.output_dir, cfg.resume_from_checkpoint, warn)
-    if resume is None and not cfg.overwrite_output_dir:
-        held = [name for name in ("metrics.json", "config.json") if os.path.exists(os.path.join(cfg.output_dir, name))]
-        if held or list_checkpoints(cfg.output_dir):
-            what = "a saved model" if held == ["config.json"] else "a run"
-            raise ConfigError(
-                f"output_dir: {cfg.output_dir} already holds {what}; pass --resume_from_checkpoint latest to continue "
-                "a run, --overwrite_output_dir to replace it, or choose another output_dir"
-            )
-    return resume
-
-
-def prepare_output_dir(cfg: TrainingConfig, accelerator) -> Optional[str]:
-    """check_output_dir, then clear old checkpoints when overwriting; return the checkpoint to resume."""
-    resume = check_output_dir(cfg, warn=accelerator.is_main_process)
-    if resume is None and cfg.overwrite_output_dir and accelerator.is_main_process:
-        # Starting over: nothing of the old run may pass for the new one's (model files are replaced at the end).
-        for name in ("checkpoints", "predictions"):
-            shutil.rmtree(os.path.join(cfg.output_dir, name), ignore_errors=True)
-        for name in ("metrics.json", "loss.png"):
-            if os.path.isfile(os.path.join(cfg.output_dir, name)):
-                os.remove(os.path.join(cfg.output_dir, name))
-    if accelerator.is_main_process:
-        os.makedirs(cfg.output_dir, exist_ok=True)
-    accelerator.wait_for_everyone()
-    return resume
 
 
 def matmul_peak_flops(device, dtype=torch.float32, size: int = 2048, repeats: int = 5) -> float:
@@ -309,6 +276,14 @@ def plan_steps(cfg: TrainingConfig, batches_per_epoch: int, accumulation: int) -
     return max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch)), steps_per_epoch
 
 
+def check_plan(cfg: TrainingConfig, accelerator, num_examples: int) -> None:
+    """What train() can refuse, checked before output_dir is touched: a bad setting must cost nothing."""
+    cfg.accumulation_steps(accelerator.num_processes)
+    if num_examples < accelerator.num_processes:
+        raise DataError(f"training data has {num_examples} examples: fewer than the {accelerator.num_processes} "
+                        "processes")
+
+
 def train(
     cfg: TrainingConfig,
     accelerator,
@@ -327,12 +302,17 @@ def train(
     Returns the metrics of the run: global_step, train_loss, throughput, and eval_* of the final (or best)
     model. `evaluate(model)` runs on every rank and returns the same metrics everywhere.
     """
-    resume = prepare_output_dir(cfg, accelerator)
+    check_plan(cfg, accelerator, len(train_data))
+    with run_directory(cfg, accelerator) as resume:
+        return _train(cfg, accelerator, resume, model, train_data, collate_fn, loss_fn, evaluate, export, lengths,
+                      flops_per_token)
+
+
+def _train(cfg, accelerator, resume, model, train_data, collate_fn, loss_fn, evaluate, export, lengths,
+           flops_per_token) -> dict:
     world, rank = accelerator.num_processes, accelerator.process_index
     accumulation = cfg.accumulation_steps(world)
     sampler = ShardedBatchSampler(len(train_data), cfg.per_device_train_batch_size, rank, world, cfg.seed, True, lengths)
-    if len(sampler) == 0:
-        raise DataError(f"training data has {len(train_data)} examples: fewer than the {world} processes")
     total_steps, steps_per_epoch = plan_steps(cfg, len(sampler), accumulation)
     eval_every = cfg.eval_steps or steps_per_epoch
     select_best = bool(cfg.metric_for_best_model and evaluate is not None)

@@ -219,3 +219,121 @@ def test_ranks_save_and_stop_when_the_launcher_is_killed(sentence_corpus, tmp_pa
     os.kill(proc.pid, signal.SIGKILL)  # the launcher alone: its ranks live on
     result = finish(proc, 180, time.perf_counter())  # until the ranks close its output
     stopped_checkpoint(result, r"stopped: the launcher \(pid \d+\) is gone at step", ranks=2)
+
+
+# --------------------------------------------------------------------------------------------- 7. lock
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys):
+    import socket
+    import subprocess
+
+    from mlm.errors import ConfigError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = out / "run.lock"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid, "started": "2026-01-01 00:00:00"}))
+        with pytest.raises(ConfigError, match=rf"output_dir: .*run is in use by another run \(pid {other.pid} on "
+                                              rf"{socket.gethostname()}, started 2026-01-01 00:00:00\)"):
+            run(tmp_path, "run", max_steps=2)
+        assert os.listdir(out) == ["run.lock"]
+    finally:
+        other.kill()
+        other.wait()
+    seen = {}
+
+    def watching(model, batch):
+        seen.update(json.loads(lock.read_text()))
+        return squared_error(model, batch)
+
+    capsys.readouterr()
+    run(tmp_path, "run", loss_fn=watching, max_steps=2)  # the other run is gone: its lock is stale
+    assert f"taking over the lock of pid {other.pid}" in capsys.readouterr().err
+    assert seen["pid"] == os.getpid() and seen["host"] == socket.gethostname()
+    assert not lock.exists()  # released at the end
+
+
+# ------------------------------------------------------------------------------ 2, 3. overwrite moves aside
+
+
+def old_runs(tmp_path, name):
+    return sorted(p for p in tmp_path.iterdir() if p.name.startswith(f"{name}.old-"))
+
+
+def test_a_bad_setting_is_refused_before_the_previous_run_is_touched(tmp_path):
+    from mlm.errors import ConfigError
+
+    run(tmp_path, "run", max_steps=10)
+    before = sorted(os.listdir(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="global_batch_size: 12 is not a multiple"):
+        run(tmp_path, "run", overwrite_output_dir=True, global_batch_size=12)
+    with pytest.raises(DataError, match="training data has 0 examples"):
+        from mlm.config import TrainingConfig
+        from mlm.loop import make_accelerator, train
+        from test_loop import Toy, collate
+
+        cfg = TrainingConfig(output_dir=str(tmp_path / "run"), overwrite_output_dir=True, disable_tqdm=True)
+        train(cfg, make_accelerator(cfg), Toy(), [], collate, squared_error)
+    assert sorted(os.listdir(tmp_path / "run")) == before and not old_runs(tmp_path, "run")
+
+
+def test_an_overwrite_that_fails_later_keeps_the_previous_run_aside(tmp_path):
+    from mlm.config import TrainingConfig
+    from mlm.errors import ConfigError
+    from mlm.loop import make_accelerator, train
+    from test_loop import Toy, collate, toy_data
+
+    run(tmp_path, "run", max_steps=10)
+    (tmp_path / "run" / "metrics.json").write_text('{"old": 1}')
+    cfg = TrainingConfig(output_dir=str(tmp_path / "run"), overwrite_output_dir=True, max_steps=4, eval_steps=2,
+                         metric_for_best_model="acuracy", disable_tqdm=True)  # the typo shows at the first evaluation
+    with pytest.raises(ConfigError, match="metric_for_best_model: 'acuracy' is not among"):
+        train(cfg, make_accelerator(cfg), Toy(), toy_data(), collate, squared_error, lambda m: {"accuracy": 1.0})
+    [old] = old_runs(tmp_path, "run")
+    assert (old / "metrics.json").read_text() == '{"old": 1}'
+    assert sorted(os.listdir(old / "checkpoints")) == ["step-10"] and (old / "log.jsonl").exists()
+    assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_overwriting_a_pretraining_run_never_pairs_the_old_model_with_the_new_tokenizer(sentence_corpus, tmp_path,
+                                                                                        monkeypatch):
+    import mlm.pretrain as pretrain
+    from test_pretrain_e2e import tiny_args
+
+    out = tmp_path / "run"
+    pretrain.main(tiny_args(sentence_corpus, out, tmp_path / "cache", max_steps=2, eval_steps=2, save_steps=2))
+    old_vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+
+    def killed(model, batch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain, "mlm_loss", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.main(tiny_args(sentence_corpus, out, tmp_path / "cache", vocab_size=150, overwrite_output_dir=True))
+    assert not (out / "config.json").exists() and not (out / "model.safetensors").exists()
+    assert json.loads((out / "tokenizer.json").read_text())["model"]["vocab"] != old_vocab
+    [old] = old_runs(tmp_path, "run")
+    assert json.loads((old / "tokenizer.json").read_text())["model"]["vocab"] == old_vocab
+    assert (old / "model.safetensors").exists() and (old / "checkpoints" / "step-2").is_dir()
+
+
+def test_the_demo_recipe_never_destroys_checkpoints(sentence_corpus, tmp_path, capsys):
+    from dist_helpers import ROOT
+    from mlm.cli import main as cli_main
+
+    out = tmp_path / "demo"
+    argv = ["pretrain", "--recipe", os.path.join(ROOT, "recipes", "pretrain", "demo.yaml"), "--train_file",
+            sentence_corpus, "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--vocab_size", "200",
+            "--max_seq_length", "32", "--model_preset", "tiny", "--hidden_size", "32", "--intermediate_size", "64",
+            "--num_attention_heads", "2", "--per_device_train_batch_size", "8", "--max_steps", "2", "--save_steps", "2",
+            "--eval_steps", "2", "--disable_tqdm", "true"]
+    assert cli_main(argv) == 0
+    checkpoint = (out / "checkpoints" / "step-2" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert cli_main(argv) == 1  # `make pretrain` again: refused, not started over
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mlm ")]
+    assert len(errors) == 1 and "already holds a run; pass --resume_from_checkpoint latest" in errors[0]
+    assert (out / "checkpoints" / "step-2" / "model.safetensors").read_bytes() == checkpoint
