@@ -31,6 +31,7 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs
 from mlm.checkpoint import load_best_weights, load_checkpoint, save_checkpoint
 from mlm.config import TrainingConfig
 from mlm.errors import ConfigError, DataError
+from mlm.resume_settings import settings_of
 from mlm.run_dir import run_directory
 from mlm.runlog import RunLog, logger, setup_console_logging
 from mlm.signals import Preempted, StopRequest
@@ -522,8 +523,8 @@ def _save(cfg: TrainingConfig, accelerator, objects: tuple, state: TrainState) -
     keep = set()
     if state.best_step is not None:
         keep.add(os.path.join(cfg.output_dir, "checkpoints", f"step-{state.best_step}"))
-    save_checkpoint(accelerator, objects, cfg.output_dir, state.step, dataclasses.asdict(state),
-                    dataclasses.asdict(cfg), cfg.save_total_limit, keep)
+    save_checkpoint(accelerator, objects, cfg.output_dir, state.step, dataclasses.asdict(state), settings_of(cfg),
+                    cfg.save_total_limit, keep)
 
 
 def _preempted(cfg: TrainingConfig, state: TrainState, preemption: StopRequest) -> Preempted:

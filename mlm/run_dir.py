@@ -15,6 +15,7 @@ from typing import Optional
 from mlm import run_lock
 from mlm.checkpoint import checkpoints_root, list_checkpoints, read_trainer_state, resolve_resume
 from mlm.errors import ConfigError
+from mlm.resume_settings import check_unchanged
 
 logger = logging.getLogger("mlm")
 
@@ -52,6 +53,8 @@ def run_directory(cfg, accelerator):
         return
     main = accelerator.is_main_process
     resume = check_output_dir(cfg, warn=main)
+    if resume is not None:
+        check_unchanged(cfg, resume)
     if main:
         os.makedirs(cfg.output_dir, exist_ok=True)
         run_lock.acquire(cfg.output_dir)

@@ -337,3 +337,44 @@ def test_the_demo_recipe_never_destroys_checkpoints(sentence_corpus, tmp_path, c
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mlm ")]
     assert len(errors) == 1 and "already holds a run; pass --resume_from_checkpoint latest" in errors[0]
     assert (out / "checkpoints" / "step-2" / "model.safetensors").read_bytes() == checkpoint
+
+
+# ------------------------------------------------------------------------------------------ 4. lineage
+
+
+def test_a_rollback_owns_its_checkpoints_and_the_abandoned_future_is_moved_aside(tmp_path, capsys):
+    from mlm.checkpoint import resolve_resume
+
+    run(tmp_path, "run", max_steps=25, save_steps=5, save_total_limit=5)
+    root = tmp_path / "run" / "checkpoints"
+    assert sorted(os.listdir(root)) == [f"step-{s}" for s in (10, 15, 20, 25, 5)]
+    capsys.readouterr()
+    # Roll back to step-10 and stop right after the first save (step-15) of the new trajectory.
+    interrupted(tmp_path, "run", calls=6, max_steps=25, save_steps=5, save_total_limit=2,
+                resume_from_checkpoint=str(root / "step-10"))
+    assert "later checkpoints step-15, step-20, step-25 of the abandoned run were moved to" in capsys.readouterr().err
+    [abandoned] = [p for p in os.listdir(root) if p.startswith("abandoned-")]
+    assert sorted(os.listdir(root / abandoned)) == ["step-15", "step-20", "step-25"]
+    assert sorted(p for p in os.listdir(root) if p.startswith("step-")) == ["step-10", "step-15"]
+    assert resolve_resume(str(tmp_path / "run"), "latest") == str(root / "step-15")
+
+
+# ------------------------------------------------------------------------------------- 5. settings
+
+
+@pytest.mark.parametrize("change, shown", [
+    ({"learning_rate": 0.1}, "learning_rate 0.05 -> 0.1"),
+    ({"per_device_train_batch_size": 4}, "per_device_train_batch_size 8 -> 4"),
+    ({"gradient_accumulation_steps": 2, "seed": 7}, "gradient_accumulation_steps 1 -> 2; seed 42 -> 7"),
+    ({"max_steps": 30}, "max_steps 20 -> 30"),
+])
+def test_resume_refuses_changed_settings_with_the_list_of_differences(tmp_path, change, shown):
+    from mlm.errors import ConfigError
+
+    interrupted(tmp_path, "run")
+    log = (tmp_path / "run" / "log.jsonl").read_text()
+    with pytest.raises(ConfigError, match=rf"step-10 was written with other settings \({re.escape(shown)}\); a resumed"):
+        run(tmp_path, "run", resume_from_checkpoint="latest", **change)
+    assert (tmp_path / "run" / "log.jsonl").read_text() == log  # nothing touched
+    metrics, _, _ = run(tmp_path, "run", resume_from_checkpoint="latest", logging_steps=5, save_total_limit=3)
+    assert metrics["global_step"] == 20  # where and how often things are written may change
