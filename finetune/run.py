@@ -63,11 +63,12 @@ def parse_finetune_args(argv: list[str]):
 def load_backbone(task, cfg, labels, tokenizer_size: int):
     """The task model on the backbone: a new head on top of the pretrained encoder."""
     from mlm.errors import DataError
-    from mlm.model import check_checkpoint_dir, check_vocabulary, usable_positions
+    from mlm.model import check_checkpoint_dir, check_vocabulary, loading_kwargs, usable_positions
 
-    check_checkpoint_dir(cfg.model_name_or_path)
+    check_checkpoint_dir(cfg.model_name_or_path, allow_pickle=cfg.allow_pickle_weights)
     try:
-        model = task.AutoModel.from_pretrained(cfg.model_name_or_path, **task.model_kwargs(cfg, labels))
+        model = task.AutoModel.from_pretrained(cfg.model_name_or_path, **task.model_kwargs(cfg, labels),
+                                               **loading_kwargs(cfg.allow_pickle_weights))
     except (OSError, ValueError) as e:
         raise DataError(f"model_name_or_path: cannot load {cfg.model_name_or_path}: {str(e).splitlines()[0]}") from None
     cfg.check_lengths(usable_positions(model.config, model))

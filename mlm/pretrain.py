@@ -216,6 +216,7 @@ def main(cfg: PretrainConfig) -> dict:
         hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
         num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
         hidden_dropout_prob=cfg.hidden_dropout_prob, attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
+        allow_pickle_weights=cfg.allow_pickle_weights,
     )
     with accelerator.main_process_first():  # rank 0 tokenises and packs; the others then hit the cache
         train_blocks, valid_blocks = build_packed_dataset(

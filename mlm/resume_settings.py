@@ -20,6 +20,7 @@ FREE = frozenset({
     "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "cache_dir", "logging_steps", "eval_steps",
     "save_steps", "save_total_limit", "per_device_eval_batch_size", "max_eval_samples", "validation_file",
     "test_file", "early_stopping_patience", "load_best_model_at_end", "ddp_timeout", "report_to", "disable_tqdm",
+    "allow_pickle_weights",
 })
 
 

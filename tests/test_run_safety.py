@@ -378,3 +378,67 @@ def test_resume_refuses_changed_settings_with_the_list_of_differences(tmp_path, 
     assert (tmp_path / "run" / "log.jsonl").read_text() == log  # nothing touched
     metrics, _, _ = run(tmp_path, "run", resume_from_checkpoint="latest", logging_steps=5, save_total_limit=3)
     assert metrics["global_step"] == 20  # where and how often things are written may change
+
+
+# ------------------------------------------------------------------------------------- 9. safetensors
+
+
+@pytest.fixture
+def pickle_only_dir(tiny_bert_dir, tmp_path):
+    """tiny_bert_dir with its weights as pytorch_model.bin only (a pickle)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    path = tmp_path / "pickled"
+    shutil.copytree(tiny_bert_dir, path)
+    torch.save(load_file(str(path / "model.safetensors")), path / "pytorch_model.bin")
+    (path / "model.safetensors").unlink()
+    return path
+
+
+def cli_errors(capsys, *argv) -> tuple[int, list[str]]:
+    from mlm.cli import main as cli_main
+
+    code = cli_main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, [line for line in err.splitlines() if line.startswith("mlm ")]
+
+
+def sentiment_args(tmp_path, backbone, name, *extra):
+    from test_finetune_e2e import NEGATIVE, POSITIVE
+
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\n" + "".join(f"{t},pos\n" for t in POSITIVE) + "".join(f"{t},neg\n" for t in NEGATIVE))
+    return ["finetune", "--task", "cls", "--model_name_or_path", backbone, "--train_file", train, "--output_dir",
+            tmp_path / name, "--max_steps", 2, "--per_device_train_batch_size", 4, "--disable_tqdm", "true", *extra]
+
+
+def test_pickle_only_weights_are_refused_unless_trusted(pickle_only_dir, tmp_path, capsys):
+    code, errors = cli_errors(capsys, *sentiment_args(tmp_path, pickle_only_dir, "refused"))
+    assert code == 1 and len(errors) == 1, errors
+    assert "holds only pickle weights (pytorch_model.bin)" in errors[0] and "--allow_pickle_weights" in errors[0]
+    assert not (tmp_path / "refused").exists()
+    code, errors = cli_errors(capsys, *sentiment_args(tmp_path, pickle_only_dir, "trusted", "--allow_pickle_weights",
+                                                      "true"))
+    assert code == 0 and errors == []
+    out = tmp_path / "trusted"
+    (out / "model.safetensors").rename(out / "model.safetensors.off")
+    torch.save({}, out / "pytorch_model.bin")
+    code, errors = cli_errors(capsys, "predict", "--model", out, "--text", "great fun")
+    assert code == 1 and len(errors) == 1 and "holds only pickle weights" in errors[0]
+
+
+def test_a_model_that_asks_for_its_own_code_is_refused(tiny_bert_dir, tmp_path, capsys):
+    import shutil
+
+    path = tmp_path / "remote"
+    shutil.copytree(tiny_bert_dir, path)
+    config = json.loads((path / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForSequenceClassification": "modeling_evil.EvilModel"}
+    (path / "config.json").write_text(json.dumps(config))
+    code, errors = cli_errors(capsys, "predict", "--model", path, "--text", "great fun")
+    assert code == 1 and len(errors) == 1 and "asks for the model's own code (auto_map)" in errors[0]
+    code, errors = cli_errors(capsys, *sentiment_args(tmp_path, path, "remote-run"))
+    assert code == 1 and len(errors) == 1 and "asks for the model's own code (auto_map)" in errors[0]
