@@ -88,7 +88,11 @@ def checkpoint_problem(path: str) -> Optional[str]:
         return f"no {MANIFEST_FILE}"
     except (OSError, ValueError) as e:
         return f"{MANIFEST_FILE} unreadable: {e}"
-    for name, (size, digest) in manifest["files"].items():
+    try:
+        files = {name: (int(size), str(digest)) for name, (size, digest) in manifest["files"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return f"{MANIFEST_FILE} is malformed"
+    for name, (size, digest) in files.items():
         file = os.path.join(path, name)
         if not os.path.isfile(file):
             return f"{name} is missing"
@@ -167,9 +171,11 @@ def save_checkpoint(accelerator, objects: tuple, output_dir: str, step: int, sta
 
 
 def _sharded(accelerator) -> bool:
-    from mlm.loop import shards_parameters
+    """FSDP and DeepSpeed (any ZeRO stage) partition the optimizer state, and maybe the weights: only they can
+    write and read their shards."""
+    from accelerate.utils import DistributedType
 
-    return shards_parameters(accelerator)
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def _save_state(accelerator, objects: tuple, folder: str) -> None:

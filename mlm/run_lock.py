@@ -20,7 +20,10 @@ LOCK_FILE = "run.lock"
 
 
 def check(output_dir: str) -> None:
-    """Refuse (one line) when another live run holds output_dir; changes nothing."""
+    """Refuse (one line) when another live run holds output_dir; changes nothing. Only the main process
+    (RANK 0) looks: the others would find their own job's lock, or one of another host."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     path = os.path.join(output_dir, LOCK_FILE)
     if os.path.exists(path) and _held_by_other(_read(path)):
         raise _in_use(path, _read(path))

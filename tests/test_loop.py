@@ -92,6 +92,8 @@ def test_overwrite_starts_over_without_the_old_runs_outputs(tmp_path):
     (tmp_path / "over" / "predictions" / "test.jsonl").write_text("old\n")
     run(tmp_path, "over", max_steps=2, overwrite_output_dir=True)
     assert not (tmp_path / "over" / "predictions").exists() and not (tmp_path / "over" / "metrics.json").exists()
+    [old] = [p for p in tmp_path.iterdir() if p.name.startswith("over.old-")]  # moved aside, never deleted
+    assert (old / "predictions" / "test.jsonl").read_text() == "old\n" and (old / "metrics.json").exists()
 
 
 def test_refuses_a_saved_model_or_a_file_as_output_dir(tmp_path):

@@ -80,7 +80,7 @@ def test_an_old_pickle_format_checkpoint_is_refused(tmp_path):
 # ------------------------------------------------------------------------------ 6. damaged checkpoints
 
 
-@pytest.mark.parametrize("damage", ["truncated weights", "missing rng state", "changed scheduler"])
+@pytest.mark.parametrize("damage", ["truncated weights", "missing rng state", "changed scheduler", "bad manifest"])
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, damage):
     _, straight, m_straight = run(tmp_path, "straight", max_steps=20)
     run(tmp_path, "run", max_steps=20)
@@ -89,8 +89,10 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
         (latest / "model.safetensors").write_bytes((latest / "model.safetensors").read_bytes()[:-8])
     elif damage == "missing rng state":
         (latest / "rng_state_0.json").unlink()
-    else:
+    elif damage == "changed scheduler":
         (latest / "scheduler.json").write_text((latest / "scheduler.json").read_text().replace("1", "2", 1))
+    else:
+        (latest / "manifest.json").write_text('{"files": 3}')
     capsys.readouterr()
     _, resumed, m_resumed = run(tmp_path, "run", resume_from_checkpoint="latest")
     err = capsys.readouterr().err
