@@ -175,15 +175,19 @@ def stopped_checkpoint(result, pattern: str, ranks: int = 1) -> int:
     return step
 
 
-def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_nonzero(sentence_corpus, tmp_path):
+def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_nonzero(sentence_corpus, tmp_path, capsys):
     out = tmp_path / "run"
     proc = start([sys.executable, "-m", "mlm", *endless(sentence_corpus, out)])
     wait_for_steps(out, 3, proc)
+    # 7: meanwhile a second run into the same folder is refused, naming the first
+    code, errors = cli_errors(capsys, *endless(sentence_corpus, out), "--resume_from_checkpoint", "null")
+    assert code == 1 and len(errors) == 1 and f"is in use by another run (pid {proc.pid} on " in errors[0], errors
     proc.send_signal(signal.SIGTERM)
     result = finish(proc, 120, time.perf_counter())
     assert result.returncode == 128 + signal.SIGTERM and "Traceback" not in result.stderr
     stopped_checkpoint(result, r"^mlm pretrain: stopped by SIGTERM at step \d+: checkpoint written to .*; continue "
                                r"with --resume_from_checkpoint latest$")
+    assert not (out / "run.lock").exists()
 
 
 def rank_pids(launcher: int) -> dict[int, int]:
@@ -415,6 +419,17 @@ def sentiment_args(tmp_path, backbone, name, *extra):
     train.write_text("text,label\n" + "".join(f"{t},pos\n" for t in POSITIVE) + "".join(f"{t},neg\n" for t in NEGATIVE))
     return ["finetune", "--task", "cls", "--model_name_or_path", backbone, "--train_file", train, "--output_dir",
             tmp_path / name, "--max_steps", 2, "--per_device_train_batch_size", 4, "--disable_tqdm", "true", *extra]
+
+
+def test_a_finetune_overwrite_refused_for_its_data_keeps_the_previous_run(tiny_bert_dir, tmp_path, capsys):
+    code, errors = cli_errors(capsys, *sentiment_args(tmp_path, tiny_bert_dir, "run", "--save_steps", 2))
+    assert code == 0, errors
+    before = sorted(os.listdir(tmp_path / "run"))
+    assert {"checkpoints", "metrics.json", "loss.png"} <= set(before)
+    code, errors = cli_errors(capsys, *sentiment_args(tmp_path, tiny_bert_dir, "run", "--overwrite_output_dir", "true",
+                                                      "--max_train_samples", 0))
+    assert code == 1 and len(errors) == 1, errors
+    assert sorted(os.listdir(tmp_path / "run")) == before and not old_runs(tmp_path, "run")
 
 
 def test_pickle_only_weights_are_refused_unless_trusted(pickle_only_dir, tmp_path, capsys):
