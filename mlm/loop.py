@@ -304,12 +304,13 @@ def train(
     model. `evaluate(model)` runs on every rank and returns the same metrics everywhere.
     """
     check_plan(cfg, accelerator, len(train_data))
-    with run_directory(cfg, accelerator) as resume:
-        return _train(cfg, accelerator, resume, model, train_data, collate_fn, loss_fn, evaluate, export, lengths,
-                      flops_per_token)
+    # From here on SIGTERM / SIGUSR1 / the launcher's death are recorded: the loop saves at its next step and stops.
+    with run_directory(cfg, accelerator) as resume, StopRequest() as preemption:
+        return _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, loss_fn, evaluate, export,
+                      lengths, flops_per_token)
 
 
-def _train(cfg, accelerator, resume, model, train_data, collate_fn, loss_fn, evaluate, export, lengths,
+def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, loss_fn, evaluate, export, lengths,
            flops_per_token) -> dict:
     world, rank = accelerator.num_processes, accelerator.process_index
     accumulation = cfg.accumulation_steps(world)
@@ -360,78 +361,77 @@ def _train(cfg, accelerator, resume, model, train_data, collate_fn, loss_fn, eva
     interval_start, last_eval_step, last_metrics = time.perf_counter(), None, None
     stop = False
 
-    with StopRequest() as preemption:  # SIGTERM / SIGUSR1 / launcher death: save, then stop
-        while state.step < total_steps and not stop:
-            model.train()
-            step_start = time.perf_counter()
-            local = torch.zeros(5, dtype=torch.float64, device=accelerator.device)  # + [4]: stop requested
-            for micro in range(accumulation):
-                epoch, position, batch = next(stream)
-                batch = to_device(batch, accelerator.device)
-                sync = micro == accumulation - 1
-                with nullcontext() if sync else accelerator.no_sync(model):
-                    loss_sum, count = loss_fn(model, batch)
-                    if deepspeed:  # DeepSpeed owns the gradients: fall back to the per-micro-batch mean
-                        accelerator.backward(loss_sum / count.clamp(min=1))
-                    else:
-                        # A constant divisor keeps the backward pass in a sane range; the exact global
-                        # normalisation is applied to the gradients below, once the step's count is known.
-                        accelerator.backward(loss_sum / cfg.per_device_train_batch_size)
-                local[:4] += torch.stack([loss_sum.detach().double(), count.double(), *_batch_size(batch)])
-            local[4] = preemption.requested()
-            totals = accelerator.reduce(local, reduction="sum")
-            preempted = totals[4].item() > 0  # on any rank: all stop at this step
-            scale = cfg.per_device_train_batch_size * world / totals[1].item() if totals[1] > 0 else 0.0
-            grads = [p.grad for p in params if p.grad is not None] if not deepspeed else []
-            if grads and scale != 1.0:  # 1.0: every example has one target (classification) and no accumulation
-                torch._foreach_mul_(grads, scale)
-            grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+    while state.step < total_steps and not stop:
+        model.train()
+        step_start = time.perf_counter()
+        local = torch.zeros(5, dtype=torch.float64, device=accelerator.device)  # + [4]: stop requested
+        for micro in range(accumulation):
+            epoch, position, batch = next(stream)
+            batch = to_device(batch, accelerator.device)
+            sync = micro == accumulation - 1
+            with nullcontext() if sync else accelerator.no_sync(model):
+                loss_sum, count = loss_fn(model, batch)
+                if deepspeed:  # DeepSpeed owns the gradients: fall back to the per-micro-batch mean
+                    accelerator.backward(loss_sum / count.clamp(min=1))
+                else:
+                    # A constant divisor keeps the backward pass in a sane range; the exact global
+                    # normalisation is applied to the gradients below, once the step's count is known.
+                    accelerator.backward(loss_sum / cfg.per_device_train_batch_size)
+            local[:4] += torch.stack([loss_sum.detach().double(), count.double(), *_batch_size(batch)])
+        local[4] = preemption.requested()
+        totals = accelerator.reduce(local, reduction="sum")
+        preempted = totals[4].item() > 0  # on any rank: all stop at this step
+        scale = cfg.per_device_train_batch_size * world / totals[1].item() if totals[1] > 0 else 0.0
+        grads = [p.grad for p in params if p.grad is not None] if not deepspeed else []
+        if grads and scale != 1.0:  # 1.0: every example has one target (classification) and no accumulation
+            torch._foreach_mul_(grads, scale)
+        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
 
-            state.step += 1
-            state.epoch, state.position = epoch, position
-            state.tokens += int(totals[2].item())
-            state.examples += int(totals[3].item())
-            state.train_seconds += time.perf_counter() - step_start
-            interval += totals[:4]
-            progress.update(1)
+        state.step += 1
+        state.epoch, state.position = epoch, position
+        state.tokens += int(totals[2].item())
+        state.examples += int(totals[3].item())
+        state.train_seconds += time.perf_counter() - step_start
+        interval += totals[:4]
+        progress.update(1)
 
-            if state.step % cfg.logging_steps == 0 or state.step == total_steps:
-                seconds = time.perf_counter() - interval_start
-                record = {
-                    "step": state.step,
-                    "epoch": round(state.epoch + state.position / max(1, len(sampler)), 4),
-                    "loss": (interval[0] / interval[1]).item() if interval[1] > 0 else float("nan"),
-                    "learning_rate": scheduler.get_last_lr()[0],
-                    "tokens_per_second": interval[2].item() / seconds,
-                    "examples_per_second": interval[3].item() / seconds,
-                }
-                if grad_norm is not None:
-                    record["grad_norm"] = float(grad_norm)
-                if flops_per_token:
-                    record["tflops"] = record["tokens_per_second"] * flops_per_token / 1e12
-                    # tokens_per_second counts every rank's tokens; peak_flops is one device's
-                    record["mfu"] = record["tokens_per_second"] * flops_per_token / (peak_flops * world)
-                run_log.log(record)
-                progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}",
-                                     tok_s=f"{record['tokens_per_second']:.0f}",
-                                     **({"mfu": f"{record['mfu']:.0%}"} if "mfu" in record else {}), refresh=False)
-                interval.zero_()
-                interval_start = time.perf_counter()
+        if state.step % cfg.logging_steps == 0 or state.step == total_steps:
+            seconds = time.perf_counter() - interval_start
+            record = {
+                "step": state.step,
+                "epoch": round(state.epoch + state.position / max(1, len(sampler)), 4),
+                "loss": (interval[0] / interval[1]).item() if interval[1] > 0 else float("nan"),
+                "learning_rate": scheduler.get_last_lr()[0],
+                "tokens_per_second": interval[2].item() / seconds,
+                "examples_per_second": interval[3].item() / seconds,
+            }
+            if grad_norm is not None:
+                record["grad_norm"] = float(grad_norm)
+            if flops_per_token:
+                record["tflops"] = record["tokens_per_second"] * flops_per_token / 1e12
+                # tokens_per_second counts every rank's tokens; peak_flops is one device's
+                record["mfu"] = record["tokens_per_second"] * flops_per_token / (peak_flops * world)
+            run_log.log(record)
+            progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}",
+                                 tok_s=f"{record['tokens_per_second']:.0f}",
+                                 **({"mfu": f"{record['mfu']:.0%}"} if "mfu" in record else {}), refresh=False)
+            interval.zero_()
+            interval_start = time.perf_counter()
 
-            pause = time.perf_counter()  # evaluation and checkpoint time is not training throughput
-            if evaluate is not None and (state.step % eval_every == 0 or state.step == total_steps):
-                last_metrics = _evaluate(evaluate, model, state, run_log)
-                last_eval_step = state.step
-                stop = _update_best(cfg, state, last_metrics)
-            if state.step % save_every == 0 or state.step == total_steps or stop or preempted:
-                _save(cfg, accelerator, objects, state)
-            if preempted:
-                progress.close()
-                raise _preempted(cfg, state, preemption)
-            interval_start += time.perf_counter() - pause
+        pause = time.perf_counter()  # evaluation and checkpoint time is not training throughput
+        if evaluate is not None and (state.step % eval_every == 0 or state.step == total_steps):
+            last_metrics = _evaluate(evaluate, model, state, run_log)
+            last_eval_step = state.step
+            stop = _update_best(cfg, state, last_metrics)
+        if state.step % save_every == 0 or state.step == total_steps or stop or preempted:
+            _save(cfg, accelerator, objects, state)
+        if preempted:
+            progress.close()
+            raise _preempted(cfg, state, preemption)
+        interval_start += time.perf_counter() - pause
     progress.close()
 
     if stop:
