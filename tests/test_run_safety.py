@@ -207,14 +207,16 @@ def rank_pids(launcher: int) -> dict[int, int]:
 
 
 @pytest.mark.distributed
-def test_sigusr1_on_one_rank_stops_both_ranks_after_a_checkpoint(sentence_corpus, tmp_path):
+@pytest.mark.parametrize("target, signum", [("rank 1", signal.SIGUSR1), ("launcher", signal.SIGTERM)])
+def test_a_signal_to_one_process_stops_both_ranks_after_a_checkpoint(sentence_corpus, tmp_path, target, signum):
     out = tmp_path / "run"
     proc = start_launch(endless(sentence_corpus, out))
     wait_for_steps(out, 3, proc)
-    os.kill(rank_pids(proc.pid)[1], signal.SIGUSR1)
+    os.kill(rank_pids(proc.pid)[1] if target == "rank 1" else proc.pid, signum)  # the launcher forwards it
     result = finish(proc, 180, time.perf_counter())
     assert result.returncode != 0
-    stopped_checkpoint(result, r"stopped( by SIGUSR1|: another rank was asked to stop) at step", ranks=2)
+    name = signal.Signals(signum).name
+    stopped_checkpoint(result, rf"stopped( by {name}|: another rank was asked to stop) at step", ranks=2)
 
 
 @pytest.mark.distributed
