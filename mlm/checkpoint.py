@@ -204,16 +204,21 @@ def read_settings(path: str) -> Optional[dict]:
     return safe_state.read_json(file) if os.path.isfile(file) else None
 
 
+def check_processes(path: str, world: int) -> dict:
+    """trainer_state.json of a checkpoint written by `world` processes; refuses another number (checked before
+    loading: sharded states (FSDP, DeepSpeed) fail with a traceback on another world size)."""
+    state = read_trainer_state(path)
+    if state.get("num_processes", 1) != world:
+        raise ConfigError(
+            f"resume_from_checkpoint: {path} was written by {state.get('num_processes', 1)} processes; resume with "
+            f"the same number (this run has {world}) so every rank gets back its own data shard and RNG state"
+        )
+    return state
+
+
 def load_checkpoint(accelerator, objects: tuple, path: str) -> dict:
     """Restore model, optimizer, scheduler and RNG states in place; return trainer_state.json."""
-    state = read_trainer_state(path)
-    # Checked before loading: sharded states (FSDP, DeepSpeed) fail with a traceback on another world size.
-    written, world = state.get("num_processes", 1), accelerator.num_processes
-    if written != world:
-        raise ConfigError(
-            f"resume_from_checkpoint: {path} was written by {written} processes; resume with the same number "
-            f"(this run has {world}) so every rank gets back its own data shard and RNG state"
-        )
+    state = check_processes(path, accelerator.num_processes)
     model, optimizer, scheduler = objects
     try:
         if _sharded(accelerator):

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Optional
 
 from mlm import run_lock
-from mlm.checkpoint import checkpoints_root, list_checkpoints, read_trainer_state, resolve_resume
+from mlm.checkpoint import check_processes, checkpoints_root, list_checkpoints, read_trainer_state, resolve_resume
 from mlm.errors import ConfigError
 from mlm.resume_settings import check_unchanged
 
@@ -54,6 +54,7 @@ def run_directory(cfg, accelerator):
     main = accelerator.is_main_process
     resume = check_output_dir(cfg, warn=main)
     if resume is not None:
+        check_processes(resume, accelerator.num_processes)
         check_unchanged(cfg, resume)
     if main:
         os.makedirs(cfg.output_dir, exist_ok=True)
