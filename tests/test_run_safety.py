@@ -241,6 +241,9 @@ def test_a_second_run_into_a_folder_in_use_is_refused_and_a_stale_lock_taken_ove
     out = tmp_path / "run"
     out.mkdir()
     lock = out / "run.lock"
+    lock.write_text(json.dumps({"host": "node-7", "pid": 1, "started": "2026-01-01 00:00:00"}))
+    with pytest.raises(ConfigError, match=r"in use by another run \(pid 1 on node-7, .*delete .*run.lock if that"):
+        run(tmp_path, "run", max_steps=2)  # another host's process cannot be checked: never taken over
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         lock.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid, "started": "2026-01-01 00:00:00"}))
@@ -248,9 +251,6 @@ def test_a_second_run_into_a_folder_in_use_is_refused_and_a_stale_lock_taken_ove
                                               rf"{socket.gethostname()}, started 2026-01-01 00:00:00\)"):
             run(tmp_path, "run", max_steps=2)
         assert os.listdir(out) == ["run.lock"]
-        lock.write_text(json.dumps({"host": "node-7", "pid": 1, "started": "2026-01-01 00:00:00"}))
-        with pytest.raises(ConfigError, match=r"in use by another run \(pid 1 on node-7, .*delete .*run.lock if that"):
-            run(tmp_path, "run", max_steps=2)  # another host's process cannot be checked: never taken over
     finally:
         other.kill()
         other.wait()
