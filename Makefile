@@ -1,6 +1,7 @@
 # mlm: make install | pretrain | finetune TASK=cls|ner|qa | test | test-latest | test-oldest | lock | bench | clean
 #   (predict: .venv/bin/mlm predict)
 #   make pretrain RECIPE=recipes/pretrain/wikitext2.yaml ARGS="--max_steps 500"
+#   make pretrain ARGS="--resume_from_checkpoint latest"     # after a preemption (a plain re-run is refused)
 #   make finetune TASK=ner MODEL=outputs/pretrain-demo DATA=/path/to/conll2003
 #   make finetune TASK=qa RECIPE=recipes/finetune/qa-tiny.yaml
 #   make pretrain LAUNCH="accelerate launch --config_file recipes/accelerate/cpu-2proc.yaml"

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", action="store_true", help="Dynamic int8 quantisation of the Linear layers (CPU).")
     p.add_argument("--text_column", help="cls --input tables: the text column, when not the one trained on.")
     p.add_argument("--text_pair_column", help="cls --input tables: the second text column of a pair model.")
+    p.add_argument("--allow_pickle_weights", action="store_true",
+                   help="Load a model with only pickle weights (pytorch_model.bin): they can run code; trusted folders only.")
     return p
 
 
@@ -74,13 +76,13 @@ def load_task(model_dir: str, max_positions: Optional[int] = None):
     raise DataError(f"--model: {model_dir} is not a fine-tuned task checkpoint (no {TASK_FILE}, no known architecture)")
 
 
-def checkpoint_positions(model_dir: str) -> int:
+def checkpoint_positions(model_dir: str, allow_pickle: bool = False) -> int:
     """The longest input the checkpoint takes (DataError when model_dir is not a checkpoint)."""
     import transformers
 
     from mlm.model import check_checkpoint_dir, usable_positions
 
-    check_checkpoint_dir(model_dir, field="--model")
+    check_checkpoint_dir(model_dir, field="--model", allow_pickle=allow_pickle)
     return usable_positions(transformers.AutoConfig.from_pretrained(model_dir))
 
 
@@ -145,11 +147,13 @@ def check_output(output: str | None, input_path: str | None) -> None:
         raise ConfigError(f"--output: {output} is the --input file")
 
 
-def load_model(task, model_dir: str, quantize: bool):
+def load_model(task, model_dir: str, quantize: bool, allow_pickle: bool = False):
     """The checkpoint in eval mode: int8 on CPU when quantize, else on the GPU when there is one."""
     import torch
 
-    model = task.AutoModel.from_pretrained(model_dir)
+    from mlm.model import loading_kwargs
+
+    model = task.AutoModel.from_pretrained(model_dir, **loading_kwargs(allow_pickle))
     model.eval()
     if quantize:
         return quantize_linear_layers(model)
@@ -201,7 +205,7 @@ def main(argv: list[str]) -> None:
     if args.batch_size < 1:
         raise ConfigError(f"--batch_size: must be >= 1, got {args.batch_size}")
     check_output(args.output, args.input)
-    positions = checkpoint_positions(args.model)
+    positions = checkpoint_positions(args.model, args.allow_pickle_weights)
     task, cfg, labels = load_task(args.model, positions)
     apply_flags(cfg, args)
     check_lengths(cfg, positions, args)
@@ -209,7 +213,7 @@ def main(argv: list[str]) -> None:
     if not examples:
         raise DataError(f"{args.input}: no inputs found")
     tokenizer = load_tokenizer(args.model, field="--model")
-    model = load_model(task, args.model, args.quantize)
+    model = load_model(task, args.model, args.quantize, args.allow_pickle_weights)
     check_lengths(cfg, usable_positions(model.config, model), args)  # the model itself shows any position offset
     fit_tokenizer_to_model(tokenizer, model)
     start = time.perf_counter()

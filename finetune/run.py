@@ -63,11 +63,12 @@ def parse_finetune_args(argv: list[str]):
 def load_backbone(task, cfg, labels, tokenizer_size: int):
     """The task model on the backbone: a new head on top of the pretrained encoder."""
     from mlm.errors import DataError
-    from mlm.model import check_checkpoint_dir, check_vocabulary, usable_positions
+    from mlm.model import check_checkpoint_dir, check_vocabulary, loading_kwargs, usable_positions
 
-    check_checkpoint_dir(cfg.model_name_or_path)
+    check_checkpoint_dir(cfg.model_name_or_path, allow_pickle=cfg.allow_pickle_weights)
     try:
-        model = task.AutoModel.from_pretrained(cfg.model_name_or_path, **task.model_kwargs(cfg, labels))
+        model = task.AutoModel.from_pretrained(cfg.model_name_or_path, **task.model_kwargs(cfg, labels),
+                                               **loading_kwargs(cfg.allow_pickle_weights))
     except (OSError, ValueError) as e:
         raise DataError(f"model_name_or_path: cannot load {cfg.model_name_or_path}: {str(e).splitlines()[0]}") from None
     cfg.check_lengths(usable_positions(model.config, model))
@@ -81,7 +82,8 @@ def main(cfg) -> dict:
     from finetune.inference import compute_outputs
     from finetune.tasks import TASKS
     from mlm.hub import check_sources, tokenizer_source
-    from mlm.loop import check_output_dir, make_accelerator, train
+    from mlm.loop import check_plan, make_accelerator, train
+    from mlm.run_dir import check_output_dir, run_directory
     from mlm.runlog import logger, plot_losses, write_json
     from mlm.tokenizer import fit_tokenizer_to_model, load_tokenizer
 
@@ -121,24 +123,26 @@ def main(cfg) -> dict:
             json.dump({"task": cfg.task, "labels": labels, "config": dataclasses.asdict(cfg)}, f, indent=2)
 
     lengths = [len(f["input_ids"]) for f in features["train"]] if cfg.group_by_length else None
-    metrics = train(cfg, accelerator, model, features["train"], lambda b: task.collate(b, tokenizer), task.loss,
-                    evaluate, export, lengths=lengths)
+    check_plan(cfg, accelerator, len(features["train"]))
+    with run_directory(cfg, accelerator):  # the data is read and encoded: from here on output_dir is this run's
+        metrics = train(cfg, accelerator, model, features["train"], lambda b: task.collate(b, tokenizer), task.loss,
+                        evaluate, export, lengths=lengths)
 
-    # The final (best) model on every evaluated split, with its predictions.
-    final_model = accelerator.unwrap_model(model)
-    for split in [s for s in ("validation", "test") if s in splits]:
-        split_metrics, records = evaluate_split(final_model, split)
-        prefix = "eval" if split == "validation" else "test"
-        metrics.update({f"{prefix}_{k}": v for k, v in split_metrics.items()})
+        # The final (best) model on every evaluated split, with its predictions.
+        final_model = accelerator.unwrap_model(model)
+        for split in [s for s in ("validation", "test") if s in splits]:
+            split_metrics, records = evaluate_split(final_model, split)
+            prefix = "eval" if split == "validation" else "test"
+            metrics.update({f"{prefix}_{k}": v for k, v in split_metrics.items()})
+            if accelerator.is_main_process:
+                write_predictions(cfg, split, records)
         if accelerator.is_main_process:
-            write_predictions(cfg, split, records)
-    if accelerator.is_main_process:
-        write_json(os.path.join(cfg.output_dir, "metrics.json"), metrics)
-        plot_losses(os.path.join(cfg.output_dir, "log.jsonl"), os.path.join(cfg.output_dir, "loss.png"))
-        shown = [k for k in metrics if k.startswith(("eval_", "test_")) and isinstance(metrics[k], float)]
-        logger.info("done: %s", ", ".join(f"{k} {metrics[k]:.4f}" for k in shown[:8]))
-        logger.info("model written to %s", cfg.output_dir)
-    return metrics
+            write_json(os.path.join(cfg.output_dir, "metrics.json"), metrics)
+            plot_losses(os.path.join(cfg.output_dir, "log.jsonl"), os.path.join(cfg.output_dir, "loss.png"))
+            shown = [k for k in metrics if k.startswith(("eval_", "test_")) and isinstance(metrics[k], float)]
+            logger.info("done: %s", ", ".join(f"{k} {metrics[k]:.4f}" for k in shown[:8]))
+            logger.info("model written to %s", cfg.output_dir)
+        return metrics
 
 
 def write_predictions(cfg, split: str, records: list[dict]) -> None:

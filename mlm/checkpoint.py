@@ -1,20 +1,33 @@
-"""Training checkpoints: atomic save, keep-last-N (+ the best), find and load for an exact resume.
+"""Training checkpoints: atomic save, keep-last-N (+ the best), find, verify and load for an exact resume.
 
-A checkpoint is `output_dir/checkpoints/step-N/`: accelerate's state (model.safetensors, optimizer,
-scheduler, every rank's RNG states) plus `trainer_state.json` (step, data position, best metric).
-It is written to `.tmp-step-N` and renamed when complete, so a crash mid-save leaves the previous
-checkpoints untouched and never a half-written `step-N`.
+A checkpoint is `output_dir/checkpoints/step-N/`: the training state of mlm/safe_state.py (safetensors and
+JSON, no pickle), `trainer_state.json` (step, data position, best metric), `settings.json` (the run's
+resolved settings) and `manifest.json` (size and SHA-256 of every file, written last). It is written to
+`.tmp-step-N`, flushed to disk and renamed when complete, so a crash mid-save leaves the previous
+checkpoints untouched and never a half-written `step-N`; a checkpoint damaged later (a lost or changed
+file) fails its manifest, and `latest` falls back to the newest intact one.
+
+FSDP and DeepSpeed shard the model and optimizer: there accelerate writes those (its format pickles, so
+such checkpoints must come from a trusted source); the rest is ours.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+from typing import Optional
 
+from mlm import safe_state
 from mlm.errors import ConfigError, DataError
 
+logger = logging.getLogger("mlm")
+
 STATE_FILE = "trainer_state.json"
+SETTINGS_FILE = "settings.json"
+MANIFEST_FILE = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -35,63 +48,195 @@ def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def resolve_resume(output_dir: str, value: str | None) -> str | None:
-    """`latest` -> the newest complete checkpoint of output_dir; a path -> checked; None -> None."""
+def resolve_resume(output_dir: str, value: str | None, warn: bool = False) -> str | None:
+    """`latest` -> the newest intact checkpoint of output_dir; a path -> checked; None -> None."""
     if not value:
         return None
-    if value == "latest":
-        found = list_checkpoints(output_dir)
-        if not found:
-            raise ConfigError(f"resume_from_checkpoint: no checkpoint under {checkpoints_root(output_dir)}")
-        return found[-1][1]
-    if not os.path.isfile(os.path.join(value, STATE_FILE)):
-        raise DataError(f"resume_from_checkpoint: {value} is not a checkpoint directory (no {STATE_FILE})")
-    return value
+    if value != "latest":
+        if not os.path.isfile(os.path.join(value, STATE_FILE)):
+            raise DataError(f"resume_from_checkpoint: {value} is not a checkpoint directory (no {STATE_FILE})")
+        problem = checkpoint_problem(value)
+        if problem:
+            raise DataError(f"resume_from_checkpoint: {value} is damaged ({problem}); resume from another checkpoint")
+        return value
+    found = list_checkpoints(output_dir)
+    if not found:
+        raise ConfigError(f"resume_from_checkpoint: no checkpoint under {checkpoints_root(output_dir)}")
+    problems = []
+    for _, path in reversed(found):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if problems and warn:
+                logger.warning("resume_from_checkpoint latest: skipped damaged %s; resuming from %s",
+                               "; ".join(problems), path)
+            return path
+        problems.append(f"{path} ({problem})")
+    raise DataError(f"resume_from_checkpoint: no intact checkpoint under {checkpoints_root(output_dir)}: "
+                    + "; ".join(problems))
 
 
-def save_checkpoint(accelerator, output_dir: str, step: int, state: dict, keep_last: int, keep: set[str]) -> str:
-    """Write step-N atomically on every rank's behalf; drop all but the last `keep_last` (and `keep`)."""
+# --------------------------------------------------------------------------------------------- verify
+
+
+def checkpoint_problem(path: str) -> Optional[str]:
+    """Why a checkpoint cannot be trusted (a missing, truncated or changed file), or None when intact."""
+    try:
+        manifest = safe_state.read_json(os.path.join(path, MANIFEST_FILE))
+    except FileNotFoundError:
+        if any(name.endswith((".pkl", ".bin")) for name in os.listdir(path)):
+            return "an old pickle-format checkpoint, not loaded: unpickling can run code"
+        return f"no {MANIFEST_FILE}"
+    except (OSError, ValueError) as e:
+        return f"{MANIFEST_FILE} unreadable: {e}"
+    try:
+        files = {name: (int(size), str(digest)) for name, (size, digest) in manifest["files"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return f"{MANIFEST_FILE} is malformed"
+    for name, (size, digest) in files.items():
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            return f"{name} is missing"
+        if os.path.getsize(file) != size:
+            return f"{name} has {os.path.getsize(file)} bytes, {size} were written"
+        if _sha256(file) != digest:
+            return f"{name} has changed since it was written"
+    return None
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(folder: str) -> None:
+    files = {}
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            file = os.path.join(parent, name)
+            files[os.path.relpath(file, folder)] = [os.path.getsize(file), _sha256(file)]
+    safe_state.write_json_synced(os.path.join(folder, MANIFEST_FILE), {"files": files})
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename or a new entry in `path` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------- save, load
+
+
+def save_checkpoint(accelerator, objects: tuple, output_dir: str, step: int, state: dict, settings: dict,
+                    keep_last: int, keep: set[str]) -> str:
+    """Write step-N atomically on every rank's behalf; drop all but the last `keep_last` (and `keep`).
+
+    `objects` = (model, optimizer, scheduler) as prepared by accelerate."""
     root = checkpoints_root(output_dir)
     final = os.path.join(root, f"step-{step}")
     tmp = os.path.join(root, f".tmp-step-{step}")
     if accelerator.is_main_process:
         os.makedirs(root, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)  # leftover of a crash during an earlier save
+        os.makedirs(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(tmp, safe_serialization=True)
+    _save_state(accelerator, objects, tmp)
     accelerator.wait_for_everyone()  # every rank writes into tmp (its RNG state, FSDP shards): all done before the rename
     if accelerator.is_main_process:
-        with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
-            json.dump(state, f, indent=2)
+        safe_state.write_json_synced(os.path.join(tmp, STATE_FILE), state)
+        safe_state.write_json_synced(os.path.join(tmp, SETTINGS_FILE), settings)
+        _write_manifest(tmp)
+        fsync_dir(tmp)
         if os.path.isdir(final):  # re-saving the same step (e.g. after a resume): replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
+        fsync_dir(root)
         found = [path for _, path in list_checkpoints(output_dir)]
+        kept = {os.path.abspath(k) for k in keep}
         for path in found[:-keep_last]:
-            if path not in keep and os.path.abspath(path) not in {os.path.abspath(k) for k in keep}:
+            if os.path.abspath(path) not in kept:
                 shutil.rmtree(path, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
 
-def load_checkpoint(accelerator, path: str) -> dict:
-    """Restore model, optimizer, scheduler and RNG states in place; return trainer_state.json."""
+def _sharded(accelerator) -> bool:
+    """FSDP and DeepSpeed (any ZeRO stage) partition the optimizer state, and maybe the weights: only they can
+    write and read their shards."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def _save_state(accelerator, objects: tuple, folder: str) -> None:
+    model, optimizer, scheduler = objects
+    rank = accelerator.process_index
+    if _sharded(accelerator):
+        accelerator.save_state(folder, safe_serialization=True)  # model and optimizer shards (and RNG)
+        if accelerator.is_main_process:
+            safe_state.write_json_synced(os.path.join(folder, safe_state.SCHEDULER_FILE), scheduler.state_dict())
+        return
+    safe_state.save_training_state(folder, accelerator.unwrap_model(model), optimizer, scheduler, rank,
+                                   accelerator.is_main_process)
+
+
+def read_trainer_state(path: str) -> dict:
     try:
         with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
-            state = json.load(f)
+            return json.load(f)
     except (OSError, ValueError) as e:  # ValueError: bad JSON or bytes
         raise DataError(f"resume_from_checkpoint: {path}/{STATE_FILE} is unreadable ({e})") from None
-    # Checked before loading: sharded states (FSDP, DeepSpeed) fail with a traceback on another world size.
-    written, world = state.get("num_processes", 1), accelerator.num_processes
-    if written != world:
+
+
+def read_settings(path: str) -> Optional[dict]:
+    """The settings a checkpoint was written with (None for a checkpoint older than settings.json)."""
+    file = os.path.join(path, SETTINGS_FILE)
+    return safe_state.read_json(file) if os.path.isfile(file) else None
+
+
+def check_processes(path: str, world: int) -> dict:
+    """trainer_state.json of a checkpoint written by `world` processes; refuses another number (checked before
+    loading: sharded states (FSDP, DeepSpeed) fail with a traceback on another world size)."""
+    state = read_trainer_state(path)
+    if state.get("num_processes", 1) != world:
         raise ConfigError(
-            f"resume_from_checkpoint: {path} was written by {written} processes; resume with the same number "
-            f"(this run has {world}) so every rank gets back its own data shard and RNG state"
+            f"resume_from_checkpoint: {path} was written by {state.get('num_processes', 1)} processes; resume with "
+            f"the same number (this run has {world}) so every rank gets back its own data shard and RNG state"
         )
+    return state
+
+
+def load_checkpoint(accelerator, objects: tuple, path: str) -> dict:
+    """Restore model, optimizer, scheduler and RNG states in place; return trainer_state.json."""
+    state = check_processes(path, accelerator.num_processes)
+    model, optimizer, scheduler = objects
     try:
-        accelerator.load_state(path)
-    except Exception as e:  # truncated or missing files, another model's shapes: torch/safetensors raise many types
+        if _sharded(accelerator):
+            accelerator.load_state(path)
+            scheduler.load_state_dict(safe_state.read_json(os.path.join(path, safe_state.SCHEDULER_FILE)))
+        else:
+            safe_state.load_training_state(path, accelerator.unwrap_model(model), optimizer, scheduler,
+                                           accelerator.process_index)
+    except Exception as e:  # missing files, another model's shapes: torch/safetensors raise many types
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"resume_from_checkpoint: cannot restore {path} ({reason[:300]}); was it written by this "
                         "model and settings? resume from an earlier checkpoint or start over") from None
     return state
+
+
+def load_best_weights(accelerator, model, path: str) -> None:
+    """The weights of checkpoint `path` into `model` (restoring the best model at the end of a run)."""
+    if _sharded(accelerator):
+        accelerator.load_state(path)
+    else:
+        safe_state.load_model_weights(path, accelerator.unwrap_model(model))

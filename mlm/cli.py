@@ -32,8 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands[command](rest)
     except UserError as e:
-        print(f"mlm {command}: error: {e}", file=sys.stderr)
-        return 1
+        code = getattr(e, "exit_code", None)  # Preempted: a requested stop, not an error
+        print(f"mlm {command}: {'' if code else 'error: '}{e}", file=sys.stderr)
+        return code or 1
     except KeyboardInterrupt:
         resumable = " (checkpoints are written whole: --resume_from_checkpoint latest continues from the last one)"
         print(f"mlm {command}: interrupted{resumable if command in ('pretrain', 'finetune') else ''}", file=sys.stderr)

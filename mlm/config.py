@@ -73,6 +73,9 @@ class TrainingConfig:
     ddp_timeout: int = arg(7200, "Seconds a process waits for the others (rank 0 may be packing a large corpus).")
     report_to: Literal["none", "tensorboard", "wandb"] = arg("none", "Optional experiment tracker.")
     disable_tqdm: bool = arg(False, "Hide the progress bar.")
+    allow_pickle_weights: bool = arg(
+        False, "Load a model folder that has only pickle weights (pytorch_model.bin): loading them can run code, "
+        "so only for folders you trust.")
 
     def __post_init__(self):
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",

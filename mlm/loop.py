@@ -18,7 +18,6 @@ import dataclasses
 import datetime
 import math
 import os
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -29,10 +28,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
-from mlm.checkpoint import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
+from mlm.checkpoint import load_best_weights, load_checkpoint, save_checkpoint
 from mlm.config import TrainingConfig
 from mlm.errors import ConfigError, DataError
+from mlm.resume_settings import settings_of
+from mlm.run_dir import run_directory
 from mlm.runlog import RunLog, logger, setup_console_logging
+from mlm.signals import Preempted, StopRequest
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, torch.Tensor]]
 
@@ -84,39 +86,6 @@ def _has_device() -> bool:
     if hasattr(torch, "accelerator"):
         return torch.accelerator.is_available()
     return torch.cuda.is_available()
-
-
-def check_output_dir(cfg: TrainingConfig) -> Optional[str]:
-    """Refuse to clobber a finished or checkpointed run, or a saved model (the backbone itself, say), unless
-    asked; return the checkpoint to resume. Side-effect free: commands call it before their slow preparation."""
-    if os.path.exists(cfg.output_dir) and not os.path.isdir(cfg.output_dir):
-        raise ConfigError(f"output_dir: {cfg.output_dir} is a file, not a folder")
-    resume = resolve_resume(cfg.output_dir, cfg.resume_from_checkpoint)
-    if resume is None and not cfg.overwrite_output_dir:
-        held = [name for name in ("metrics.json", "config.json") if os.path.exists(os.path.join(cfg.output_dir, name))]
-        if held or list_checkpoints(cfg.output_dir):
-            what = "a saved model" if held == ["config.json"] else "a run"
-            raise ConfigError(
-                f"output_dir: {cfg.output_dir} already holds {what}; pass --resume_from_checkpoint latest to continue "
-                "a run, --overwrite_output_dir to replace it, or choose another output_dir"
-            )
-    return resume
-
-
-def prepare_output_dir(cfg: TrainingConfig, accelerator) -> Optional[str]:
-    """check_output_dir, then clear old checkpoints when overwriting; return the checkpoint to resume."""
-    resume = check_output_dir(cfg)
-    if resume is None and cfg.overwrite_output_dir and accelerator.is_main_process:
-        # Starting over: nothing of the old run may pass for the new one's (model files are replaced at the end).
-        for name in ("checkpoints", "predictions"):
-            shutil.rmtree(os.path.join(cfg.output_dir, name), ignore_errors=True)
-        for name in ("metrics.json", "loss.png"):
-            if os.path.isfile(os.path.join(cfg.output_dir, name)):
-                os.remove(os.path.join(cfg.output_dir, name))
-    if accelerator.is_main_process:
-        os.makedirs(cfg.output_dir, exist_ok=True)
-    accelerator.wait_for_everyone()
-    return resume
 
 
 def matmul_peak_flops(device, dtype=torch.float32, size: int = 2048, repeats: int = 5) -> float:
@@ -308,6 +277,14 @@ def plan_steps(cfg: TrainingConfig, batches_per_epoch: int, accumulation: int) -
     return max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch)), steps_per_epoch
 
 
+def check_plan(cfg: TrainingConfig, accelerator, num_examples: int) -> None:
+    """What train() can refuse, checked before output_dir is touched: a bad setting must cost nothing."""
+    cfg.accumulation_steps(accelerator.num_processes)
+    if num_examples < accelerator.num_processes:
+        raise DataError(f"training data has {num_examples} examples: fewer than the {accelerator.num_processes} "
+                        "processes")
+
+
 def train(
     cfg: TrainingConfig,
     accelerator,
@@ -326,12 +303,18 @@ def train(
     Returns the metrics of the run: global_step, train_loss, throughput, and eval_* of the final (or best)
     model. `evaluate(model)` runs on every rank and returns the same metrics everywhere.
     """
-    resume = prepare_output_dir(cfg, accelerator)
+    check_plan(cfg, accelerator, len(train_data))
+    # From here on SIGTERM / SIGUSR1 / the launcher's death are recorded: the loop saves at its next step and stops.
+    with run_directory(cfg, accelerator) as resume, StopRequest() as preemption:
+        return _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, loss_fn, evaluate, export,
+                      lengths, flops_per_token)
+
+
+def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, loss_fn, evaluate, export, lengths,
+           flops_per_token) -> dict:
     world, rank = accelerator.num_processes, accelerator.process_index
     accumulation = cfg.accumulation_steps(world)
     sampler = ShardedBatchSampler(len(train_data), cfg.per_device_train_batch_size, rank, world, cfg.seed, True, lengths)
-    if len(sampler) == 0:
-        raise DataError(f"training data has {len(train_data)} examples: fewer than the {world} processes")
     total_steps, steps_per_epoch = plan_steps(cfg, len(sampler), accumulation)
     eval_every = cfg.eval_steps or steps_per_epoch
     select_best = bool(cfg.metric_for_best_model and evaluate is not None)
@@ -345,13 +328,13 @@ def train(
 
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
+    # The scheduler is not prepared: an AcceleratedScheduler would step once per process per optimizer step.
     model, optimizer = accelerator.prepare(model, optimizer)
-    # Not prepared: an AcceleratedScheduler would step once per process per optimizer step.
-    accelerator.register_for_checkpointing(scheduler)
+    objects = (model, optimizer, scheduler)
 
     state = TrainState(num_processes=world, total_steps=total_steps)
     if resume:
-        saved = load_checkpoint(accelerator, resume)  # refuses another number of processes
+        saved = load_checkpoint(accelerator, objects, resume)  # refuses another number of processes
         state = TrainState(**{**saved, "total_steps": total_steps})
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume, state.step, state.epoch, state.position)
     if cfg.report_to != "none":
@@ -381,7 +364,7 @@ def train(
     while state.step < total_steps and not stop:
         model.train()
         step_start = time.perf_counter()
-        local = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
+        local = torch.zeros(5, dtype=torch.float64, device=accelerator.device)  # + [4]: stop requested
         for micro in range(accumulation):
             epoch, position, batch = next(stream)
             batch = to_device(batch, accelerator.device)
@@ -394,8 +377,10 @@ def train(
                     # A constant divisor keeps the backward pass in a sane range; the exact global
                     # normalisation is applied to the gradients below, once the step's count is known.
                     accelerator.backward(loss_sum / cfg.per_device_train_batch_size)
-            local += torch.stack([loss_sum.detach().double(), count.double(), *_batch_size(batch)])
+            local[:4] += torch.stack([loss_sum.detach().double(), count.double(), *_batch_size(batch)])
+        local[4] = preemption.requested()
         totals = accelerator.reduce(local, reduction="sum")
+        preempted = totals[4].item() > 0  # on any rank: all stop at this step
         scale = cfg.per_device_train_batch_size * world / totals[1].item() if totals[1] > 0 else 0.0
         grads = [p.grad for p in params if p.grad is not None] if not deepspeed else []
         if grads and scale != 1.0:  # 1.0: every example has one target (classification) and no accumulation
@@ -410,7 +395,7 @@ def train(
         state.tokens += int(totals[2].item())
         state.examples += int(totals[3].item())
         state.train_seconds += time.perf_counter() - step_start
-        interval += totals
+        interval += totals[:4]
         progress.update(1)
 
         if state.step % cfg.logging_steps == 0 or state.step == total_steps:
@@ -441,8 +426,11 @@ def train(
             last_metrics = _evaluate(evaluate, model, state, run_log)
             last_eval_step = state.step
             stop = _update_best(cfg, state, last_metrics)
-        if state.step % save_every == 0 or state.step == total_steps or stop:
-            _save(cfg, accelerator, state)
+        if state.step % save_every == 0 or state.step == total_steps or stop or preempted:
+            _save(cfg, accelerator, objects, state)
+        if preempted:
+            progress.close()
+            raise _preempted(cfg, state, preemption)
         interval_start += time.perf_counter() - pause
     progress.close()
 
@@ -455,7 +443,7 @@ def train(
     if use_best and state.best_step != state.step:
         logger.info("restoring the best checkpoint (step %d, %s = %.4f)", state.best_step,
                     cfg.metric_for_best_model, state.best_metric)
-        accelerator.load_state(os.path.join(cfg.output_dir, "checkpoints", f"step-{state.best_step}"))
+        load_best_weights(accelerator, model, os.path.join(cfg.output_dir, "checkpoints", f"step-{state.best_step}"))
     final = {"global_step": state.step, **((state.best_metrics if use_best else last_metrics) or {})}
     if use_best:
         final["best_step"] = state.best_step
@@ -531,12 +519,18 @@ def _update_best(cfg: TrainingConfig, state: TrainState, metrics: dict) -> bool:
     return patience is not None and state.evals_without_improvement >= patience
 
 
-def _save(cfg: TrainingConfig, accelerator, state: TrainState) -> None:
+def _save(cfg: TrainingConfig, accelerator, objects: tuple, state: TrainState) -> None:
     keep = set()
     if state.best_step is not None:
         keep.add(os.path.join(cfg.output_dir, "checkpoints", f"step-{state.best_step}"))
-    record = {k: v for k, v in dataclasses.asdict(state).items()}
-    save_checkpoint(accelerator, cfg.output_dir, state.step, record, cfg.save_total_limit, keep)
+    save_checkpoint(accelerator, objects, cfg.output_dir, state.step, dataclasses.asdict(state), settings_of(cfg),
+                    cfg.save_total_limit, keep)
+
+
+def _preempted(cfg: TrainingConfig, state: TrainState, preemption: StopRequest) -> Preempted:
+    path = os.path.join(cfg.output_dir, "checkpoints", f"step-{state.step}")
+    return Preempted(f"{preemption.reason()} at step {state.step}: checkpoint written to {path}; continue with "
+                     "--resume_from_checkpoint latest", preemption.exit_code())
 
 
 def _progress_bar(cfg, accelerator, total: int, initial: int):

@@ -56,8 +56,10 @@ def preset_config(preset: str, vocab_size: int, max_position_embeddings: int = 5
     return BertConfig(vocab_size=vocab_size, max_position_embeddings=max_position_embeddings, **fields)
 
 
-def check_checkpoint_dir(path: str, field: str = "model_name_or_path") -> str:
-    """`path` located (mlm.hub.locate); one-line error when it is a folder but not a Hugging Face checkpoint."""
+def check_checkpoint_dir(path: str, field: str = "model_name_or_path", allow_pickle: bool = False) -> str:
+    """`path` located (mlm.hub.locate); one-line error when it is a folder but not a Hugging Face checkpoint
+    directory, asks for code of its own (auto_map), or holds only pickle weights (which can run code when loaded)
+    and `allow_pickle` is off."""
     from mlm.hub import locate
 
     path = locate(path, field)
@@ -66,13 +68,25 @@ def check_checkpoint_dir(path: str, field: str = "model_name_or_path") -> str:
             raise DataError(f"{field}: {path} is not a checkpoint directory (no config.json)")
         try:
             with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-                json.load(f)
+                config = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataError(f"{path}/config.json: not valid JSON ({e})") from None
+        if isinstance(config, dict) and config.get("auto_map"):
+            raise DataError(f"{path}/config.json: asks for the model's own code (auto_map); mlm never runs code "
+                            "from a model folder")
         weights = [n for n in os.listdir(path) if n.endswith((".safetensors", ".bin")) or n.endswith(".index.json")]
         if not weights:
             raise DataError(f"{field}: {path} has a config.json but no weights (model.safetensors)")
+        if not allow_pickle and not any(n.endswith((".safetensors", ".safetensors.index.json")) for n in weights):
+            raise DataError(f"{field}: {path} holds only pickle weights ({', '.join(sorted(weights)[:2])}), which can "
+                            "run code when loaded; convert them to model.safetensors, or pass --allow_pickle_weights "
+                            "true for a folder you trust")
     return path
+
+
+def loading_kwargs(allow_pickle: bool = False) -> dict:
+    """from_pretrained arguments: safetensors weights unless pickle ones are allowed, never the model's own code."""
+    return {"use_safetensors": None if allow_pickle else True, "trust_remote_code": False}
 
 
 def build_masked_lm(
@@ -81,13 +95,14 @@ def build_masked_lm(
     vocab_size: int,
     max_seq_length: int,
     attn_implementation: str = "sdpa",
+    allow_pickle_weights: bool = False,
     **overrides,
 ):
     """A BertForMaskedLM (or any AutoModelForMaskedLM) from a checkpoint, or fresh from a preset."""
     from transformers import AutoConfig, AutoModelForMaskedLM
 
     if model_name_or_path:
-        model_name_or_path = check_checkpoint_dir(model_name_or_path)
+        model_name_or_path = check_checkpoint_dir(model_name_or_path, allow_pickle=allow_pickle_weights)
         shape = {k: v for k, v in overrides.items() if k in SHAPE_FIELDS and v is not None}
         dropout = {k: v for k, v in overrides.items() if k not in SHAPE_FIELDS and v is not None}
         try:
@@ -97,7 +112,8 @@ def build_masked_lm(
                     raise ConfigError(f"{name}: {config.model_type} checkpoints have no such setting")
                 setattr(config, name, value)
             model, info = AutoModelForMaskedLM.from_pretrained(
-                model_name_or_path, config=config, attn_implementation=attn_implementation, output_loading_info=True)
+                model_name_or_path, config=config, attn_implementation=attn_implementation, output_loading_info=True,
+                **loading_kwargs(allow_pickle_weights))
         except (OSError, ValueError) as e:
             raise DataError(f"model_name_or_path: cannot load {model_name_or_path}: {str(e).splitlines()[0]}") from None
         for name, value in shape.items():

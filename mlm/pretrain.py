@@ -86,28 +86,29 @@ def prepare_tokenizer(cfg: PretrainConfig, train_corpus, accelerator):
     """An existing tokenizer, the checkpoint's, or a WordPiece trained on the corpus (cached by fingerprint).
 
     WordPiece training is not reproducible (tokenizers breaks ties between equally frequent pairs in hash order),
-    so a trained tokenizer is decided once: rank 0 makes it, writes it into output_dir (where a resumed run
-    reads it back instead of the cache) and sends its files to the other ranks, which may be on nodes with
-    caches of their own.
+    so a trained tokenizer is decided once: rank 0 makes it and sends its files to the other ranks, which may be
+    on nodes with caches of their own. Returns (tokenizer, the folder of a trained one or None): main() copies
+    that folder into output_dir once it holds it, where a resumed run reads it back instead of the cache.
     """
     from mlm.tokenizer import load_tokenizer
 
     if cfg.tokenizer_name or cfg.model_name_or_path:
-        return load_tokenizer(*tokenizer_source(cfg))
-    files = None
+        return load_tokenizer(*tokenizer_source(cfg)), None
+    files = folder = None
     if accelerator.is_main_process:
         if cfg.resume_from_checkpoint and os.path.isfile(os.path.join(cfg.output_dir, "tokenizer.json")):
             logger.info("tokenizer: the run's own, from %s", cfg.output_dir)
-            files = _folder_files(cfg.output_dir)
+            folder = cfg.output_dir
         else:
-            files = _folder_files(_cached_wordpiece(cfg, train_corpus))
-            _write_files(files, cfg.output_dir)
+            folder = _cached_wordpiece(cfg, train_corpus)
+        files = _folder_files(folder)
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
         files = broadcast_object_list([files])[0]
-    cache = os.path.join(cfg.cache_dir or default_cache_dir(), "tokenizers")
-    return load_tokenizer(cfg.output_dir if accelerator.is_main_process else _publish_files(files, cache))
+    if not accelerator.is_main_process:
+        folder = _publish_files(files, os.path.join(cfg.cache_dir or default_cache_dir(), "tokenizers"))
+    return load_tokenizer(folder), folder
 
 
 def _cached_wordpiece(cfg: PretrainConfig, train_corpus) -> str:
@@ -192,9 +193,10 @@ def make_evaluate(valid_data, collate, batch_size: int, accelerator):
 def main(cfg: PretrainConfig) -> dict:
     from mlm.collator import MaskingCollator
     from mlm.corpus import corpus_sources
-    from mlm.loop import check_output_dir, make_accelerator, shards_parameters, train
+    from mlm.loop import check_plan, make_accelerator, shards_parameters, train
     from mlm.model import SparseMaskedLM, build_masked_lm, train_flops_per_token
     from mlm.packing import build_packed_dataset
+    from mlm.run_dir import check_output_dir, run_directory
     from mlm.runlog import plot_losses, write_json
 
     check_sources(cfg)
@@ -210,12 +212,13 @@ def main(cfg: PretrainConfig) -> dict:
         document_separator=cfg.document_separator,
     )
     logger.info("corpus: %s", train_corpus.description)
-    tokenizer = prepare_tokenizer(cfg, train_corpus, accelerator)
+    tokenizer, tokenizer_folder = prepare_tokenizer(cfg, train_corpus, accelerator)
     hf_model = build_masked_lm(
         cfg.model_name_or_path, cfg.model_preset, len(tokenizer), cfg.max_seq_length,
         hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
         num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
         hidden_dropout_prob=cfg.hidden_dropout_prob, attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
+        allow_pickle_weights=cfg.allow_pickle_weights,
     )
     with accelerator.main_process_first():  # rank 0 tokenises and packs; the others then hit the cache
         train_blocks, valid_blocks = build_packed_dataset(
@@ -243,16 +246,20 @@ def main(cfg: PretrainConfig) -> dict:
     model = SparseMaskedLM(hf_model, fast_encoder=not shards_parameters(accelerator))
     logger.info("MLM head%s on the masked positions only", " and last layer" if model.fast_encoder else "")
     flops = train_flops_per_token(hf_model.config, cfg.max_seq_length, cfg.mlm_probability)
-    metrics = train(cfg, accelerator, model, train_blocks, collate, mlm_loss, evaluate, export, flops_per_token=flops)
-    if "eval_loss" in metrics:
-        metrics["perplexity"] = metrics["eval_perplexity"]
-        metrics["masked_accuracy"] = metrics["eval_masked_accuracy"]
-    metrics.update({"num_parameters": n_params, "train_flops_per_token": flops})
-    if accelerator.is_main_process:
-        write_json(os.path.join(cfg.output_dir, "metrics.json"), metrics)
-        plot_losses(os.path.join(cfg.output_dir, "log.jsonl"), os.path.join(cfg.output_dir, "loss.png"))
-        logger.info("done: %s", ", ".join(f"{k} {metrics[k]:.4g}" for k in ("eval_loss", "perplexity", "masked_accuracy", "train_tokens_per_second") if k in metrics))
-        logger.info("model written to %s", cfg.output_dir)
+    check_plan(cfg, accelerator, len(train_blocks))
+    with run_directory(cfg, accelerator):  # everything above is checked: from here on output_dir is this run's
+        if accelerator.is_main_process and tokenizer_folder and tokenizer_folder != cfg.output_dir:
+            _write_files(_folder_files(tokenizer_folder), cfg.output_dir)
+        metrics = train(cfg, accelerator, model, train_blocks, collate, mlm_loss, evaluate, export, flops_per_token=flops)
+        if "eval_loss" in metrics:
+            metrics["perplexity"] = metrics["eval_perplexity"]
+            metrics["masked_accuracy"] = metrics["eval_masked_accuracy"]
+        metrics.update({"num_parameters": n_params, "train_flops_per_token": flops})
+        if accelerator.is_main_process:
+            write_json(os.path.join(cfg.output_dir, "metrics.json"), metrics)
+            plot_losses(os.path.join(cfg.output_dir, "log.jsonl"), os.path.join(cfg.output_dir, "loss.png"))
+            logger.info("done: %s", ", ".join(f"{k} {metrics[k]:.4g}" for k in ("eval_loss", "perplexity", "masked_accuracy", "train_tokens_per_second") if k in metrics))
+            logger.info("model written to %s", cfg.output_dir)
     return metrics
 
 

@@ -76,10 +76,26 @@ class RunLog:
         """On resume, drop lines logged after the checkpoint: they will be logged again."""
         if not os.path.exists(self.path):
             return
-        with open(self.path, encoding="utf-8") as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = [line.rstrip("\n") + "\n" for line in self._readable_lines() if json.loads(line).get("step", 0) <= step]
         with open(self.path, "w", encoding="utf-8") as f:
             f.writelines(kept)
+
+    def _readable_lines(self) -> list[str]:
+        """The log's lines; a partial last line (the run was killed while writing it) is dropped with a warning."""
+        from mlm.errors import DataError
+
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            lines = [line for line in f if line.strip()]
+        for number, line in enumerate(lines, 1):
+            try:
+                json.loads(line)
+            except ValueError:
+                if number < len(lines):
+                    raise DataError(f"{self.path}:{number}: not a JSON line; repair or remove it") from None
+                logger.warning("%s:%d: dropped a partial last line (the run stopped while writing it)",
+                               self.path, number)
+                return lines[:-1]
+        return lines
 
     def log(self, record: dict) -> None:
         if not self.active:

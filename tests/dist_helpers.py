@@ -39,15 +39,19 @@ def launch(argv: list, processes: int = 2, config: str | None = None, interrupt_
     and a free port: ACCELERATE_USE_CPU is removed from the environment, so the file (and mlm) must do it.
     With `pretend_gpu`, ACCELERATE_USE_CPU=0 and mlm believes it has a GPU: nothing joins the ranks.
     """
+    began = time.perf_counter()
+    proc = start_launch(argv, processes, config, interrupt_after, pretend_gpu)
+    return finish(proc, timeout, began)
+
+
+def start_launch(argv: list, processes: int = 2, config: str | None = None, interrupt_after: int | None = None,
+                 pretend_gpu: bool = False) -> subprocess.Popen:
+    """The launcher of `launch`, started and not waited for (tests that signal it or its ranks)."""
     port = str(free_port())
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
     if config:
-        env.pop("ACCELERATE_USE_CPU", None)
         cmd += ["--config_file", config, "--main_process_port", port]
     else:
-        env["ACCELERATE_USE_CPU"] = "0" if pretend_gpu else "1"
         cmd += ["--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
                 "--dynamo_backend", "no", "--main_process_port", port]
     if interrupt_after is not None or pretend_gpu:
@@ -56,19 +60,37 @@ def launch(argv: list, processes: int = 2, config: str | None = None, interrupt_
         cmd += ["--pretend_gpu"] if pretend_gpu else []
     else:
         cmd += ["-m", "mlm"]
-    cmd += [str(a) for a in argv]
-    start = time.perf_counter()
+    env = child_env()
+    if config:
+        env.pop("ACCELERATE_USE_CPU", None)
+    else:
+        env["ACCELERATE_USE_CPU"] = "0" if pretend_gpu else "1"
+    return start(cmd + [str(a) for a in argv], env)
+
+
+def child_env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+
+
+def start(cmd: list, env: dict | None = None) -> subprocess.Popen:
     # Its own process group: a hung run is killed with its ranks, not just the launcher above them.
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env or child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    proc.cmd = cmd
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float, started: float) -> subprocess.CompletedProcess:
+    """Wait for `proc` (and every process holding its output open: its ranks); kill them all after `timeout`."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        raise AssertionError(f"{' '.join(cmd)} still running after {timeout}s (a hang?):\n{err[-3000:]}") from None
-    result = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-    result.seconds = time.perf_counter() - start
+        raise AssertionError(f"{' '.join(proc.cmd)} still running after {timeout}s (a hang?):\n{err[-3000:]}") from None
+    result = subprocess.CompletedProcess(proc.cmd, proc.returncode, out, err)
+    result.seconds = time.perf_counter() - started
     return result
 
 

@@ -100,7 +100,7 @@ def test_pretrain_on_two_ranks_writes_everything_once(two_ranks):
     assert sorted(os.listdir(out / "checkpoints")) == ["step-10", "step-20"]  # no .tmp-step-N left behind
     for step in (10, 20):
         files = set(os.listdir(out / "checkpoints" / f"step-{step}"))
-        assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "random_states_1.pkl",
+        assert {"model.safetensors", "optimizer.safetensors", "rng_state_0.json", "rng_state_1.json", "manifest.json",
                 "trainer_state.json"} <= files, files
         assert json.loads((out / "checkpoints" / f"step-{step}" / "trainer_state.json").read_text())["num_processes"] == 2
 

@@ -92,6 +92,8 @@ def test_overwrite_starts_over_without_the_old_runs_outputs(tmp_path):
     (tmp_path / "over" / "predictions" / "test.jsonl").write_text("old\n")
     run(tmp_path, "over", max_steps=2, overwrite_output_dir=True)
     assert not (tmp_path / "over" / "predictions").exists() and not (tmp_path / "over" / "metrics.json").exists()
+    [old] = [p for p in tmp_path.iterdir() if p.name.startswith("over.old-")]  # moved aside, never deleted
+    assert (old / "predictions" / "test.jsonl").read_text() == "old\n" and (old / "metrics.json").exists()
 
 
 def test_refuses_a_saved_model_or_a_file_as_output_dir(tmp_path):
@@ -109,11 +111,10 @@ def test_damaged_checkpoint_is_a_one_line_error(tmp_path):
     step = tmp_path / "damaged" / "checkpoints" / "step-10"
     weights = step / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # truncated
-    with pytest.raises(DataError, match=r"resume_from_checkpoint: cannot restore .*step-10"):
+    with pytest.raises(DataError, match=r"no intact checkpoint .*step-10 \(model.safetensors has 100 bytes"):
         run(tmp_path, "damaged", resume_from_checkpoint="latest", max_steps=12)
-    (step / "trainer_state.json").write_text("{not json")
-    with pytest.raises(DataError, match=r"trainer_state.json is unreadable"):
-        run(tmp_path, "damaged", resume_from_checkpoint="latest", max_steps=12)
+    with pytest.raises(DataError, match=r"step-10 is damaged \(model.safetensors has 100 bytes"):
+        run(tmp_path, "damaged", resume_from_checkpoint=str(step), max_steps=12)
 
 
 def test_best_checkpoint_is_kept_and_restored(tmp_path):
