@@ -31,11 +31,20 @@ class FinetuneConfig(TrainingConfig):
     dataset_config_name: Optional[str] = arg(None, "Configuration of dataset_name.")
     max_seq_length: int = arg(128, "Longest input in tokens; longer inputs are truncated or windowed.")
     max_train_samples: Optional[int] = arg(None, "Train on at most this many examples (quick runs).")
+    max_eval_samples: Optional[int] = arg(
+        None, "Evaluate on at most this many validation examples (quick runs; the test split stays whole).")
+    max_test_samples: Optional[int] = arg(
+        None, "Score at most this many examples of each test file (alias --max_predict_samples, as in HF's scripts).",
+        aliases=["--max_predict_samples"],
+    )
     group_by_length: bool = arg(True, "Batch training examples of similar length together (less padding, faster).")
     learning_rate: float = arg(5e-5, "Peak learning rate of AdamW.")
 
     def __post_init__(self):
         super().__post_init__()
+        for name in ("max_train_samples", "max_eval_samples", "max_test_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         self.check_lengths()
         self.resolve_data_files()
         if self.dataset_name is None and self.train_file is None:

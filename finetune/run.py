@@ -92,8 +92,9 @@ def main(cfg) -> dict:
     labels = task.label_list(splits["train"], cfg)  # from the whole training split, before any sampling
     if cfg.max_train_samples is not None:
         splits["train"] = splits["train"][: cfg.max_train_samples]
-    if cfg.max_eval_samples is not None:
-        splits.update({s: splits[s][: cfg.max_eval_samples] for s in ("validation", "test") if s in splits})
+    for split, limit in (("validation", cfg.max_eval_samples), ("test", cfg.max_test_samples)):
+        if limit is not None and split in splits:
+            splits[split] = splits[split][:limit]
     logger.info("%s: %s; labels: %s", cfg.task, ", ".join(f"{len(v)} {k}" for k, v in splits.items()),
                 ", ".join(labels[:20]) + (" ..." if len(labels) > 20 else "") if labels else "-")
 

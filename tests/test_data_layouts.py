@@ -30,3 +30,13 @@ def test_absolute_and_dot_relative_files_do_not_need_the_recipes_data_dir(recipe
     assert cfg.test_file == f"{folder / 'a.conll'},./b.conll"
     with pytest.raises(ConfigError, match="empty file name"):
         parse_finetune_args(["--recipe", recipe, "--train_file", train, "--test_file", f"{train},", *extra])
+
+
+def test_max_test_samples_and_its_hf_alias(tmp_path):
+    train = str(tmp_path / "train.csv")
+    cfg = parse_finetune_args(["--task", "cls", "--train_file", train, "--max_eval_samples", "5"])
+    assert (cfg.max_eval_samples, cfg.max_test_samples) == (5, None)  # a quick dev loop keeps the whole test split
+    cfg = parse_finetune_args(["--task", "cls", "--train_file", train, "--max_predict_samples", "7"])
+    assert cfg.max_test_samples == 7
+    with pytest.raises(ConfigError, match="max_test_samples: must be >= 1, got 0"):
+        parse_finetune_args(["--task", "cls", "--train_file", train, "--max_test_samples", "0"])
