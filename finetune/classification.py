@@ -50,6 +50,7 @@ from mlm.records import decoded_lines, file_format, iter_records, require_column
 logger = logging.getLogger("mlm")
 
 AutoModel = transformers.AutoModelForSequenceClassification
+UNITS = ("examples", "sequences")  # what an example and a feature are, for the log
 
 TEXT_COLUMN_CANDIDATES = ("text", "sentence", "sentence1")
 # (text, text pair) column layouts of sentence-pair data (GLUE, SNLI, ...): read as pairs unless told otherwise.

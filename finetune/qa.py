@@ -49,6 +49,7 @@ from mlm.records import iter_records
 logger = logging.getLogger("mlm")
 
 AutoModel = transformers.AutoModelForQuestionAnswering
+UNITS = ("questions", "windows")  # what an example and a feature are, for the log
 
 IGNORE = -100  # label of a feature whose answer position is unknown: left out of the loss
 SPECIAL_TOKENS_IN_PAIR = 3  # [CLS] question [SEP] context [SEP]

@@ -95,7 +95,7 @@ def main(cfg) -> dict:
     for split, limit in (("validation", cfg.max_eval_samples), ("test", cfg.max_test_samples)):
         if limit is not None and split in splits:
             splits[split] = splits[split][:limit]
-    logger.info("%s: %s; labels: %s", cfg.task, ", ".join(f"{len(v)} {k}" for k, v in splits.items()),
+    logger.info("%s: %s; labels: %s", cfg.task, ", ".join(f"{len(v)} {k} {task.UNITS[0]}" for k, v in splits.items()),
                 ", ".join(labels[:20]) + (" ..." if len(labels) > 20 else "") if labels else "-")
 
     tokenizer = load_tokenizer(cfg.tokenizer_name or cfg.model_name_or_path)
@@ -119,6 +119,8 @@ def main(cfg) -> dict:
         with open(os.path.join(output_dir, TASK_FILE), "w", encoding="utf-8") as f:
             json.dump({"task": cfg.task, "labels": labels, "config": dataclasses.asdict(cfg)}, f, indent=2)
 
+    logger.info("encoded: %s", ", ".join(f"{split} {len(splits[split])} {task.UNITS[0]} -> {len(f)} {task.UNITS[1]}"
+                                       for split, f in features.items()))
     lengths = [len(f["input_ids"]) for f in features["train"]] if cfg.group_by_length else None
     metrics = train(cfg, accelerator, model, features["train"], lambda b: task.collate(b, tokenizer), task.loss,
                     evaluate, export, lengths=lengths)

@@ -360,7 +360,7 @@ def train(
     run_log = RunLog(cfg.output_dir, accelerator.is_main_process, accelerator, resume_step=state.step)
     global_batch = cfg.per_device_train_batch_size * world * accumulation
     logger.info(
-        "training %d steps: %d examples, global batch %d = %d per device x %d processes x %d accumulation; "
+        "training %d steps: %d sequences, global batch %d = %d per device x %d processes x %d accumulation; "
         "%d steps per epoch",
         total_steps, len(train_data), global_batch, cfg.per_device_train_batch_size, world, accumulation, steps_per_epoch,
     )

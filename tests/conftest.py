@@ -109,3 +109,17 @@ def tiny_roberta_dir(tmp_path_factory):
     RobertaForMaskedLM(config).save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture
+def mlm_log(caplog):
+    """caplog for the "mlm" logger, which does not propagate once the CLI has set up console logging."""
+    import logging
+
+    logger = logging.getLogger("mlm")
+    logger.addHandler(caplog.handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.setLevel(level)

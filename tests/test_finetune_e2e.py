@@ -116,7 +116,7 @@ def test_ner_learns_entities_and_predicts_char_spans(tmp_path, tiny_bert_dir, ca
     assert [(e["type"], e["start"], e["end"], e["text"]) for e in entities] == [("PER", 0, 4, "John"), ("LOC", 14, 19, "Paris")]
 
 
-def test_qa_learns_spans_and_answers(tmp_path, tiny_bert_dir, capsys):
+def test_qa_learns_spans_and_answers(tmp_path, tiny_bert_dir, capsys, mlm_log):
     context = "john visited paris in 1999 . smith works in london ."
     questions = [("who visited paris ?", "john"), ("where does smith work ?", "london"), ("when did john visit ?", "1999")]
     rows = []
@@ -130,6 +130,9 @@ def test_qa_learns_spans_and_answers(tmp_path, tiny_bert_dir, capsys):
                       "--max_seq_length", 32, "--doc_stride", 8, "--max_query_length", 12,
                       *common(tmp_path, tiny_bert_dir, "qa", **{"--num_train_epochs": 20, "--eval_steps": 30}))
     assert code == 0
+    # The log counts questions and the windows they become (here one each: the context fits 32 tokens).
+    assert "qa: 18 train questions, 18 validation questions" in mlm_log.text
+    assert "encoded: train 18 questions -> 18 windows, validation 18 questions -> 18 windows" in mlm_log.text
     out = tmp_path / "qa"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval_exact_match"] == 100.0 and metrics["eval_f1"] == 100.0
