@@ -45,7 +45,8 @@ import transformers
 from finetune.config import FinetuneConfig
 from mlm.config import arg
 from mlm.errors import ConfigError, DataError
-from mlm.records import decoded_lines, file_format, iter_records, require_columns
+from finetune.columns import column_name, column_spec, detect_header, is_index, joined_text
+from mlm.records import decoded_lines, file_format, first_row, iter_records, require_columns
 
 logger = logging.getLogger("mlm")
 
@@ -72,13 +73,21 @@ class Config(FinetuneConfig):
     """Fine-tune an encoder for sequence classification (single-label, regression or multi-label)."""
 
     text_column: Optional[str] = arg(
-        None, "Column with the text (default: the first of text, sentence, sentence1 that the data has)."
+        None, "Column with the text: a name or a position (0 = first); several separated by commas are joined with "
+        "a space, e.g. title,description or 1,2 (default: the first of text, sentence, sentence1 that the data has)."
     )
     text_pair_column: Optional[str] = arg(
-        None, "Column with the second text of sentence-pair tasks (default: the partner of a known pair layout "
-        "such as sentence1/sentence2, premise/hypothesis, question/sentence, question1/question2; 'none': no pair)."
+        None, "Column with the second text of sentence-pair tasks, a name or position (default: the partner of a known "
+        "pair layout such as sentence1/sentence2, premise/hypothesis, question/sentence, question1/question2; 'none': "
+        "no pair)."
     )
-    label_column: str = arg("label", "Column with the label (class name, number, or list for multi-label).")
+    label_column: str = arg(
+        "label", "Column with the label (class name, number, or list for multi-label): a name or a position (0 = first)."
+    )
+    no_header: Optional[bool] = arg(
+        None, "csv/tsv files have no header line (columns by position: --text_column 1 --label_column 0); 'false': "
+        "line 1 is always the header (default: detected per file, e.g. a number in line 1 means data)."
+    )
     problem_type: Literal["auto", "single_label", "regression", "multi_label"] = arg(
         "auto",
         "auto: multi_label for list labels or with label_separator, regression when a training label is a "
@@ -136,20 +145,35 @@ def _load_files(cfg: Config) -> dict[str, list[dict]]:
 def read_table(path: str, cfg: Config, label_required: bool) -> list[dict]:
     """Examples of one csv/tsv/jsonl/parquet file; raw labels (see `_normalise_labels`)."""
     delimited = file_format(path) in ("csv", "tsv")
+    header = has_header(path, cfg) if delimited else True
     examples, columns = [], None
-    for line, row in iter_records(path, cfg.delimiter):
+    for line, row in iter_records(path, cfg.delimiter, header):
         if columns is None:
             # For csv/tsv the columns come from the header, line 1; jsonl/parquet name the first row.
             where = f"{path}:1" if delimited else f"{path}:{line}"
-            columns = resolve_columns(list(row), cfg, label_required, where, delimited)
+            columns = resolve_columns(list(row), cfg, label_required, where, delimited and header)
         examples.append(_example(row, columns, f"{path}:{line}", path, line, label_required))
     if not examples:
         raise DataError(f"{path}: no examples (the file is empty or holds only a header)")
     return examples
 
 
-def resolve_columns(names: list[str], cfg: Config, label_required: bool, where: str, delimited: bool = False):
-    """(text, text pair or None, label or None) column names for data with columns `names`.
+def has_header(path: str, cfg: Config) -> bool:
+    """Whether line 1 of a csv/tsv file names the columns: --no_header, else detected (and logged when not)."""
+    if cfg.no_header is not None:
+        return not cfg.no_header
+    specs = column_spec(cfg.text_column) + column_spec(cfg.text_pair_column) + column_spec(cfg.label_column)
+    known = {spec for spec in specs if not is_index(spec)} | set(TEXT_COLUMN_CANDIDATES) | set(sum(PAIR_COLUMNS, ()))
+    by_index = any(is_index(spec) for spec in specs) and not any(
+        spec in known - {"label"} for spec in specs)  # (label: the default, named even when not asked for)
+    header, why = detect_header(first_row(path, cfg.delimiter), known | {"label"}, by_index, path)
+    if not header:
+        logger.info("%s: no header line (%s): columns by position, 0 = first", path, why)
+    return header
+
+
+def resolve_columns(names: list[str], cfg: Config, label_required: bool, where: str, header_line: bool = False):
+    """([text columns], [text pair columns] or None, label column or None) among the data's columns `names`.
 
     Side effect: what was chosen automatically is written to cfg, so the other splits, the saved run config
     and `mlm predict` read the same kind of input: single texts as text_pair_column 'none' (the text column
@@ -157,36 +181,46 @@ def resolve_columns(names: list[str], cfg: Config, label_required: bool, where: 
     """
     available = ", ".join(map(str, names))
 
-    def missing(what: str, column: str, hint: str = "") -> DataError:
-        if delimited and len(names) == 1:
+    def missing(what: str, column: str, flag: str) -> DataError:
+        hint = f"; set --{flag} NAME or POSITION"
+        if header_line and len(names) == 1:
             hint = _delimiter_hint(str(names[0])) or hint
+        elif header_line:
+            hint += " (line 1 was read as the header; --no_header if it is data)"
         return DataError(f"{where}: missing {what} column {column!r} (columns: {available}){hint}")
 
-    text, pair = cfg.text_column, cfg.text_pair_column
-    if pair is None:  # a known pair layout: ignoring its second text would be silent garbage
+    def find(value: str, what: str, flag: str) -> list[str]:
+        found = []
+        for spec in column_spec(value):
+            name = column_name(spec, names)
+            if name is None:
+                raise missing(what, spec, flag)
+            found.append(name)
+        return found
+
+    text = find(cfg.text_column, "text", "text_column") or None
+    pair = None if cfg.text_pair_column == NO_PAIR else find(cfg.text_pair_column, "text pair", "text_pair_column") or None
+    if cfg.text_pair_column is None:  # a known pair layout: ignoring its second text would be silent garbage
         partner = dict(PAIR_COLUMNS)
         if text is None:
-            text, pair = next(((a, b) for a, b in PAIR_COLUMNS if a in names and b in names), (None, None))
-        elif partner.get(text) in names:
-            pair = partner[text]
+            layout = next(((a, b) for a, b in PAIR_COLUMNS if a in names and b in names), None)
+            text, pair = ([layout[0]], [layout[1]]) if layout else (None, None)
+        elif len(text) == 1 and partner.get(text[0]) in names:
+            pair = [partner[text[0]]]
     if text is None:
-        text = next((c for c in TEXT_COLUMN_CANDIDATES if c in names), None)
-        if text is None:
-            raise missing("text", " / ".join(TEXT_COLUMN_CANDIDATES), "; set --text_column")
-    elif text not in names:
-        raise missing("text", text)
-    if pair == NO_PAIR:
-        pair = None
-    elif pair is not None and pair not in names:
-        raise missing("text pair", pair)
-    label = cfg.label_column if cfg.label_column in names else None
+        first = next((c for c in TEXT_COLUMN_CANDIDATES if c in names), None)
+        if first is None:
+            raise missing("text", " / ".join(TEXT_COLUMN_CANDIDATES), "text_column")
+        text = [first]
+    label = column_name(cfg.label_column, names)
     if label is None and label_required:
-        raise missing("label", cfg.label_column, "; set --label_column")
-    if pair and (cfg.text_column, cfg.text_pair_column) != (text, pair):
-        logger.info("%s: text pairs from columns %r and %r", where, text, pair)
-        cfg.text_column, cfg.text_pair_column = text, pair
+        raise missing("label", cfg.label_column, "label_column")
+    shown = " + ".join(map(repr, text))
+    if pair and cfg.text_pair_column is None:
+        logger.info("%s: text pairs from columns %s and %r", where, shown, pair[0])
+        cfg.text_column, cfg.text_pair_column = cfg.text_column or text[0], pair[0]
     elif not pair and cfg.text_pair_column is None:
-        logger.info("%s: single texts from column %r", where, text)
+        logger.info("%s: single texts from column%s %s", where, "s" if len(text) > 1 else "", shown)
         cfg.text_pair_column = NO_PAIR
     return text, pair, label
 
@@ -201,26 +235,18 @@ def _delimiter_hint(header: str) -> str:
 
 def _example(row: dict, columns, where: str, path: str, line: int, label_required: bool) -> dict:
     """{"text", "text_pair"?, "label"?, "_where"}; jsonl rows may differ, so every row is checked."""
-    text_col, pair_col, label_col = columns
-    needed = [text_col, pair_col, label_col if label_required else None]
+    text_cols, pair_cols, label_col = columns
+    needed = [*text_cols, *(pair_cols or []), label_col if label_required else None]
     require_columns(path, line, row, [c for c in needed if c is not None])
-    example = {"text": _text(row[text_col], where, text_col), "_where": where}
-    if pair_col is not None:
-        example["text_pair"] = _text(row[pair_col], where, pair_col)
+    example = {"text": joined_text(row, text_cols, where), "_where": where}
+    if pair_cols is not None:
+        example["text_pair"] = joined_text(row, pair_cols, where)
     value = row.get(label_col) if label_col is not None else None
     if value is not None and not (not label_required and isinstance(value, str) and not value.strip()):
         example["label"] = value  # (a test file's blank label cell means "no gold", not an empty class)
     elif label_required:  # a null in jsonl / parquet
         raise DataError(f"{where}: column {label_col!r}: missing label (null)")
     return example
-
-
-def _text(value, where: str, column: str) -> str:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise DataError(f"{where}: empty text in column {column!r}")
-    if not isinstance(value, str):
-        raise DataError(f"{where}: column {column!r} should hold text, got {type(value).__name__} {value!r}")
-    return value
 
 
 def _load_hub(cfg: Config) -> dict[str, list[dict]]:

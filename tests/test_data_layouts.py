@@ -4,7 +4,7 @@ import os
 import pytest
 
 from finetune.run import parse_finetune_args
-from mlm.errors import ConfigError
+from mlm.errors import ConfigError, DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,3 +40,63 @@ def test_max_test_samples_and_its_hf_alias(tmp_path):
     assert cfg.max_test_samples == 7
     with pytest.raises(ConfigError, match="max_test_samples: must be >= 1, got 0"):
         parse_finetune_args(["--task", "cls", "--train_file", train, "--max_test_samples", "0"])
+
+
+# ------------------------------------------------------------------------------------ headerless tables
+
+def write(path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def cls_splits(train: str, **fields):
+    from finetune import classification as cls
+
+    cfg = cls.Config(train_file=train, **fields)
+    return cls.load_splits(cfg), cfg
+
+
+def test_headerless_tsv_by_position_the_number_in_line_1_tells(tmp_path, mlm_log):
+    train = write(tmp_path / "train.tsv", "a charming movie\t1\nso boring\t0\n")
+    splits, cfg = cls_splits(train, text_column="0", label_column="1")
+    assert [(ex["text"], ex["label"], ex["_where"]) for ex in splits["train"]] == [
+        ("a charming movie", "1", f"{train}:1"), ("so boring", "0", f"{train}:2")]
+    assert f"{train}: no header line (line 1 holds the number '1', not a column name)" in mlm_log.text
+    # Without column flags the columns are named by position, and the error says how to pick them.
+    with pytest.raises(DataError, match=r"train.tsv:1: missing text column .* \(columns: 0, 1\); set --text_column "
+                                        r"NAME or POSITION$"):
+        cls_splits(train)
+
+
+def test_headerless_csv_joins_title_and_description(tmp_path):
+    train = write(tmp_path / "train.csv", '"3","Wall St. Bears","Short-sellers are back, again."\n'
+                                          '"1","Mars Rover","It landed."\n')
+    splits, cfg = cls_splits(train, text_column="1,2", label_column="0")
+    assert [(ex["text"], ex["label"]) for ex in splits["train"]] == [
+        ("Wall St. Bears Short-sellers are back, again.", "3"), ("Mars Rover It landed.", "1")]
+    assert cfg.text_pair_column == "none" and cfg.text_column == "1,2"  # saved as given, for mlm predict
+
+
+def test_headers_stay_headers_and_positions_also_work_with_them(tmp_path):
+    train = write(tmp_path / "train.tsv", "id\tsentence\tlabel\n7\tgood\tpos\n8\tbad\tneg\n")
+    splits, _ = cls_splits(train, text_column="1")  # line 1 names the label column: a header
+    assert [(ex["text"], ex["label"], ex["_where"]) for ex in splits["train"]] == [
+        ("good", "pos", f"{train}:2"), ("bad", "neg", f"{train}:3")]
+    pairs = write(tmp_path / "pairs.csv", "p,q,y\nthe cat,a cat,yes\nthe dog,no dog,no\n")
+    splits, cfg = cls_splits(pairs, text_column="0", text_pair_column="-2", label_column="y")
+    assert splits["train"][0] == {"text": "the cat", "text_pair": "a cat", "label": "yes", "_where": f"{pairs}:2"}
+
+
+def test_an_undecidable_line_1_asks_for_no_header(tmp_path):
+    train = write(tmp_path / "train.tsv", "a charming movie\tpos\nso boring\tneg\n")
+    with pytest.raises(DataError, match=r"train.tsv:1: cannot tell whether line 1 \(a charming movie \| pos\) is a "
+                                        r"header: pass --no_header"):
+        cls_splits(train, text_column="0", label_column="1")
+    splits, _ = cls_splits(train, text_column="0", label_column="1", no_header=True)
+    assert [ex["label"] for ex in splits["train"]] == ["pos", "neg"]
+    splits, _ = cls_splits(train, text_column="0", label_column="1", no_header=False)
+    assert [ex["label"] for ex in splits["train"]] == ["neg"]  # line 1 named the columns
+    # Named columns: line 1 is taken as the header, and a miss says --no_header might be the fix.
+    with pytest.raises(DataError, match=r"missing text column .* \(columns: a charming movie, pos\); set "
+                                        r"--text_column NAME or POSITION \(line 1 was read as the header; --no_header"):
+        cls_splits(train)
