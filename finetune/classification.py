@@ -31,6 +31,7 @@ and fixes cfg.problem_type to the resolved type, so the saved run config records
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -42,10 +43,11 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from finetune.config import FinetuneConfig
+from finetune.columns import column_name, column_spec, detect_header, is_index, joined_text
+from finetune.config import FinetuneConfig, is_test_split
+from finetune.label_names import resolve_label_names
 from mlm.config import arg
 from mlm.errors import ConfigError, DataError
-from finetune.columns import column_name, column_spec, detect_header, is_index, joined_text
 from mlm.records import decoded_lines, file_format, first_row, iter_records, require_columns
 
 logger = logging.getLogger("mlm")
@@ -96,6 +98,10 @@ class Config(FinetuneConfig):
     label_separator: Optional[str] = arg(
         None, "Multi-label data as one string per example, e.g. '|' for 'sports|politics' (implies multi_label)."
     )
+    label_names: Optional[str] = arg(
+        None, "Names for the classes, for config.json's id2label and the predictions: 'negative,positive' (one per "
+        "class, numbers ascending, else alphabetical), '0=negative,1=positive', or a file of such lines."
+    )
     delimiter: Optional[str] = arg(
         None, "Field delimiter of csv/tsv files: a character or tab/comma/semicolon/pipe (default: by extension)."
     )
@@ -130,15 +136,36 @@ def load_splits(cfg: Config) -> dict[str, list[dict]]:
     cfg.problem_type = resolved
     for examples in splits.values():
         _normalise_labels(examples, cfg)
+    if cfg.label_names is not None:
+        name_classes(splits, cfg)
     return splits
+
+
+def name_classes(splits: dict[str, list[dict]], cfg: Config) -> None:
+    """--label_names: every split's labels renamed; cfg.label_names becomes the {class: name} JSON the run saves."""
+    if cfg.problem_type == "regression":
+        raise ConfigError("label_names: a regression model predicts scores, not classes")
+    classes = sort_labels(_class_names(splits["train"], cfg.problem_type, cfg.label_separator))
+    mapping = resolve_label_names(cfg.label_names, classes, key=label_name)
+    cfg.label_names = json.dumps(mapping, ensure_ascii=False)
+    logger.info("label names: %s", ", ".join(f"{c} = {n}" for c, n in mapping.items()))
+    for examples in splits.values():
+        _rename_labels(examples, mapping, cfg.problem_type)
+
+
+def _rename_labels(examples: list[dict], mapping: dict[str, str], kind: str) -> None:
+    """In place; a class without a name stays as it is (and fails as unseen in training, naming its line)."""
+    for ex in examples:
+        if "label" in ex:
+            value = ex["label"]
+            ex["label"] = [mapping.get(n, n) for n in value] if kind == "multi_label" else mapping.get(value, value)
 
 
 def _load_files(cfg: Config) -> dict[str, list[dict]]:
     splits = {}
-    for split, path in (("train", cfg.train_file), ("validation", cfg.validation_file), ("test", cfg.test_file)):
-        if path is not None:
-            # Training and validation need gold labels; a test file may be unlabeled (predictions only).
-            splits[split] = read_table(path, cfg, label_required=split != "test")
+    for split, path in cfg.data_files():
+        # Training and validation need gold labels; a test file may be unlabeled (predictions only).
+        splits[split] = read_table(path, cfg, label_required=not is_test_split(split))
     return splits
 
 
@@ -382,21 +409,29 @@ def _label_set(value, separator: Optional[str]) -> list[str]:
 
 
 def label_list(train_examples: list[dict], cfg: Config) -> list[str]:
-    """Label names of the training split: numeric order for integer names ("2" before "10"), else sorted."""
+    """Label names of the training split: in --label_names' order when given, else numeric order for integer names
+    ("2" before "10"), else sorted."""
     kind = resolve_problem_type(train_examples, cfg)
     if kind == "regression":
         return ["score"]
+    names = _class_names(train_examples, kind, cfg.label_separator)
+    if not names:
+        raise DataError(f"{train_examples[0]['_where'] if train_examples else 'train'}: the training data has no labels")
+    if cfg.label_names is not None:
+        return [n for n in json.loads(cfg.label_names).values() if n in names]
+    return sort_labels(names)
+
+
+def _class_names(examples: list[dict], kind: str, separator: Optional[str]) -> set[str]:
     names = set()
-    for ex in train_examples:
+    for ex in examples:
         if ex.get("label") is None:
             continue
         if kind == "multi_label":
-            names.update(_label_set(ex["label"], cfg.label_separator))
+            names.update(_label_set(ex["label"], separator))
         else:
             names.add(label_name(ex["label"]))
-    if not names:
-        raise DataError(f"{train_examples[0]['_where'] if train_examples else 'train'}: the training data has no labels")
-    return sort_labels(names)
+    return names
 
 
 def sort_labels(names) -> list[str]:
@@ -656,6 +691,8 @@ def examples_from_file(path: str, cfg: Config) -> list[dict]:
         examples = read_table(path, cfg, label_required=False)
         if cfg.problem_type != "auto":  # else the gold labels stay raw and `predictions` reads them per model
             _normalise_labels(examples, cfg)
+            if cfg.label_names is not None:
+                _rename_labels(examples, json.loads(cfg.label_names), cfg.problem_type)
         return examples
     if is_pair_model(cfg):
         raise DataError(f"{path}: a .txt file has one text per line; this model classifies text pairs "

@@ -72,6 +72,18 @@ class FinetuneConfig(TrainingConfig):
                 resolved = [os.path.join(self.data_dir, p) if in_folder(p) else p for p in paths]
                 setattr(self, name, ",".join(resolved))
 
+    def data_files(self) -> list[tuple[str, str]]:
+        """(split, path) of every file set: train, validation, and test, or test_<name> per file when several
+        test files are given (e.g. test_dev2 and test_eng.testb), so that each is scored on its own."""
+        files = [(split, path) for split, path in (("train", self.train_file), ("validation", self.validation_file))
+                 if path]
+        tests = split_file_list(self.test_file)
+        names = [input_name(path) for path in tests]
+        repeated = next((n for n in names if names.count(n) > 1), None)
+        if repeated is not None:
+            raise ConfigError(f"test_file: two files are named {repeated}; their scores would share one name")
+        return files + [("test" if len(tests) == 1 else f"test_{name}", path) for name, path in zip(names, tests)]
+
     def check_lengths(self, max_positions: Optional[int] = None) -> None:
         """max_seq_length (and the task's window fields, in subclasses) usable together, and within a model's
         max_positions. Run by __post_init__, once the model is loaded, and by `mlm predict` after its overrides."""
@@ -94,3 +106,21 @@ def split_file_list(value: Optional[str]) -> list[str]:
     if not all(paths):
         raise ConfigError(f"empty file name in {value!r}: separate several files with commas, e.g. a.tsv,b.tsv")
     return paths
+
+
+# Suffixes dropped from a file's name when it names a split or an evaluation (dev.tsv -> dev, but eng.testb stays).
+DATA_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet", ".txt", ".conll", ".conll03", ".iob", ".bio")
+
+
+def input_name(path: str) -> str:
+    """dev.tsv -> dev, test.jsonl.gz -> test, eng.testb -> eng.testb: names metrics and prediction files."""
+    name = os.path.basename(path.rstrip("/\\")).removesuffix(".gz")
+    for suffix in DATA_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_test_split(split: str) -> bool:
+    """'test' or 'test_<name>': splits that may be unlabelled (predicted, not scored)."""
+    return split == "test" or split.startswith("test_")

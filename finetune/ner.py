@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from finetune.config import FinetuneConfig
+from finetune.config import FinetuneConfig, is_test_split
 from finetune.metrics import chunks, convert_tags, entity_scores, to_iob2
 from mlm.config import arg
 from mlm.errors import ConfigError, DataError
@@ -119,9 +119,8 @@ def load_splits(cfg: Config) -> dict[str, list[dict]]:
     if cfg.dataset_name:
         splits = _load_hub(cfg)
     else:
-        files = {"train": cfg.train_file, "validation": cfg.validation_file, "test": cfg.test_file}
         # A test file may hold words only (no gold): it is predicted, not scored.
-        splits = {split: read_file(path, cfg, tags_required=split != "test") for split, path in files.items() if path}
+        splits = {split: read_file(path, cfg, tags_required=not is_test_split(split)) for split, path in cfg.data_files()}
     return splits  # max_train_samples / max_eval_samples are applied by finetune/run.py
 
 

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", action="store_true", help="Dynamic int8 quantisation of the Linear layers (CPU).")
     p.add_argument("--text_column", help="cls --input tables: the text column, when not the one trained on.")
     p.add_argument("--text_pair_column", help="cls --input tables: the second text column of a pair model.")
+    p.add_argument("--label_names", help="cls: names for the model's classes, 'neg,pos' (in id order) or '0=neg,1=pos' "
+                   "or a file of such lines; also applied to the gold labels of --input tables.")
     return p
 
 
@@ -118,6 +120,20 @@ def apply_flags(cfg, args) -> None:
         setattr(cfg, name, getattr(args, name))
 
 
+def rename_classes(cfg, labels: list[str], value: str) -> list[str]:
+    """--label_names: the model's classes (in id order) under new names; cfg.label_names then maps the data's
+    labels (as trained on, or the model's class names) to them, for gold labels read from --input tables."""
+    from finetune.classification import label_name, problem_type
+    from finetune.label_names import resolve_label_names
+
+    if not hasattr(cfg, "label_names") or problem_type(cfg, labels) == "regression":
+        raise ConfigError("--label_names: only a cls model with classes has labels to name")
+    mapping = resolve_label_names(value, labels, key=label_name)
+    trained = json.loads(cfg.label_names) if cfg.label_names else {}
+    cfg.label_names = json.dumps({**mapping, **{raw: mapping.get(name, name) for raw, name in trained.items()}})
+    return [mapping[label] for label in labels]
+
+
 def check_lengths(cfg, max_positions: int, args) -> None:
     """cfg.check_lengths, its error naming the flag that made the lengths wrong."""
     try:
@@ -184,11 +200,10 @@ def read_inputs(task, cfg, args) -> list[dict]:
 
 
 def predict(task, model, tokenizer, cfg, labels, examples: list[dict], batch_size: int) -> list[dict]:
-    from finetune.inference import compute_outputs
+    from finetune.inference import predict_features
 
     features = task.encode(examples, tokenizer, cfg, labels, with_labels=False)
-    outputs = compute_outputs(task, model, features, tokenizer, batch_size)
-    return task.predictions(examples, features, outputs, cfg, labels)
+    return predict_features(task, model, examples, features, tokenizer, cfg, labels, batch_size)
 
 
 def main(argv: list[str]) -> None:
@@ -204,6 +219,8 @@ def main(argv: list[str]) -> None:
     positions = checkpoint_positions(args.model)
     task, cfg, labels = load_task(args.model, positions)
     apply_flags(cfg, args)
+    if args.label_names is not None:
+        labels = rename_classes(cfg, labels, args.label_names)
     check_lengths(cfg, positions, args)
     examples = read_inputs(task, cfg, args)
     if not examples:

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from finetune.config import FinetuneConfig
+from finetune.config import FinetuneConfig, is_test_split
 from mlm.config import arg
 from mlm.errors import ConfigError, DataError
 from mlm.records import iter_records
@@ -138,9 +138,8 @@ def load_splits(cfg: Config) -> dict[str, list[dict]]:
         splits = _load_hub(cfg)
     else:
         splits = {}
-        for split, path in (("train", cfg.train_file), ("validation", cfg.validation_file), ("test", cfg.test_file)):
-            if path is not None:
-                splits[split] = read_file(path, require_answers=split != "test")
+        for split, path in cfg.data_files():
+            splits[split] = read_file(path, require_answers=not is_test_split(split))
     if cfg.split_articles is not None:
         splits["train"], splits["validation"] = split_by_article(splits["train"], cfg.split_articles, cfg.train_file)
     for split, examples in splits.items():

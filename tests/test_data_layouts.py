@@ -1,4 +1,5 @@
 """Data as it comes: files given in full next to a recipe's data_dir, headerless tables, label names."""
+import json
 import os
 
 import pytest
@@ -100,3 +101,46 @@ def test_an_undecidable_line_1_asks_for_no_header(tmp_path):
     with pytest.raises(DataError, match=r"missing text column .* \(columns: a charming movie, pos\); set "
                                         r"--text_column NAME or POSITION \(line 1 was read as the header; --no_header"):
         cls_splits(train)
+
+
+# ------------------------------------------------------------------------------------------ label names
+
+@pytest.mark.parametrize("value", ["World,Sports,Business", "1=World,2=Sports,10=Business",
+                                   '{"1": "World", "2.0": "Sports", "10": "Business"}', "FILE"])
+def test_label_names_name_numeric_classes_in_their_order(tmp_path, value):
+    from finetune.classification import label_name
+    from finetune.label_names import resolve_label_names
+
+    if value == "FILE":
+        value = write(tmp_path / "names.txt", "1\tWorld\n2\tSports\n\n10\tBusiness\n")
+    classes = ["1", "2", "10"]  # numeric order, as label_list sorts them
+    assert resolve_label_names(value, classes, key=label_name) == {"1": "World", "2": "Sports", "10": "Business"}
+
+
+@pytest.mark.parametrize("value,message", [
+    ("a,b", r"2 names for 3 classes \(1, 2, 10\)"),
+    ("1=a,2=b", "no name for class '10'"),
+    ("1=a,b,c", "mixes CLASS=NAME pairs and bare names"),
+    ("a,b,a", "the name 'a' is given to two classes"),
+    ("1=,2=b,10=c", "expected CLASS=NAME"),
+])
+def test_bad_label_names_are_one_line_errors(value, message):
+    from finetune.label_names import resolve_label_names
+
+    with pytest.raises(ConfigError, match=f"label_names: .*{message}"):
+        resolve_label_names(value, ["1", "2", "10"])
+
+
+def test_label_names_rename_every_split_and_keep_the_class_order(tmp_path):
+    train = write(tmp_path / "train.csv", '"2","b"\n"1","a"\n"10","c"\n')
+    dev = write(tmp_path / "dev.csv", '"10","c"\n')
+    from finetune import classification as cls
+
+    splits, cfg = cls_splits(train, validation_file=dev, text_column="1", label_column="0",
+                             label_names="World,Sports,Business")
+    assert [ex["label"] for ex in splits["train"]] == ["Sports", "World", "Business"]
+    assert splits["validation"][0]["label"] == "Business"
+    assert cls.label_list(splits["train"], cfg) == ["World", "Sports", "Business"]  # ids in the classes' order
+    assert json.loads(cfg.label_names) == {"1": "World", "2": "Sports", "10": "Business"}  # what the run saves
+    with pytest.raises(ConfigError, match="label_names: a regression model"):
+        cls_splits(train, text_column="1", label_column="0", label_names="a,b,c", problem_type="regression")
