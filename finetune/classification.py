@@ -688,12 +688,7 @@ def examples_from_file(path: str, cfg: Config) -> list[dict]:
     """`mlm predict --input FILE`: a table with the text column (labels, if present, become "gold"),
     or a .txt file with one text per line (blank lines skipped)."""
     if not path.lower().endswith((".txt", ".txt.gz")):
-        examples = read_table(path, cfg, label_required=False)
-        if cfg.problem_type != "auto":  # else the gold labels stay raw and `predictions` reads them per model
-            _normalise_labels(examples, cfg)
-            if cfg.label_names is not None:
-                _rename_labels(examples, json.loads(cfg.label_names), cfg.problem_type)
-        return examples
+        return _read_gold_table(path, cfg, label_required=False)
     if is_pair_model(cfg):
         raise DataError(f"{path}: a .txt file has one text per line; this model classifies text pairs "
                         f"({cfg.text_column} + {cfg.text_pair_column}): use a csv/tsv/jsonl file with those columns")
@@ -703,4 +698,19 @@ def examples_from_file(path: str, cfg: Config) -> list[dict]:
             examples.append({"text": line.rstrip("\r\n"), "_where": f"{path}:{line_no}"})
     if not examples:
         raise DataError(f"{path}: no text (the file is empty)")
+    return examples
+
+
+def read_labelled(path: str, cfg: Config) -> list[dict]:
+    """`mlm evaluate --input FILE`: a table read as fine-tuning reads a validation file (every row labelled)."""
+    return _read_gold_table(path, cfg, label_required=True)
+
+
+def _read_gold_table(path: str, cfg: Config, label_required: bool) -> list[dict]:
+    """A table's examples, gold labels in the model's form: normalised for its problem type, named as in training."""
+    examples = read_table(path, cfg, label_required)
+    if cfg.problem_type != "auto":  # else the gold labels stay raw and `predictions` reads them per model
+        _normalise_labels(examples, cfg)
+        if cfg.label_names is not None:
+            _rename_labels(examples, json.loads(cfg.label_names), cfg.problem_type)
     return examples

@@ -752,6 +752,11 @@ def examples_from_file(path: str, cfg: Config) -> list[dict]:
     return examples
 
 
+def read_labelled(path: str, cfg: Config) -> list[dict]:
+    """`mlm evaluate --input FILE`: tagged sentences, read as fine-tuning reads a validation file."""
+    return read_file(path, cfg, tags_required=True)
+
+
 def _examples_from_records(path: str, cfg: Config) -> list[dict]:
     examples = []
     for line_no, row in iter_records(path):

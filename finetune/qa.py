@@ -658,3 +658,10 @@ def examples_from_file(path: str, cfg: Config) -> list[dict]:
     examples = read_file(path, require_answers=False)
     _check_unique_ids(examples)
     return examples
+
+
+def read_labelled(path: str, cfg: Config) -> list[dict]:
+    """`mlm evaluate --input FILE`: questions with answers, read as fine-tuning reads a validation file."""
+    examples = read_file(path, require_answers=True)
+    _check_unique_ids(examples)
+    return align_answers(examples, path)

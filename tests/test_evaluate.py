@@ -61,3 +61,42 @@ def test_several_test_files_are_scored_separately_and_whole(sentiment_model):
     assert len(read_jsonl(model / "predictions" / "test_mixed.jsonl")) == 5  # --max_eval_samples left it whole
     assert len(read_jsonl(model / "predictions" / "validation.jsonl")) == 2
     assert [r["label"] for r in read_jsonl(model / "predictions" / "test_positives.jsonl")] == ["positive"] * 2
+
+
+def test_evaluate_scores_two_files_as_fine_tuning_does(sentiment_model, capsys):
+    tmp_path, model, mixed, _ = sentiment_model
+    flipped = tmp_path / "flipped.jsonl"  # another layout; gold labels wrong on purpose for 1 of 4 rows
+    flipped.write_text("".join(json.dumps({"review": t, "stars": l}) + "\n" for t, l in
+                               [("great fun", "positive"), ("i hate it", "negative"), ("bad plot", "positive"),
+                                ("i love it", "1")]))
+    out = tmp_path / "eval"
+    out.mkdir()
+    code, captured = run_cli(capsys, "evaluate", "--model", model, "--input", mixed, "--input", flipped,
+                             "--text_column", "review", "--label_column", "stars", "--output_dir", out)
+    assert code == 1 and "mixed.tsv:1: missing text column 'review'" in captured.err  # flags apply to every input
+    code, _ = run_cli(capsys, "evaluate", "--model", model, "--input", mixed, "--output_dir", out)
+    assert code == 0
+    mixed_scores = json.loads((out / "eval_mixed.json").read_text())
+    trained = json.loads((model / "metrics.json").read_text())
+    assert mixed_scores["examples"] == 5 and mixed_scores["accuracy"] == 1.0
+    assert {k: v for k, v in mixed_scores.items() if k not in ("input", "examples")} == {
+        k.removeprefix("test_mixed_"): v for k, v in trained.items() if k.startswith("test_mixed_")}
+    assert read_jsonl(out / "predictions" / "mixed.jsonl") == read_jsonl(model / "predictions" / "test_mixed.jsonl")
+    code, _ = run_cli(capsys, "evaluate", "--model", model, "--input", flipped, mixed.with_name("positives.csv"),
+                      "--text_column", "review", "--label_column", "stars", "--output_dir", out)
+    assert code == 1  # positives.csv has no column review: one line, naming it
+    code, _ = run_cli(capsys, "evaluate", "--model", model, "--input", flipped, "--text_column", "review",
+                      "--label_column", "stars", "--output_dir", out)
+    flipped_scores = json.loads((out / "eval_flipped.json").read_text())
+    assert code == 0 and flipped_scores["accuracy"] == 0.75 and flipped_scores["per_class"]["positive"]["support"] == 3
+
+
+def test_evaluate_refuses_unlabelled_rows_and_name_clashes(sentiment_model, tmp_path, capsys):
+    _, model, mixed, _ = sentiment_model
+    unlabelled = tmp_path / "u.tsv"
+    unlabelled.write_text("great fun\t1\nbad plot\t\n")
+    (tmp_path / "b").mkdir()
+    code, captured = run_cli(capsys, "evaluate", "--model", model, "--input", unlabelled, "--output_dir", tmp_path)
+    assert code == 1 and "u.tsv:2" in captured.err
+    code, captured = run_cli(capsys, "evaluate", "--model", model, "--input", mixed, tmp_path / "b" / "mixed.tsv")
+    assert code == 1 and "are both named 'mixed'" in captured.err
