@@ -47,6 +47,8 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch_size", type=int, default=32, help="Inputs per forward pass.")
     p.add_argument("--max_seq_length", type=int, default=None, help="Override the checkpoint's max_seq_length.")
     p.add_argument("--quantize", action="store_true", help="Dynamic int8 quantisation of the Linear layers (CPU).")
+    p.add_argument("--num_threads", type=int, default=None, help="CPU threads for torch (default: OMP_NUM_THREADS, "
+                   "else the cores this process may use); on a busy machine fewer can be faster.")
     p.add_argument("--text_column", help="cls tables: the text column (name or position; several joined with commas), "
                    "when not the one trained on.")
     p.add_argument("--text_pair_column", help="cls tables: the second text column of a pair model.")
@@ -222,8 +224,9 @@ def predict(task, model, tokenizer, cfg, labels, examples: list[dict], batch_siz
 
 def load_settings(args):
     """(task, cfg, labels) of args.model with the flags applied and checked, before any data or weights are read."""
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch_size: must be >= 1, got {args.batch_size}")
+    for name in ("batch_size", "num_threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ConfigError(f"--{name}: must be >= 1, got {getattr(args, name)}")
     positions = checkpoint_positions(args.model)
     task, cfg, labels = load_task(args.model, positions)
     apply_flags(cfg, args)
@@ -236,8 +239,10 @@ def load_settings(args):
 def load_checkpoint(task, cfg, args):
     """(model, tokenizer) of args.model, ready to predict."""
     from mlm.model import usable_positions
+    from mlm.threads import use_threads
     from mlm.tokenizer import fit_tokenizer_to_model, load_tokenizer
 
+    use_threads(args.num_threads)
     tokenizer = load_tokenizer(args.model)
     model = load_model(task, args.model, args.quantize)
     check_lengths(cfg, usable_positions(model.config, model), args)  # the model itself shows any position offset

@@ -33,6 +33,7 @@ from mlm.checkpoint import list_checkpoints, load_checkpoint, resolve_resume, sa
 from mlm.config import TrainingConfig
 from mlm.errors import ConfigError, DataError
 from mlm.runlog import RunLog, logger, setup_console_logging
+from mlm.threads import use_threads
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, torch.Tensor]]
 
@@ -62,6 +63,7 @@ def make_accelerator(cfg: TrainingConfig):
     accelerator = Accelerator(mixed_precision=precision, cpu=launched > 1 and not _has_device(),
                               kwargs_handlers=[timeout], **kwargs)
     setup_console_logging(accelerator.is_main_process)
+    use_threads(cfg.num_threads)
     # (mpirun sets no LOCAL_RANK, so `launched` stays 1 there; accelerate forms that group itself)
     if launched > 1 and accelerator.num_processes != launched:
         raise ConfigError(

@@ -63,7 +63,7 @@ def test_several_test_files_are_scored_separately_and_whole(sentiment_model):
     assert [r["label"] for r in read_jsonl(model / "predictions" / "test_positives.jsonl")] == ["positive"] * 2
 
 
-def test_evaluate_scores_two_files_as_fine_tuning_does(sentiment_model, capsys):
+def test_evaluate_scores_two_files_as_fine_tuning_does(sentiment_model, capsys, mlm_log):
     tmp_path, model, mixed, _ = sentiment_model
     flipped = tmp_path / "flipped.jsonl"  # another layout; gold labels wrong on purpose for 1 of 4 rows
     flipped.write_text("".join(json.dumps({"review": t, "stars": l}) + "\n" for t, l in
@@ -74,8 +74,8 @@ def test_evaluate_scores_two_files_as_fine_tuning_does(sentiment_model, capsys):
     code, captured = run_cli(capsys, "evaluate", "--model", model, "--input", mixed, "--input", flipped,
                              "--text_column", "review", "--label_column", "stars", "--output_dir", out)
     assert code == 1 and "mixed.tsv:1: missing text column 'review'" in captured.err  # flags apply to every input
-    code, _ = run_cli(capsys, "evaluate", "--model", model, "--input", mixed, "--output_dir", out)
-    assert code == 0
+    code, _ = run_cli(capsys, "evaluate", "--model", model, "--input", mixed, "--output_dir", out, "--num_threads", 1)
+    assert code == 0 and "threads: 1 (--num_threads;" in mlm_log.text
     mixed_scores = json.loads((out / "eval_mixed.json").read_text())
     trained = json.loads((model / "metrics.json").read_text())
     assert mixed_scores["examples"] == 5 and mixed_scores["accuracy"] == 1.0
