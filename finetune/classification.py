@@ -88,7 +88,8 @@ class Config(FinetuneConfig):
     )
     no_header: Optional[bool] = arg(
         None, "csv/tsv files have no header line (columns by position: --text_column 1 --label_column 0); 'false': "
-        "line 1 is always the header (default: detected per file, e.g. a number in line 1 means data)."
+        "line 1 is always the header (default: detected per file, e.g. a number in line 1 means data).",
+        nargs="?", const=True,  # `--no_header` alone means true (HfArgumentParser does that only for non-None defaults)
     )
     problem_type: Literal["auto", "single_label", "regression", "multi_label"] = arg(
         "auto",

@@ -58,10 +58,10 @@ def main(argv: list[str]) -> dict[str, dict]:
 
     args = build_parser().parse_args(argv)
     setup_console_logging(True)
+    inputs = input_names(args.input)
+    task, cfg, labels = load_settings(args)  # (checks --model first: it is the default output_dir)
     output_dir = args.output_dir or args.model
     check_output_dir(output_dir)
-    inputs = input_names(args.input)
-    task, cfg, labels = load_settings(args)
     examples = {name: task.read_labelled(path, cfg) for name, path in inputs.items()}  # bad data fails before loading
     model, tokenizer = load_checkpoint(task, cfg, args)
     results = {}

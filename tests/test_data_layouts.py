@@ -144,3 +144,10 @@ def test_label_names_rename_every_split_and_keep_the_class_order(tmp_path):
     assert json.loads(cfg.label_names) == {"1": "World", "2": "Sports", "10": "Business"}  # what the run saves
     with pytest.raises(ConfigError, match="label_names: a regression model"):
         cls_splits(train, text_column="1", label_column="0", label_names="a,b,c", problem_type="regression")
+
+
+def test_no_header_flag_forms(tmp_path):
+    argv = ["--task", "cls", "--train_file", str(tmp_path / "t.tsv")]
+    assert parse_finetune_args(argv).no_header is None  # detected per file
+    assert parse_finetune_args(argv + ["--no_header"]).no_header is True
+    assert parse_finetune_args(argv + ["--no_header", "false"]).no_header is False
