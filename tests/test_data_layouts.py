@@ -151,3 +151,15 @@ def test_no_header_flag_forms(tmp_path):
     assert parse_finetune_args(argv).no_header is None  # detected per file
     assert parse_finetune_args(argv + ["--no_header"]).no_header is True
     assert parse_finetune_args(argv + ["--no_header", "false"]).no_header is False
+
+
+def test_the_ner_recipe_runs_on_absolute_files_end_to_end(tmp_path, monkeypatch, tiny_bert_dir):
+    from mlm.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the recipe's data_dir does not exist from here
+    conll = write(tmp_path / "train.conll", "John B-PER\nvisited O\nParis B-LOC\n\nSmith B-PER\nworks O\n")
+    code = main(["finetune", "--recipe", os.path.join(ROOT, "recipes/finetune/ner.yaml"), "--train_file", conll,
+                 "--validation_file", conll, "--test_file", conll, "--model_name_or_path", tiny_bert_dir,
+                 "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--disable_tqdm", "true"])
+    assert code == 0
+    assert {"eval_f1", "test_f1"} <= set(json.loads((tmp_path / "out" / "metrics.json").read_text()))
