@@ -21,9 +21,12 @@ Files: .csv / .tsv / .jsonl / .parquet through mlm.records (or a hub dataset wit
 ClassLabel ids become their names). Sentence-pair layouts are read as pairs: sentence1/sentence2,
 premise/hypothesis, question/sentence, question1/question2, text/text_pair, text_a/text_b (also when
 --text_column names the first of them; --text_pair_column none turns pairs off). Otherwise the text column
-defaults to the first of "text", "sentence", "sentence1" the file has. The columns chosen are logged and
-saved with the model, so `mlm predict` asks for the same inputs. The test split may have no label column at
-all (the GLUE test files have none), or blank labels: it then gets predictions and no metrics.
+defaults to the first of "text", "sentence", "sentence1" the file has. Columns may also be given by position
+(--text_column 1 --label_column 0), several text columns joined (--text_column title,description), and csv/tsv
+files without a header line are read by position (see finetune/columns.py). --label_names gives numeric classes
+names (finetune/label_names.py). The columns chosen are logged and saved with the model, so `mlm predict`
+asks for the same inputs. The test split may have no label column at all (the GLUE test files have none), or
+blank labels: it then gets predictions and no metrics.
 
 Every example is a plain dict {"text", "text_pair"?, "label"?, "_where": "path:line"}; `load_splits`
 normalises labels (class names as strings, floats for regression, lists of names for multi-label)
