@@ -193,11 +193,12 @@ def has_header(path: str, cfg: Config) -> bool:
     """Whether line 1 of a csv/tsv file names the columns: --no_header, else detected (and logged when not)."""
     if cfg.no_header is not None:
         return not cfg.no_header
-    specs = column_spec(cfg.text_column) + column_spec(cfg.text_pair_column) + column_spec(cfg.label_column)
-    known = {spec for spec in specs if not is_index(spec)} | set(TEXT_COLUMN_CANDIDATES) | set(sum(PAIR_COLUMNS, ()))
-    by_index = any(is_index(spec) for spec in specs) and not any(
-        spec in known - {"label"} for spec in specs)  # (label: the default, named even when not asked for)
-    header, why = detect_header(first_row(path, cfg.delimiter), known | {"label"}, by_index, path)
+    pair = cfg.text_pair_column if cfg.text_pair_column != NO_PAIR else None
+    specs = column_spec(cfg.text_column) + column_spec(pair) + column_spec(cfg.label_column)
+    named = {spec for spec in specs if not is_index(spec)}
+    by_position_only = any(is_index(spec) for spec in specs) and named <= {"label"}  # (the default label name)
+    known = named | {"label", *TEXT_COLUMN_CANDIDATES, *sum(PAIR_COLUMNS, ())}
+    header, why = detect_header(first_row(path, cfg.delimiter), known, by_position_only, path)
     if not header:
         logger.info("%s: no header line (%s): columns by position, 0 = first", path, why)
     return header

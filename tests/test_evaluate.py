@@ -100,3 +100,14 @@ def test_evaluate_refuses_unlabelled_rows_and_name_clashes(sentiment_model, tmp_
     assert code == 1 and "u.tsv:2" in captured.err
     code, captured = run_cli(capsys, "evaluate", "--model", model, "--input", mixed, tmp_path / "b" / "mixed.tsv")
     assert code == 1 and "are both named 'mixed'" in captured.err
+
+
+def test_a_headerless_file_with_class_names_needs_no_header_at_evaluate(sentiment_model, tmp_path, capsys):
+    _, model, _, _ = sentiment_model  # trained by position: nothing in line 1 tells data from a header
+    named = tmp_path / "named.tsv"
+    named.write_text("great fun\tpositive\nbad plot\tnegative\n")
+    code, captured = run_cli(capsys, "evaluate", "--model", model, "--input", named, "--output_dir", tmp_path)
+    assert code == 1 and "named.tsv:1: cannot tell whether line 1 (great fun | positive) is a header" in captured.err
+    code, _ = run_cli(capsys, "evaluate", "--model", model, "--input", named, "--output_dir", tmp_path, "--no_header")
+    scores = json.loads((tmp_path / "eval_named.json").read_text())
+    assert code == 0 and (scores["examples"], scores["accuracy"]) == (2, 1.0)
