@@ -21,9 +21,12 @@ Files: .csv / .tsv / .jsonl / .parquet through mlm.records (or a hub dataset wit
 ClassLabel ids become their names). Sentence-pair layouts are read as pairs: sentence1/sentence2,
 premise/hypothesis, question/sentence, question1/question2, text/text_pair, text_a/text_b (also when
 --text_column names the first of them; --text_pair_column none turns pairs off). Otherwise the text column
-defaults to the first of "text", "sentence", "sentence1" the file has. The columns chosen are logged and
-saved with the model, so `mlm predict` asks for the same inputs. The test split may have no label column at
-all (the GLUE test files have none), or blank labels: it then gets predictions and no metrics.
+defaults to the first of "text", "sentence", "sentence1" the file has. Columns may also be given by position
+(--text_column 1 --label_column 0), several text columns joined (--text_column title,description), and csv/tsv
+files without a header line are read by position (see finetune/columns.py). --label_names gives numeric classes
+names (finetune/label_names.py). The columns chosen are logged and saved with the model, so `mlm predict`
+asks for the same inputs. The test split may have no label column at all (the GLUE test files have none), or
+blank labels: it then gets predictions and no metrics.
 
 Every example is a plain dict {"text", "text_pair"?, "label"?, "_where": "path:line"}; `load_splits`
 normalises labels (class names as strings, floats for regression, lists of names for multi-label)
@@ -31,6 +34,7 @@ and fixes cfg.problem_type to the resolved type, so the saved run config records
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -42,14 +46,17 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from finetune.config import FinetuneConfig
+from finetune.columns import column_name, column_spec, detect_header, is_index, joined_text
+from finetune.config import FinetuneConfig, is_test_split
+from finetune.label_names import resolve_label_names
 from mlm.config import arg
 from mlm.errors import ConfigError, DataError
-from mlm.records import decoded_lines, file_format, iter_records, require_columns
+from mlm.records import decoded_lines, file_format, first_row, iter_records, require_columns
 
 logger = logging.getLogger("mlm")
 
 AutoModel = transformers.AutoModelForSequenceClassification
+UNITS = ("examples", "sequences")  # what an example and a feature are, for the log
 
 TEXT_COLUMN_CANDIDATES = ("text", "sentence", "sentence1")
 # (text, text pair) column layouts of sentence-pair data (GLUE, SNLI, ...): read as pairs unless told otherwise.
@@ -71,13 +78,22 @@ class Config(FinetuneConfig):
     """Fine-tune an encoder for sequence classification (single-label, regression or multi-label)."""
 
     text_column: Optional[str] = arg(
-        None, "Column with the text (default: the first of text, sentence, sentence1 that the data has)."
+        None, "Column with the text: a name or a position (0 = first); several separated by commas are joined with "
+        "a space, e.g. title,description or 1,2 (default: the first of text, sentence, sentence1 that the data has)."
     )
     text_pair_column: Optional[str] = arg(
-        None, "Column with the second text of sentence-pair tasks (default: the partner of a known pair layout "
-        "such as sentence1/sentence2, premise/hypothesis, question/sentence, question1/question2; 'none': no pair)."
+        None, "Column with the second text of sentence-pair tasks, a name or position (default: the partner of a known "
+        "pair layout such as sentence1/sentence2, premise/hypothesis, question/sentence, question1/question2; 'none': "
+        "no pair)."
     )
-    label_column: str = arg("label", "Column with the label (class name, number, or list for multi-label).")
+    label_column: str = arg(
+        "label", "Column with the label (class name, number, or list for multi-label): a name or a position (0 = first)."
+    )
+    no_header: Optional[bool] = arg(
+        None, "csv/tsv files have no header line (columns by position: --text_column 1 --label_column 0); 'false': "
+        "line 1 is always the header (default: detected per file, e.g. a number in line 1 means data).",
+        nargs="?", const=True,  # `--no_header` alone means true (HfArgumentParser does that only for non-None defaults)
+    )
     problem_type: Literal["auto", "single_label", "regression", "multi_label"] = arg(
         "auto",
         "auto: multi_label for list labels or with label_separator, regression when a training label is a "
@@ -85,6 +101,10 @@ class Config(FinetuneConfig):
     )
     label_separator: Optional[str] = arg(
         None, "Multi-label data as one string per example, e.g. '|' for 'sports|politics' (implies multi_label)."
+    )
+    label_names: Optional[str] = arg(
+        None, "Names for the classes, for config.json's id2label and the predictions: 'negative,positive' (one per "
+        "class, numbers ascending, else alphabetical), '0=negative,1=positive', or a file of such lines."
     )
     delimiter: Optional[str] = arg(
         None, "Field delimiter of csv/tsv files: a character or tab/comma/semicolon/pipe (default: by extension)."
@@ -120,35 +140,72 @@ def load_splits(cfg: Config) -> dict[str, list[dict]]:
     cfg.problem_type = resolved
     for examples in splits.values():
         _normalise_labels(examples, cfg)
+    if cfg.label_names is not None:
+        name_classes(splits, cfg)
     return splits
+
+
+def name_classes(splits: dict[str, list[dict]], cfg: Config) -> None:
+    """--label_names: every split's labels renamed; cfg.label_names becomes the {class: name} JSON the run saves."""
+    if cfg.problem_type == "regression":
+        raise ConfigError("label_names: a regression model predicts scores, not classes")
+    classes = sort_labels(_class_names(splits["train"], cfg.problem_type, cfg.label_separator))
+    mapping = resolve_label_names(cfg.label_names, classes, key=label_name)
+    cfg.label_names = json.dumps(mapping, ensure_ascii=False)
+    logger.info("label names: %s", ", ".join(f"{c} = {n}" for c, n in mapping.items()))
+    for examples in splits.values():
+        _rename_labels(examples, mapping, cfg.problem_type)
+
+
+def _rename_labels(examples: list[dict], mapping: dict[str, str], kind: str) -> None:
+    """In place; a class without a name stays as it is (and fails as unseen in training, naming its line)."""
+    for ex in examples:
+        if "label" in ex:
+            value = ex["label"]
+            ex["label"] = [mapping.get(n, n) for n in value] if kind == "multi_label" else mapping.get(value, value)
 
 
 def _load_files(cfg: Config) -> dict[str, list[dict]]:
     splits = {}
-    for split, path in (("train", cfg.train_file), ("validation", cfg.validation_file), ("test", cfg.test_file)):
-        if path is not None:
-            # Training and validation need gold labels; a test file may be unlabeled (predictions only).
-            splits[split] = read_table(path, cfg, label_required=split != "test")
+    for split, path in cfg.data_files():
+        # Training and validation need gold labels; a test file may be unlabeled (predictions only).
+        splits[split] = read_table(path, cfg, label_required=not is_test_split(split))
     return splits
 
 
 def read_table(path: str, cfg: Config, label_required: bool) -> list[dict]:
     """Examples of one csv/tsv/jsonl/parquet file; raw labels (see `_normalise_labels`)."""
     delimited = file_format(path) in ("csv", "tsv")
+    header = has_header(path, cfg) if delimited else True
     examples, columns = [], None
-    for line, row in iter_records(path, cfg.delimiter):
+    for line, row in iter_records(path, cfg.delimiter, header):
         if columns is None:
             # For csv/tsv the columns come from the header, line 1; jsonl/parquet name the first row.
             where = f"{path}:1" if delimited else f"{path}:{line}"
-            columns = resolve_columns(list(row), cfg, label_required, where, delimited)
+            columns = resolve_columns(list(row), cfg, label_required, where, delimited and header)
         examples.append(_example(row, columns, f"{path}:{line}", path, line, label_required))
     if not examples:
         raise DataError(f"{path}: no examples (the file is empty or holds only a header)")
     return examples
 
 
-def resolve_columns(names: list[str], cfg: Config, label_required: bool, where: str, delimited: bool = False):
-    """(text, text pair or None, label or None) column names for data with columns `names`.
+def has_header(path: str, cfg: Config) -> bool:
+    """Whether line 1 of a csv/tsv file names the columns: --no_header, else detected (and logged when not)."""
+    if cfg.no_header is not None:
+        return not cfg.no_header
+    pair = cfg.text_pair_column if cfg.text_pair_column != NO_PAIR else None
+    specs = column_spec(cfg.text_column) + column_spec(pair) + column_spec(cfg.label_column)
+    named = {spec for spec in specs if not is_index(spec)}
+    by_position_only = any(is_index(spec) for spec in specs) and named <= {"label"}  # (the default label name)
+    known = named | {"label", *TEXT_COLUMN_CANDIDATES, *sum(PAIR_COLUMNS, ())}
+    header, why = detect_header(first_row(path, cfg.delimiter), known, by_position_only, path)
+    if not header:
+        logger.info("%s: no header line (%s): columns by position, 0 = first", path, why)
+    return header
+
+
+def resolve_columns(names: list[str], cfg: Config, label_required: bool, where: str, header_line: bool = False):
+    """([text columns], [text pair columns] or None, label column or None) among the data's columns `names`.
 
     Side effect: what was chosen automatically is written to cfg, so the other splits, the saved run config
     and `mlm predict` read the same kind of input: single texts as text_pair_column 'none' (the text column
@@ -156,36 +213,46 @@ def resolve_columns(names: list[str], cfg: Config, label_required: bool, where: 
     """
     available = ", ".join(map(str, names))
 
-    def missing(what: str, column: str, hint: str = "") -> DataError:
-        if delimited and len(names) == 1:
+    def missing(what: str, column: str, flag: str) -> DataError:
+        hint = f"; set --{flag} NAME or POSITION"
+        if header_line and len(names) == 1:
             hint = _delimiter_hint(str(names[0])) or hint
+        elif header_line:
+            hint += " (line 1 was read as the header; --no_header if it is data)"
         return DataError(f"{where}: missing {what} column {column!r} (columns: {available}){hint}")
 
-    text, pair = cfg.text_column, cfg.text_pair_column
-    if pair is None:  # a known pair layout: ignoring its second text would be silent garbage
+    def find(value: str, what: str, flag: str) -> list[str]:
+        found = []
+        for spec in column_spec(value):
+            name = column_name(spec, names)
+            if name is None:
+                raise missing(what, spec, flag)
+            found.append(name)
+        return found
+
+    text = find(cfg.text_column, "text", "text_column") or None
+    pair = None if cfg.text_pair_column == NO_PAIR else find(cfg.text_pair_column, "text pair", "text_pair_column") or None
+    if cfg.text_pair_column is None:  # a known pair layout: ignoring its second text would be silent garbage
         partner = dict(PAIR_COLUMNS)
         if text is None:
-            text, pair = next(((a, b) for a, b in PAIR_COLUMNS if a in names and b in names), (None, None))
-        elif partner.get(text) in names:
-            pair = partner[text]
+            layout = next(((a, b) for a, b in PAIR_COLUMNS if a in names and b in names), None)
+            text, pair = ([layout[0]], [layout[1]]) if layout else (None, None)
+        elif len(text) == 1 and partner.get(text[0]) in names:
+            pair = [partner[text[0]]]
     if text is None:
-        text = next((c for c in TEXT_COLUMN_CANDIDATES if c in names), None)
-        if text is None:
-            raise missing("text", " / ".join(TEXT_COLUMN_CANDIDATES), "; set --text_column")
-    elif text not in names:
-        raise missing("text", text)
-    if pair == NO_PAIR:
-        pair = None
-    elif pair is not None and pair not in names:
-        raise missing("text pair", pair)
-    label = cfg.label_column if cfg.label_column in names else None
+        first = next((c for c in TEXT_COLUMN_CANDIDATES if c in names), None)
+        if first is None:
+            raise missing("text", " / ".join(TEXT_COLUMN_CANDIDATES), "text_column")
+        text = [first]
+    label = column_name(cfg.label_column, names)
     if label is None and label_required:
-        raise missing("label", cfg.label_column, "; set --label_column")
-    if pair and (cfg.text_column, cfg.text_pair_column) != (text, pair):
-        logger.info("%s: text pairs from columns %r and %r", where, text, pair)
-        cfg.text_column, cfg.text_pair_column = text, pair
+        raise missing("label", cfg.label_column, "label_column")
+    shown = " + ".join(map(repr, text))
+    if pair and cfg.text_pair_column is None:
+        logger.info("%s: text pairs from columns %s and %r", where, shown, pair[0])
+        cfg.text_column, cfg.text_pair_column = cfg.text_column or text[0], pair[0]
     elif not pair and cfg.text_pair_column is None:
-        logger.info("%s: single texts from column %r", where, text)
+        logger.info("%s: single texts from column%s %s", where, "s" if len(text) > 1 else "", shown)
         cfg.text_pair_column = NO_PAIR
     return text, pair, label
 
@@ -200,26 +267,18 @@ def _delimiter_hint(header: str) -> str:
 
 def _example(row: dict, columns, where: str, path: str, line: int, label_required: bool) -> dict:
     """{"text", "text_pair"?, "label"?, "_where"}; jsonl rows may differ, so every row is checked."""
-    text_col, pair_col, label_col = columns
-    needed = [text_col, pair_col, label_col if label_required else None]
+    text_cols, pair_cols, label_col = columns
+    needed = [*text_cols, *(pair_cols or []), label_col if label_required else None]
     require_columns(path, line, row, [c for c in needed if c is not None])
-    example = {"text": _text(row[text_col], where, text_col), "_where": where}
-    if pair_col is not None:
-        example["text_pair"] = _text(row[pair_col], where, pair_col)
+    example = {"text": joined_text(row, text_cols, where), "_where": where}
+    if pair_cols is not None:
+        example["text_pair"] = joined_text(row, pair_cols, where)
     value = row.get(label_col) if label_col is not None else None
     if value is not None and not (not label_required and isinstance(value, str) and not value.strip()):
         example["label"] = value  # (a test file's blank label cell means "no gold", not an empty class)
     elif label_required:  # a null in jsonl / parquet
         raise DataError(f"{where}: column {label_col!r}: missing label (null)")
     return example
-
-
-def _text(value, where: str, column: str) -> str:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise DataError(f"{where}: empty text in column {column!r}")
-    if not isinstance(value, str):
-        raise DataError(f"{where}: column {column!r} should hold text, got {type(value).__name__} {value!r}")
-    return value
 
 
 def _load_hub(cfg: Config) -> dict[str, list[dict]]:
@@ -355,21 +414,29 @@ def _label_set(value, separator: Optional[str]) -> list[str]:
 
 
 def label_list(train_examples: list[dict], cfg: Config) -> list[str]:
-    """Label names of the training split: numeric order for integer names ("2" before "10"), else sorted."""
+    """Label names of the training split: in --label_names' order when given, else numeric order for integer names
+    ("2" before "10"), else sorted."""
     kind = resolve_problem_type(train_examples, cfg)
     if kind == "regression":
         return ["score"]
+    names = _class_names(train_examples, kind, cfg.label_separator)
+    if not names:
+        raise DataError(f"{train_examples[0]['_where'] if train_examples else 'train'}: the training data has no labels")
+    if cfg.label_names is not None:
+        return [n for n in json.loads(cfg.label_names).values() if n in names]
+    return sort_labels(names)
+
+
+def _class_names(examples: list[dict], kind: str, separator: Optional[str]) -> set[str]:
     names = set()
-    for ex in train_examples:
+    for ex in examples:
         if ex.get("label") is None:
             continue
         if kind == "multi_label":
-            names.update(_label_set(ex["label"], cfg.label_separator))
+            names.update(_label_set(ex["label"], separator))
         else:
             names.add(label_name(ex["label"]))
-    if not names:
-        raise DataError(f"{train_examples[0]['_where'] if train_examples else 'train'}: the training data has no labels")
-    return sort_labels(names)
+    return names
 
 
 def sort_labels(names) -> list[str]:
@@ -626,10 +693,7 @@ def examples_from_file(path: str, cfg: Config) -> list[dict]:
     """`mlm predict --input FILE`: a table with the text column (labels, if present, become "gold"),
     or a .txt file with one text per line (blank lines skipped)."""
     if not path.lower().endswith((".txt", ".txt.gz")):
-        examples = read_table(path, cfg, label_required=False)
-        if cfg.problem_type != "auto":  # else the gold labels stay raw and `predictions` reads them per model
-            _normalise_labels(examples, cfg)
-        return examples
+        return _read_gold_table(path, cfg, label_required=False)
     if is_pair_model(cfg):
         raise DataError(f"{path}: a .txt file has one text per line; this model classifies text pairs "
                         f"({cfg.text_column} + {cfg.text_pair_column}): use a csv/tsv/jsonl file with those columns")
@@ -639,4 +703,19 @@ def examples_from_file(path: str, cfg: Config) -> list[dict]:
             examples.append({"text": line.rstrip("\r\n"), "_where": f"{path}:{line_no}"})
     if not examples:
         raise DataError(f"{path}: no text (the file is empty)")
+    return examples
+
+
+def read_labelled(path: str, cfg: Config) -> list[dict]:
+    """`mlm evaluate --input FILE`: a table read as fine-tuning reads a validation file (every row labelled)."""
+    return _read_gold_table(path, cfg, label_required=True)
+
+
+def _read_gold_table(path: str, cfg: Config, label_required: bool) -> list[dict]:
+    """A table's examples, gold labels in the model's form: normalised for its problem type, named as in training."""
+    examples = read_table(path, cfg, label_required)
+    if cfg.problem_type != "auto":  # else the gold labels stay raw and `predictions` reads them per model
+        _normalise_labels(examples, cfg)
+        if cfg.label_names is not None:
+            _rename_labels(examples, json.loads(cfg.label_names), cfg.problem_type)
     return examples

@@ -23,31 +23,66 @@ class FinetuneConfig(TrainingConfig):
     )
     train_file: Optional[str] = arg(None, "Training data file.")
     validation_file: Optional[str] = arg(None, "Validation data file (evaluated every eval_steps and at the end).")
-    test_file: Optional[str] = arg(None, "Test data file (evaluated once at the end with the final model).")
+    test_file: Optional[str] = arg(
+        None, "Test data file, or several separated by commas (each evaluated once at the end with the final model, "
+        "scored separately)."
+    )
     dataset_name: Optional[str] = arg(None, "A hub dataset name instead of files (needs network).")
     dataset_config_name: Optional[str] = arg(None, "Configuration of dataset_name.")
     max_seq_length: int = arg(128, "Longest input in tokens; longer inputs are truncated or windowed.")
     max_train_samples: Optional[int] = arg(None, "Train on at most this many examples (quick runs).")
+    max_eval_samples: Optional[int] = arg(
+        None, "Evaluate on at most this many validation examples (quick runs; the test split stays whole).")
+    max_test_samples: Optional[int] = arg(
+        None, "Score at most this many examples of each test file (alias --max_predict_samples, as in HF's scripts).",
+        aliases=["--max_predict_samples"],
+    )
     group_by_length: bool = arg(True, "Batch training examples of similar length together (less padding, faster).")
     learning_rate: float = arg(5e-5, "Peak learning rate of AdamW.")
 
     def __post_init__(self):
         super().__post_init__()
+        for name in ("max_train_samples", "max_eval_samples", "max_test_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         self.check_lengths()
-        if self.data_dir is not None:
-            if not os.path.isdir(self.data_dir):
-                raise ConfigError(
-                    f"data_dir: {self.data_dir} not found; point at your files with DATA=/path/to/folder (make) or "
-                    "--data_dir DIR / --train_file FILE --validation_file FILE"
-                )
-            for name in ("train_file", "validation_file", "test_file"):
-                value = getattr(self, name)
-                if value and not os.path.isabs(value):
-                    setattr(self, name, os.path.join(self.data_dir, value))
+        self.resolve_data_files()
         if self.dataset_name is None and self.train_file is None:
             raise ConfigError(
                 "no training data: set --train_file PATH (and --validation_file PATH), or --dataset_name NAME when online"
             )
+
+    def resolve_data_files(self) -> None:
+        """Put data_dir in front of the file names that are relative to it: plain names such as `eng.train`, not
+        absolute paths or ./ ../ ones, which stand for themselves, so a recipe's data_dir never stands in the way
+        of files given in full. data_dir must exist only when some file is resolved in it."""
+        if self.data_dir is None:
+            return
+        fields = {name: [getattr(self, name)] if getattr(self, name) else [] for name in ("train_file", "validation_file")}
+        fields["test_file"] = split_file_list(self.test_file)
+        in_data_dir = [(name, path) for name, paths in fields.items() for path in paths if in_folder(path)]
+        if in_data_dir and not os.path.isdir(self.data_dir):
+            name, path = in_data_dir[0]
+            raise ConfigError(
+                f"data_dir: {self.data_dir} not found (needed for {name} {path}); point at your files with "
+                "DATA=/path/to/folder (make), --data_dir DIR, or full paths (/abs/file or ./file)"
+            )
+        for name, paths in fields.items():
+            if paths:
+                resolved = [os.path.join(self.data_dir, p) if in_folder(p) else p for p in paths]
+                setattr(self, name, ",".join(resolved))
+
+    def data_files(self) -> list[tuple[str, str]]:
+        """(split, path) of every file set: train, validation, and test, or test_<name> per file when several
+        test files are given (e.g. test_dev2 and test_eng.testb), so that each is scored on its own."""
+        files = [(split, path) for split, path in (("train", self.train_file), ("validation", self.validation_file))
+                 if path]
+        tests = split_file_list(self.test_file)
+        names = [input_name(path) for path in tests]
+        repeated = next((n for n in names if names.count(n) > 1), None)
+        if repeated is not None:
+            raise ConfigError(f"test_file: two files are named {repeated}; their scores would share one name")
+        return files + [("test" if len(tests) == 1 else f"test_{name}", path) for name, path in zip(names, tests)]
 
     def check_lengths(self, max_positions: Optional[int] = None) -> None:
         """max_seq_length (and the task's window fields, in subclasses) usable together, and within a model's
@@ -56,3 +91,36 @@ class FinetuneConfig(TrainingConfig):
             raise ConfigError(f"max_seq_length: must be >= 8, got {self.max_seq_length}")
         if max_positions is not None and self.max_seq_length > max_positions:
             raise ConfigError(f"max_seq_length: {self.max_seq_length} exceeds the model's {max_positions} positions")
+
+
+def in_folder(path: str) -> bool:
+    """A file name resolved in data_dir: not absolute, not ./ or ../ (nor .\\ on Windows)."""
+    return not (os.path.isabs(path) or path.replace("\\", "/").startswith(("./", "../")))
+
+
+def split_file_list(value: Optional[str]) -> list[str]:
+    """'a.tsv,b.tsv' -> ['a.tsv', 'b.tsv'] (spaces around commas dropped); None -> []."""
+    if value is None:
+        return []
+    paths = [p.strip() for p in value.split(",")]
+    if not all(paths):
+        raise ConfigError(f"empty file name in {value!r}: separate several files with commas, e.g. a.tsv,b.tsv")
+    return paths
+
+
+# Suffixes dropped from a file's name when it names a split or an evaluation (dev.tsv -> dev, but eng.testb stays).
+DATA_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet", ".txt", ".conll", ".conll03", ".iob", ".bio")
+
+
+def input_name(path: str) -> str:
+    """dev.tsv -> dev, test.jsonl.gz -> test, eng.testb -> eng.testb: names metrics and prediction files."""
+    name = os.path.basename(path.rstrip("/\\")).removesuffix(".gz")
+    for suffix in DATA_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_test_split(split: str) -> bool:
+    """'test' or 'test_<name>': splits that may be unlabelled (predicted, not scored)."""
+    return split == "test" or split.startswith("test_")

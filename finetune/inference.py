@@ -33,3 +33,17 @@ def compute_outputs(task, model, features: list[dict], tokenizer, batch_size: in
     for position, index in enumerate(order):
         result[index] = outputs[position]
     return result
+
+
+def predict_features(task, model, examples: list[dict], features: list[dict], tokenizer, cfg, labels: list[str],
+                     batch_size: int, accelerator=None) -> list[dict]:
+    """The task's prediction records for encoded examples."""
+    outputs = compute_outputs(task, model, features, tokenizer, batch_size, accelerator)
+    return task.predictions(examples, features, outputs, cfg, labels)
+
+
+def score(task, model, examples: list[dict], features: list[dict], tokenizer, cfg, labels: list[str],
+          batch_size: int, accelerator=None) -> tuple[dict, list[dict]]:
+    """(the task's metrics, its prediction records): what fine-tuning reports and `mlm evaluate` writes."""
+    records = predict_features(task, model, examples, features, tokenizer, cfg, labels, batch_size, accelerator)
+    return task.metrics(examples, records, cfg, labels), records

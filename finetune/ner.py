@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import os
 import re
 import unicodedata
@@ -45,14 +46,17 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from finetune.config import FinetuneConfig
+from finetune.config import FinetuneConfig, is_test_split
 from finetune.metrics import chunks, convert_tags, entity_scores, to_iob2
 from mlm.config import arg
 from mlm.errors import ConfigError, DataError
 from mlm.records import decoded_lines, iter_records, require_columns
 from mlm.tokenizer import pre_tokenizer_steps
 
+logger = logging.getLogger("mlm")
+
 AutoModel = transformers.AutoModelForTokenClassification
+UNITS = ("sentences", "windows")  # what an example and a feature are, for the log
 
 SPLITS = ("train", "validation", "test")
 IGNORE = -100  # label id that cross-entropy skips: specials, padding, non-first sub-words
@@ -115,9 +119,8 @@ def load_splits(cfg: Config) -> dict[str, list[dict]]:
     if cfg.dataset_name:
         splits = _load_hub(cfg)
     else:
-        files = {"train": cfg.train_file, "validation": cfg.validation_file, "test": cfg.test_file}
         # A test file may hold words only (no gold): it is predicted, not scored.
-        splits = {split: read_file(path, cfg, tags_required=split != "test") for split, path in files.items() if path}
+        splits = {split: read_file(path, cfg, tags_required=not is_test_split(split)) for split, path in cfg.data_files()}
     return splits  # max_train_samples / max_eval_samples are applied by finetune/run.py
 
 
@@ -297,30 +300,42 @@ def detect_scheme(tag_sequences: list[list[str]]) -> str:
 
     iob1 and iob2 convert to IOB2 by the same rule, so the distinction only matters for messages.
     """
-    iob1 = prefixed = bare = False
+    return explain_scheme(tag_sequences)[0]
+
+
+def explain_scheme(tag_sequences: list[list[str]]) -> tuple[str, str]:
+    """(detect_scheme's choice, why: the tag that decided it), for the log."""
+    iob1 = prefixed = bare = None
     for tags in tag_sequences:
         previous = "O"
         for tag in tags:
             if tag[:2] in ("E-", "S-"):
-                return "iobes"
+                return "iobes", f"an E-/S- tag ({tag})"
             if tag[:2] in ("L-", "U-"):
-                return "bilou"
-            if tag.startswith("I-") and previous[2:] != tag[2:]:
-                iob1 = True
+                return "bilou", f"an L-/U- tag ({tag})"
+            if tag.startswith("I-") and previous[2:] != tag[2:] and iob1 is None:
+                iob1 = f"{tag} after {previous}"
             if tag != "O":
                 has_prefix = tag[1:2] == "-" and tag[0] in "BI"  # "B-" too: a malformed prefixed tag
-                prefixed, bare = prefixed or has_prefix, bare or not has_prefix
+                if has_prefix:
+                    prefixed = prefixed or tag
+                else:
+                    bare = bare or tag
             previous = tag
     if bare and not prefixed:
-        return "io"
-    return "iob1" if iob1 else "iob2"
+        return "io", f"no tag has a B-/I- prefix ({bare})"
+    if iob1:
+        return "iob1", f"an entity starts with I- ({iob1})"
+    return "iob2", "every entity starts with B-" if prefixed else "every tag is O"
 
 
 def _convert_to_iob2(sentences: list[dict], scheme: str) -> list[dict]:
     """Check every tag against the scheme (auto: detected over the whole file), then rewrite it in IOB2, in place."""
     detected = scheme == "auto"
     if detected:
-        scheme = detect_scheme([s["tags"] for s in sentences])
+        scheme, why = explain_scheme([s["tags"] for s in sentences])
+        if sentences:
+            logger.info("%s: tag_scheme auto -> %s: %s", sentences[0].get("_where", "").rpartition(":")[0] or "data", scheme, why)
     allowed = SCHEME_PREFIXES.get(scheme)  # io: any label is a bare entity type
     for s in sentences:
         for i, tag in enumerate(s["tags"]):
@@ -735,6 +750,11 @@ def examples_from_file(path: str, cfg: Config) -> list[dict]:
         if line.strip():
             examples.append(_text_example(line.rstrip("\r\n"), f"{path}:{line_no}"))
     return examples
+
+
+def read_labelled(path: str, cfg: Config) -> list[dict]:
+    """`mlm evaluate --input FILE`: tagged sentences, read as fine-tuning reads a validation file."""
+    return read_file(path, cfg, tags_required=True)
 
 
 def _examples_from_records(path: str, cfg: Config) -> list[dict]:

@@ -21,23 +21,42 @@ from mlm.errors import ConfigError, DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):
-            raise ConfigError(message)
-
-    p = Parser(prog="mlm predict", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="A fine-tuned checkpoint directory.")
+    p = strict_parser("mlm predict", __doc__.split("\n\n")[0])
     p.add_argument("--text", help="Text to classify or tag.")
     p.add_argument("--text_pair", help="Second sentence of a pair (classification).")
     p.add_argument("--question", help="Question (QA).")
     p.add_argument("--context", help="Context to find the answer in (QA).")
     p.add_argument("--input", help="File of inputs: .jsonl/.csv/.tsv with the task's fields, or .txt one text per line.")
     p.add_argument("--output", help="Write JSON lines here, .jsonl (default: stdout).")
+    add_checkpoint_options(p)
+    return p
+
+
+def strict_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """An argparse parser whose errors are ConfigError (one line), not a usage dump."""
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise ConfigError(message)
+
+    return Parser(prog=prog, description=description)
+
+
+def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
+    """The options `mlm predict` and `mlm evaluate` share: the checkpoint, how it runs, how cls tables are read."""
+    p.add_argument("--model", required=True, help="A fine-tuned checkpoint directory.")
     p.add_argument("--batch_size", type=int, default=32, help="Inputs per forward pass.")
     p.add_argument("--max_seq_length", type=int, default=None, help="Override the checkpoint's max_seq_length.")
     p.add_argument("--quantize", action="store_true", help="Dynamic int8 quantisation of the Linear layers (CPU).")
-    p.add_argument("--text_column", help="cls --input tables: the text column, when not the one trained on.")
-    p.add_argument("--text_pair_column", help="cls --input tables: the second text column of a pair model.")
+    p.add_argument("--num_threads", type=int, default=None, help="CPU threads for torch (default: OMP_NUM_THREADS, "
+                   "else the cores this process may use); on a busy machine fewer can be faster.")
+    p.add_argument("--text_column", help="cls tables: the text column (name or position; several joined with commas), "
+                   "when not the one trained on.")
+    p.add_argument("--text_pair_column", help="cls tables: the second text column of a pair model.")
+    p.add_argument("--label_column", help="cls tables: the gold label column (name or position).")
+    p.add_argument("--no_header", nargs="?", const="true", choices=["true", "false"],
+                   help="cls csv/tsv tables have no header line (default: detected per file).")
+    p.add_argument("--label_names", help="cls: names for the model's classes, 'neg,pos' (in id order) or '0=neg,1=pos' "
+                   "or a file of such lines; also applied to the gold labels of --input tables.")
     p.add_argument("--allow_pickle_weights", action="store_true",
                    help="Load a model with only pickle weights (pytorch_model.bin): they can run code; trusted folders only.")
     return p
@@ -107,17 +126,31 @@ def fit_windows(cfg, max_positions: int) -> None:
 
 
 def apply_flags(cfg, args) -> None:
-    """--max_seq_length and the cls column flags override the run's settings."""
+    """--max_seq_length and the cls table flags override the run's settings."""
     if args.max_seq_length is not None:
         cfg.max_seq_length = args.max_seq_length
-    for name in ("text_column", "text_pair_column"):
+    for name in ("text_column", "text_pair_column", "label_column", "no_header"):
         if getattr(args, name) is None:
             continue
         if not hasattr(cfg, name):
-            raise ConfigError(f"--{name}: only the cls task reads text columns")
+            raise ConfigError(f"--{name}: only the cls task reads table columns")
         if name == "text_pair_column" and cfg.text_pair_column == "none":
             raise ConfigError("--text_pair_column: this model classifies single texts, not pairs")
-        setattr(cfg, name, getattr(args, name))
+        setattr(cfg, name, getattr(args, name) == "true" if name == "no_header" else getattr(args, name))
+
+
+def rename_classes(cfg, labels: list[str], value: str) -> list[str]:
+    """--label_names: the model's classes (in id order) under new names; cfg.label_names then maps the data's
+    labels (as trained on, or the model's class names) to them, for gold labels read from --input tables."""
+    from finetune.classification import label_name, problem_type
+    from finetune.label_names import resolve_label_names
+
+    if not hasattr(cfg, "label_names") or problem_type(cfg, labels) == "regression":
+        raise ConfigError("--label_names: only a cls model with classes has labels to name")
+    mapping = resolve_label_names(value, labels, key=label_name)
+    trained = json.loads(cfg.label_names) if cfg.label_names else {}
+    cfg.label_names = json.dumps({**mapping, **{raw: mapping.get(name, name) for raw, name in trained.items()}})
+    return [mapping[label] for label in labels]
 
 
 def check_lengths(cfg, max_positions: int, args) -> None:
@@ -188,34 +221,51 @@ def read_inputs(task, cfg, args) -> list[dict]:
 
 
 def predict(task, model, tokenizer, cfg, labels, examples: list[dict], batch_size: int) -> list[dict]:
-    from finetune.inference import compute_outputs
+    from finetune.inference import predict_features
 
     features = task.encode(examples, tokenizer, cfg, labels, with_labels=False)
-    outputs = compute_outputs(task, model, features, tokenizer, batch_size)
-    return task.predictions(examples, features, outputs, cfg, labels)
+    return predict_features(task, model, examples, features, tokenizer, cfg, labels, batch_size)
 
 
-def main(argv: list[str]) -> None:
-    from mlm.model import usable_positions
-    from mlm.runlog import logger, setup_console_logging
-    from mlm.tokenizer import fit_tokenizer_to_model, load_tokenizer
-
-    args = build_parser().parse_args(argv)
-    setup_console_logging(True)
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch_size: must be >= 1, got {args.batch_size}")
-    check_output(args.output, args.input)
+def load_settings(args):
+    """(task, cfg, labels) of args.model with the flags applied and checked, before any data or weights are read."""
+    for name in ("batch_size", "num_threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ConfigError(f"--{name}: must be >= 1, got {getattr(args, name)}")
     positions = checkpoint_positions(args.model, args.allow_pickle_weights)
     task, cfg, labels = load_task(args.model, positions)
     apply_flags(cfg, args)
+    if args.label_names is not None:
+        labels = rename_classes(cfg, labels, args.label_names)
     check_lengths(cfg, positions, args)
-    examples = read_inputs(task, cfg, args)
-    if not examples:
-        raise DataError(f"{args.input}: no inputs found")
+    return task, cfg, labels
+
+
+def load_checkpoint(task, cfg, args):
+    """(model, tokenizer) of args.model, ready to predict."""
+    from mlm.model import usable_positions
+    from mlm.threads import use_threads
+    from mlm.tokenizer import fit_tokenizer_to_model, load_tokenizer
+
+    use_threads(args.num_threads)
     tokenizer = load_tokenizer(args.model, field="--model")
     model = load_model(task, args.model, args.quantize, args.allow_pickle_weights)
     check_lengths(cfg, usable_positions(model.config, model), args)  # the model itself shows any position offset
     fit_tokenizer_to_model(tokenizer, model)
+    return model, tokenizer
+
+
+def main(argv: list[str]) -> None:
+    from mlm.runlog import logger, setup_console_logging
+
+    args = build_parser().parse_args(argv)
+    setup_console_logging(True)
+    check_output(args.output, args.input)
+    task, cfg, labels = load_settings(args)
+    examples = read_inputs(task, cfg, args)
+    if not examples:
+        raise DataError(f"{args.input}: no inputs found")
+    model, tokenizer = load_checkpoint(task, cfg, args)
     start = time.perf_counter()
     records = predict(task, model, tokenizer, cfg, labels, examples, args.batch_size)
     seconds = time.perf_counter() - start

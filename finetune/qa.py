@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from finetune.config import FinetuneConfig
+from finetune.config import FinetuneConfig, is_test_split
 from mlm.config import arg
 from mlm.errors import ConfigError, DataError
 from mlm.records import iter_records
@@ -49,6 +49,7 @@ from mlm.records import iter_records
 logger = logging.getLogger("mlm")
 
 AutoModel = transformers.AutoModelForQuestionAnswering
+UNITS = ("questions", "windows")  # what an example and a feature are, for the log
 
 IGNORE = -100  # label of a feature whose answer position is unknown: left out of the loss
 SPECIAL_TOKENS_IN_PAIR = 3  # [CLS] question [SEP] context [SEP]
@@ -137,9 +138,8 @@ def load_splits(cfg: Config) -> dict[str, list[dict]]:
         splits = _load_hub(cfg)
     else:
         splits = {}
-        for split, path in (("train", cfg.train_file), ("validation", cfg.validation_file), ("test", cfg.test_file)):
-            if path is not None:
-                splits[split] = read_file(path, require_answers=split != "test")
+        for split, path in cfg.data_files():
+            splits[split] = read_file(path, require_answers=not is_test_split(split))
     if cfg.split_articles is not None:
         splits["train"], splits["validation"] = split_by_article(splits["train"], cfg.split_articles, cfg.train_file)
     for split, examples in splits.items():
@@ -658,3 +658,10 @@ def examples_from_file(path: str, cfg: Config) -> list[dict]:
     examples = read_file(path, require_answers=False)
     _check_unique_ids(examples)
     return examples
+
+
+def read_labelled(path: str, cfg: Config) -> list[dict]:
+    """`mlm evaluate --input FILE`: questions with answers, read as fine-tuning reads a validation file."""
+    examples = read_file(path, require_answers=True)
+    _check_unique_ids(examples)
+    return align_answers(examples, path)

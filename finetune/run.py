@@ -4,7 +4,8 @@
     accelerate launch -m mlm finetune --task cls --train_file train.csv --validation_file dev.csv
 
 output_dir afterwards holds the final (best) model with its tokenizer and `mlm_task.json` (what
-`mlm predict` needs), `metrics.json` (eval_* and test_*), `log.jsonl`, `predictions/<split>.jsonl`
+`mlm predict` needs), `metrics.json` (eval_* and test_*, or test_<name>_* for each of several --test_file a,b),
+`log.jsonl`, `predictions/<split>.jsonl`
 and `checkpoints/step-N/`.
 """
 from __future__ import annotations
@@ -79,7 +80,8 @@ def load_backbone(task, cfg, labels, tokenizer_size: int):
 def main(cfg) -> dict:
     import torch
 
-    from finetune.inference import compute_outputs
+    from finetune.config import is_test_split
+    from finetune.inference import score
     from finetune.tasks import TASKS
     from mlm.hub import check_sources, tokenizer_source
     from mlm.loop import check_plan, make_accelerator, train
@@ -96,9 +98,11 @@ def main(cfg) -> dict:
     labels = task.label_list(splits["train"], cfg)  # from the whole training split, before any sampling
     if cfg.max_train_samples is not None:
         splits["train"] = splits["train"][: cfg.max_train_samples]
-    if cfg.max_eval_samples is not None:
-        splits.update({s: splits[s][: cfg.max_eval_samples] for s in ("validation", "test") if s in splits})
-    logger.info("%s: %s; labels: %s", cfg.task, ", ".join(f"{len(v)} {k}" for k, v in splits.items()),
+    for split in splits:
+        limit = cfg.max_eval_samples if split == "validation" else cfg.max_test_samples if is_test_split(split) else None
+        if limit is not None:
+            splits[split] = splits[split][:limit]
+    logger.info("%s: %s; labels: %s", cfg.task, ", ".join(f"{len(v)} {k} {task.UNITS[0]}" for k, v in splits.items()),
                 ", ".join(labels[:20]) + (" ..." if len(labels) > 20 else "") if labels else "-")
 
     tokenizer = load_tokenizer(*tokenizer_source(cfg))
@@ -110,9 +114,8 @@ def main(cfg) -> dict:
     }
 
     def evaluate_split(model, split: str):
-        outputs = compute_outputs(task, model, features[split], tokenizer, cfg.per_device_eval_batch_size, accelerator)
-        records = task.predictions(splits[split], features[split], outputs, cfg, labels)
-        return task.metrics(splits[split], records, cfg, labels), records
+        return score(task, model, splits[split], features[split], tokenizer, cfg, labels,
+                     cfg.per_device_eval_batch_size, accelerator)
 
     evaluate = (lambda m: evaluate_split(m, "validation")[0]) if "validation" in splits else None
 
@@ -122,6 +125,8 @@ def main(cfg) -> dict:
         with open(os.path.join(output_dir, TASK_FILE), "w", encoding="utf-8") as f:
             json.dump({"task": cfg.task, "labels": labels, "config": dataclasses.asdict(cfg)}, f, indent=2)
 
+    logger.info("encoded: %s", ", ".join(f"{split} {len(splits[split])} {task.UNITS[0]} -> {len(f)} {task.UNITS[1]}"
+                                       for split, f in features.items()))
     lengths = [len(f["input_ids"]) for f in features["train"]] if cfg.group_by_length else None
     check_plan(cfg, accelerator, len(features["train"]))
     with run_directory(cfg, accelerator):  # the data is read and encoded: from here on output_dir is this run's
@@ -130,12 +135,12 @@ def main(cfg) -> dict:
 
         # The final (best) model on every evaluated split, with its predictions.
         final_model = accelerator.unwrap_model(model)
-        for split in [s for s in ("validation", "test") if s in splits]:
+        for split in [s for s in splits if s != "train"]:
             split_metrics, records = evaluate_split(final_model, split)
-            prefix = "eval" if split == "validation" else "test"
+            prefix = "eval" if split == "validation" else split  # test, or test_<name> for each of several test files
             metrics.update({f"{prefix}_{k}": v for k, v in split_metrics.items()})
             if accelerator.is_main_process:
-                write_predictions(cfg, split, records)
+                write_predictions(os.path.join(cfg.output_dir, "predictions"), split, records, cfg.task)
         if accelerator.is_main_process:
             write_json(os.path.join(cfg.output_dir, "metrics.json"), metrics)
             plot_losses(os.path.join(cfg.output_dir, "log.jsonl"), os.path.join(cfg.output_dir, "loss.png"))
@@ -145,13 +150,13 @@ def main(cfg) -> dict:
         return metrics
 
 
-def write_predictions(cfg, split: str, records: list[dict]) -> None:
-    folder = os.path.join(cfg.output_dir, "predictions")
+def write_predictions(folder: str, name: str, records: list[dict], task: str) -> None:
+    """<folder>/<name>.jsonl, and for QA <name>_squad.json, the {id: answer} file the official SQuAD scorers read."""
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, f"{split}.jsonl"), "w", encoding="utf-8") as f:
+    with open(os.path.join(folder, f"{name}.jsonl"), "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    if cfg.task == "qa":  # the {id: answer} file the official SQuAD scorers read
+    if task == "qa":
         from finetune.qa import write_squad_predictions
 
-        write_squad_predictions(records, os.path.join(folder, f"{split}_squad.json"))
+        write_squad_predictions(records, os.path.join(folder, f"{name}_squad.json"))

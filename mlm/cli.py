@@ -1,8 +1,9 @@
-"""The `mlm` command: pretrain, finetune, predict, tokenizer.
+"""The `mlm` command: pretrain, finetune, predict, evaluate, tokenizer.
 
     mlm pretrain [--recipe FILE.yaml] [--FIELD VALUE ...]
     mlm finetune --task {cls,ner,qa} [--recipe FILE.yaml] [--FIELD VALUE ...]
     mlm predict --model DIR (--text "..." | --question "..." --context "..." | --input FILE) [--output FILE]
+    mlm evaluate --model DIR --input FILE [--input FILE2 ...] [--output_dir DIR]
     mlm tokenizer --train_file FILES --output_dir DIR [--vocab_size N]
 
 Every subcommand prints `--help` with all fields and defaults. Errors the user can fix (bad flags,
@@ -25,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage:\n" + USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    commands = {"pretrain": _pretrain, "finetune": _finetune, "predict": _predict, "tokenizer": _tokenizer}
+    commands = {"pretrain": _pretrain, "finetune": _finetune, "predict": _predict, "evaluate": _evaluate,
+                "tokenizer": _tokenizer}
     if command not in commands:
         print(f"mlm: error: unknown command {command!r} (choose from {', '.join(commands)})", file=sys.stderr)
         return 2
@@ -57,6 +59,12 @@ def _finetune(argv):
 
 def _predict(argv):
     from finetune.predict import main
+
+    main(argv)
+
+
+def _evaluate(argv):
+    from finetune.evaluate import main
 
     main(argv)
 

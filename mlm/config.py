@@ -70,6 +70,9 @@ class TrainingConfig:
     early_stopping_patience: Optional[int] = arg(None, "Stop after N evaluations without improvement.")
     load_best_model_at_end: bool = arg(True, "With metric_for_best_model, restore the best checkpoint at the end.")
     max_eval_samples: Optional[int] = arg(None, "Evaluate on at most this many examples (quick runs).")
+    num_threads: Optional[int] = arg(
+        None, "CPU threads per process for torch's operators (default: OMP_NUM_THREADS, else the cores this process "
+        "may use, shared among the processes launched here); on a busy machine fewer can be faster.")
     ddp_timeout: int = arg(7200, "Seconds a process waits for the others (rank 0 may be packing a large corpus).")
     report_to: Literal["none", "tensorboard", "wandb"] = arg("none", "Optional experiment tracker.")
     disable_tqdm: bool = arg(False, "Hide the progress bar.")
@@ -82,7 +85,7 @@ class TrainingConfig:
                      "logging_steps", "save_total_limit"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_steps", "save_steps", "global_batch_size", "early_stopping_patience"):
+        for name in ("eval_steps", "save_steps", "global_batch_size", "early_stopping_patience", "num_threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {value}")

@@ -35,6 +35,7 @@ from mlm.resume_settings import settings_of
 from mlm.run_dir import run_directory
 from mlm.runlog import RunLog, logger, setup_console_logging
 from mlm.signals import Preempted, StopRequest
+from mlm.threads import use_threads
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, torch.Tensor]]
 
@@ -64,6 +65,7 @@ def make_accelerator(cfg: TrainingConfig):
     accelerator = Accelerator(mixed_precision=precision, cpu=launched > 1 and not _has_device(),
                               kwargs_handlers=[timeout], **kwargs)
     setup_console_logging(accelerator.is_main_process)
+    use_threads(cfg.num_threads)
     # (mpirun sets no LOCAL_RANK, so `launched` stays 1 there; accelerate forms that group itself)
     if launched > 1 and accelerator.num_processes != launched:
         raise ConfigError(
@@ -343,7 +345,7 @@ def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, 
     run_log = RunLog(cfg.output_dir, accelerator.is_main_process, accelerator, resume_step=state.step)
     global_batch = cfg.per_device_train_batch_size * world * accumulation
     logger.info(
-        "training %d steps: %d examples, global batch %d = %d per device x %d processes x %d accumulation; "
+        "training %d steps: %d sequences, global batch %d = %d per device x %d processes x %d accumulation; "
         "%d steps per epoch",
         total_steps, len(train_data), global_batch, cfg.per_device_train_batch_size, world, accumulation, steps_per_epoch,
     )

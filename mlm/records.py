@@ -53,8 +53,10 @@ def decoded_lines(path: str) -> Iterator[str]:
                 yield line
 
 
-def iter_records(path: str, delimiter: str | None = None) -> Iterator[tuple[int, dict]]:
-    """Yield (line, record) for every row of `path`; raise DataError naming file and line on bad rows."""
+def iter_records(path: str, delimiter: str | None = None, header: bool = True) -> Iterator[tuple[int, dict]]:
+    """Yield (line, record) for every row of `path`; raise DataError naming file and line on bad rows.
+
+    csv/tsv: the columns are named by line 1, or with header=False by position, "0", "1", ... (line 1 is data)."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
     fmt = file_format(path)
@@ -63,7 +65,24 @@ def iter_records(path: str, delimiter: str | None = None) -> Iterator[tuple[int,
     elif fmt == "jsonl":
         yield from _iter_jsonl(path)
     else:
-        yield from _iter_delimited(path, delimiter or ("\t" if fmt == "tsv" else ","))
+        yield from _iter_delimited(path, _delimiter(fmt, delimiter), header)
+
+
+def first_row(path: str, delimiter: str | None = None) -> list[str]:
+    """The fields of line 1 of a csv/tsv file ([] when it is empty): to tell a header from data."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    return next(_delimited_rows(path, _delimiter(file_format(path), delimiter)), [])
+
+
+def _delimiter(fmt: str, delimiter: str | None) -> str:
+    return delimiter or ("\t" if fmt == "tsv" else ",")
+
+
+def _delimited_rows(path: str, delimiter: str):
+    # QUOTE_NONE for TSV: GLUE-style files contain bare quotes inside sentences.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    return csv.reader(decoded_lines(path), delimiter=delimiter, quoting=quoting)
 
 
 def _iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
@@ -97,15 +116,16 @@ def _iter_json_array(path: str, text: str) -> Iterator[tuple[int, dict]]:
         yield number, row
 
 
-def _iter_delimited(path: str, delimiter: str) -> Iterator[tuple[int, dict]]:
-    # QUOTE_NONE for TSV: GLUE-style files contain bare quotes inside sentences.
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(decoded_lines(path), delimiter=delimiter, quoting=quoting)
+def _iter_delimited(path: str, delimiter: str, has_header: bool = True) -> Iterator[tuple[int, dict]]:
+    reader = _delimited_rows(path, delimiter)
     header = next(reader, None)
     if header is None:
         return
+    rows = reader
+    if not has_header:  # line 1 is data: columns by position
+        rows, header = itertools.chain([header], reader), [str(i) for i in range(len(header))]
     header = [h.strip() for h in header]
-    for row in reader:
+    for row in rows:
         line_no = reader.line_num
         if not row or (len(row) == 1 and not row[0].strip()):
             continue

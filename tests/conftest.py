@@ -119,3 +119,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("compat"):
             item.add_marker(skip)
+
+
+@pytest.fixture
+def mlm_log(caplog):
+    """caplog for the "mlm" logger, which does not propagate once the CLI has set up console logging."""
+    import logging
+
+    logger = logging.getLogger("mlm")
+    logger.addHandler(caplog.handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.setLevel(level)

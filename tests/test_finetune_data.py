@@ -90,9 +90,9 @@ def test_conll2003_minilm_short_run_finds_entities(data_dir, minilm_dir, tmp_pat
     out = tmp_path / "ner"
     cfg, metrics = run(
         "ner", "ner.yaml", data_dir=os.path.join(data_dir, "conll2003"), model_name_or_path=minilm_dir,
-        output_dir=out, test_file="eng.testb", max_train_samples=640, max_eval_samples=200, max_steps=40,
-        max_seq_length=64, stride=16, learning_rate=4e-4, warmup_ratio=0.1, per_device_train_batch_size=16,
-        per_device_eval_batch_size=128, logging_steps=10, save_total_limit=1, disable_tqdm="true", seed=0,
+        output_dir=out, test_file="eng.testb", max_train_samples=640, max_eval_samples=200, max_test_samples=200,
+        max_steps=40, max_seq_length=64, stride=16, learning_rate=4e-4, warmup_ratio=0.1,
+        per_device_train_batch_size=16, per_device_eval_batch_size=128, logging_steps=10, save_total_limit=1, disable_tqdm="true", seed=0,
     )
     assert metrics["eval_f1"] >= 0.30, metrics["eval_f1"]
     assert metrics["test_f1"] >= 0.30, metrics["test_f1"]

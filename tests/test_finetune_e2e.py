@@ -13,6 +13,10 @@ NEGATIVE = ["bad plot", "i hate this movie", "terrible acting and a boring story
             "hate the story", "terrible movie", "boring and bad", "a terrible plot", "i hate it"]
 
 
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def run_cli(capsys, *argv):
     code = cli_main([str(a) for a in argv])
     captured = capsys.readouterr()
@@ -115,8 +119,26 @@ def test_ner_learns_entities_and_predicts_char_spans(tmp_path, tiny_bert_dir, ca
     entities = json.loads(captured.out)["entities"]
     assert [(e["type"], e["start"], e["end"], e["text"]) for e in entities] == [("PER", 0, 4, "John"), ("LOC", 14, 19, "Paris")]
 
+    from finetune.metrics import to_iob2
 
-def test_qa_learns_spans_and_answers(tmp_path, tiny_bert_dir, capsys):
+    # mlm evaluate on two files of other layouts, with known scores: the training sentences in IOB2 JSON lines
+    # (all right), and a CoNLL file whose gold misses Paris (2 entities predicted, 1 gold: P 0.5, R 1, F1 2/3).
+    tagged = tmp_path / "tagged.jsonl"
+    tagged.write_text("".join(json.dumps({"tokens": [w for w, _ in s], "tags": to_iob2([t for _, t in s])}) + "\n"
+                              for s in sentences[:5]))
+    missed = tmp_path / "missed.conll"
+    missed.write_text("John B-PER\nvisited O\nParis O\n")
+    code, captured = run_cli(capsys, "evaluate", "--model", out, "--input", tagged, missed)
+    assert code == 0
+    tagged_scores = json.loads((out / "eval_tagged.json").read_text())
+    assert tagged_scores["examples"] == 5 and tagged_scores["f1"] == 1.0
+    missed_scores = json.loads((out / "eval_missed.json").read_text())
+    assert (missed_scores["precision"], missed_scores["recall"]) == (0.5, 1.0)
+    assert missed_scores["f1"] == pytest.approx(2 / 3)
+    assert read_jsonl(out / "predictions" / "missed.jsonl")[0]["predicted_tags"] == ["B-PER", "O", "B-LOC"]
+
+
+def test_qa_learns_spans_and_answers(tmp_path, tiny_bert_dir, capsys, mlm_log):
     context = "john visited paris in 1999 . smith works in london ."
     questions = [("who visited paris ?", "john"), ("where does smith work ?", "london"), ("when did john visit ?", "1999")]
     rows = []
@@ -130,6 +152,9 @@ def test_qa_learns_spans_and_answers(tmp_path, tiny_bert_dir, capsys):
                       "--max_seq_length", 32, "--doc_stride", 8, "--max_query_length", 12,
                       *common(tmp_path, tiny_bert_dir, "qa", **{"--num_train_epochs": 20, "--eval_steps": 30}))
     assert code == 0
+    # The log counts questions and the windows they become (here one each: the context fits 32 tokens).
+    assert "qa: 18 train questions, 18 validation questions" in mlm_log.text
+    assert "encoded: train 18 questions -> 18 windows, validation 18 questions -> 18 windows" in mlm_log.text
     out = tmp_path / "qa"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval_exact_match"] == 100.0 and metrics["eval_f1"] == 100.0
@@ -138,6 +163,19 @@ def test_qa_learns_spans_and_answers(tmp_path, tiny_bert_dir, capsys):
     code, captured = run_cli(capsys, "predict", "--model", out, "--question", "where does smith work ?", "--context", context)
     record = json.loads(captured.out)
     assert record["prediction_text"] == "london" and context[record["start"]:record["end"]] == "london"
+
+    # mlm evaluate on two files with known scores: the training rows (all right) and SQuAD JSON whose second
+    # gold answer is wrong on purpose (EM 50, F1 50); the {id: answer} file comes along as in fine-tuning.
+    squad = tmp_path / "dev-squad.json"
+    qas = [{"id": "a", "question": "who visited paris ?", "answers": [{"text": "john", "answer_start": 0}]},
+           {"id": "b", "question": "where does smith work ?", "answers": [{"text": "paris", "answer_start": 13}]}]
+    squad.write_text(json.dumps({"data": [{"title": "t", "paragraphs": [{"context": context, "qas": qas}]}]}))
+    code, _ = run_cli(capsys, "evaluate", "--model", out, "--input", data, squad, "--output_dir", tmp_path)
+    assert code == 0
+    assert json.loads((tmp_path / "eval_qa.json").read_text())["exact_match"] == 100.0
+    scores = json.loads((tmp_path / "eval_dev-squad.json").read_text())
+    assert (scores["examples"], scores["exact_match"], scores["f1"]) == (2, 50.0, 50.0)
+    assert json.loads((tmp_path / "predictions" / "dev-squad_squad.json").read_text()) == {"a": "john", "b": "london"}
 
 
 def test_predict_checks_its_settings_before_any_work(tmp_path, tiny_bert_dir, capsys):

@@ -134,6 +134,23 @@ def test_iobes_is_detected_and_converted(tmp_path):
     assert ner.read_file(path, config())[0]["tags"] == ["B-PER", "O", "B-LOC", "I-LOC", "I-LOC"]
 
 
+@pytest.mark.parametrize("tags,scheme,why", [
+    (["O", "S-PER"], "iobes", "an E-/S- tag (S-PER)"),
+    (["B-LOC", "L-LOC"], "bilou", "an L-/U- tag (L-LOC)"),
+    (["PER", "O"], "io", "no tag has a B-/I- prefix (PER)"),
+    (["B-PER", "I-PER", "O", "I-LOC"], "iob1", "an entity starts with I- (I-LOC after O)"),
+    (["B-PER", "I-PER", "O"], "iob2", "every entity starts with B-"),
+])
+def test_the_detected_scheme_is_logged_with_the_tag_that_decided_it(tmp_path, tags, scheme, why, mlm_log):
+    assert ner.explain_scheme([tags]) == (scheme, why)
+    path = write(tmp_path, "t.conll", "".join(f"w{i} {t}\n" for i, t in enumerate(tags)))
+    ner.read_file(path, config())
+    assert f"{path}: tag_scheme auto -> {scheme}: {why}" in mlm_log.text
+    mlm_log.clear()
+    ner.read_file(path, config(tag_scheme=scheme))  # a stated scheme is not "chosen": nothing to explain
+    assert "tag_scheme auto" not in mlm_log.text
+
+
 @pytest.mark.parametrize("tags,scheme,iob2", [
     (["U-PER", "O", "B-LOC", "I-LOC", "L-LOC", "U-LOC"], "bilou", ["B-PER", "O", "B-LOC", "I-LOC", "I-LOC", "B-LOC"]),
     # IO: bare labels; a run of one label is one entity (types may contain hyphens)
