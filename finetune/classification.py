@@ -564,14 +564,25 @@ def collate(features: list[dict], tokenizer) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------- loss and outputs
 
 
+TARGETS = ("labels",)  # the batch keys loss_of reads: evaluation features that have them also give a loss
+
+
+def forward(model, batch: dict) -> torch.Tensor:
+    """(B, C) logits in fp32, so a bf16 autocast does not round the loss."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return model(**inputs).logits.float()
+
+
 def loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    return loss_of(forward(model, batch), batch)
+
+
+def loss_of(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of per-example losses, number of examples); the loop divides by the global count.
 
     The kind comes from the labels (long (B,) classes, float (B,) scores, float (B, C) multi-hot),
     which also works for a model wrapped by DDP/FSDP that hides `.config`."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
     labels = batch["labels"]
-    logits = model(**inputs).logits.float()  # (B, C); fp32 so a bf16 autocast does not round the loss
     if labels.dtype == torch.long:
         total = F.cross_entropy(logits, labels, reduction="sum")
     elif labels.dim() == 1:
@@ -586,10 +597,12 @@ def loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def outputs(model, batch: dict) -> list[np.ndarray]:
+    return outputs_of(forward(model, batch), batch)
+
+
+def outputs_of(logits: torch.Tensor, batch: dict) -> list[np.ndarray]:
     """The logits of each feature, (C,) float32 arrays in batch order."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs).logits.float().cpu().numpy()  # (B, C)
-    return list(logits)
+    return list(logits.cpu().numpy())
 
 
 def predictions(examples: list[dict], features: list[dict], outputs: list, cfg: Config, labels: list[str]) -> list[dict]:

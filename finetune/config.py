@@ -39,9 +39,16 @@ class FinetuneConfig(TrainingConfig):
     )
     group_by_length: bool = arg(True, "Batch training examples of similar length together (less padding, faster).")
     learning_rate: float = arg(5e-5, "Peak learning rate of AdamW.")
+    do_predict: Optional[bool] = arg(
+        None, "Trainer's switch: when any --do_* flag is given, the test files are scored only with --do_predict.",
+        nargs="?", const=True)
 
     def __post_init__(self):
         super().__post_init__()
+        if self.do_eval is False:  # Trainer's meaning: the splits not asked for are not read at all
+            self.validation_file = None
+        if self.do_predict is False:
+            self.test_file = None
         for name in ("max_train_samples", "max_eval_samples", "max_test_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")

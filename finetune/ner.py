@@ -556,19 +556,34 @@ def _model_inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
+TARGETS = ("labels",)  # the batch keys loss_of reads: evaluation features that have them also give a loss
+
+
+def forward(model, batch: dict) -> torch.Tensor:
+    """(B, T, C) logits in fp32 (a bf16 autocast does not round the loss)."""
+    return model(**_model_inputs(batch)).logits.float()
+
+
 def loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    return loss_of(forward(model, batch), batch)
+
+
+def loss_of(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed cross-entropy over labelled sub-words, how many there are) for exact global averaging."""
-    logits = model(**_model_inputs(batch)).logits  # (B, T, C)
     labels = batch["labels"]  # (B, T)
-    # Float32 loss under bf16 autocast; sum (not mean) so a batch with no labels gives 0, not NaN.
-    total = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+    # Sum (not mean) so a batch with no labels gives 0, not NaN.
+    total = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
     return total, (labels != IGNORE).sum()
 
 
 @torch.no_grad()
 def outputs(model, batch: dict) -> list[np.ndarray]:
+    return outputs_of(forward(model, batch), batch)
+
+
+def outputs_of(logits: torch.Tensor, batch: dict) -> list[np.ndarray]:
     """Per feature, its (T_i, C) logits as float32 numpy, padding cut off."""
-    logits = model(**_model_inputs(batch)).logits.float().cpu().numpy()  # (B, T, C)
+    logits = logits.cpu().numpy()  # (B, T, C)
     lengths = batch["attention_mask"].sum(dim=1).tolist()
     return [logits[i, :n] for i, n in enumerate(lengths)]
 

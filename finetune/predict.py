@@ -53,6 +53,8 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
                    "when not the one trained on.")
     p.add_argument("--text_pair_column", help="cls tables: the second text column of a pair model.")
     p.add_argument("--label_column", help="cls tables: the gold label column (name or position).")
+    p.add_argument("--align_to_words", choices=["true", "false"],
+                   help="qa: widen answers to whole words (default: as the model was trained, true).")
     p.add_argument("--no_header", nargs="?", const="true", choices=["true", "false"],
                    help="cls csv/tsv tables have no header line (default: detected per file).")
     p.add_argument("--label_names", help="cls: names for the model's classes, 'neg,pos' (in id order) or '0=neg,1=pos' "
@@ -129,6 +131,10 @@ def apply_flags(cfg, args) -> None:
     """--max_seq_length and the cls table flags override the run's settings."""
     if args.max_seq_length is not None:
         cfg.max_seq_length = args.max_seq_length
+    if args.align_to_words is not None:
+        if not hasattr(cfg, "align_to_words"):
+            raise ConfigError("--align_to_words: only qa models predict spans")
+        cfg.align_to_words = args.align_to_words == "true"
     for name in ("text_column", "text_pair_column", "label_column", "no_header"):
         if getattr(args, name) is None:
             continue

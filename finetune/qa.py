@@ -66,6 +66,9 @@ class Config(FinetuneConfig):
     max_query_length: int = arg(64, "Questions longer than this many tokens are cut to it before windowing.")
     n_best_size: int = arg(20, "Start and end candidates (highest logits) per window when searching the best span.")
     max_answer_length: int = arg(30, "Longest predicted answer in tokens.")
+    align_to_words: bool = arg(
+        True, "Widen a predicted span to the whole words it touches ('membranes', not the sub-word 'bra'), as the "
+        "transformers pipeline did; false keeps sub-word spans.")
     version_2_with_negative: Optional[bool] = arg(
         None,
         "SQuAD v2 mode: some questions have no answer ([CLS] span). Unset = auto: on when the loaded data has "
@@ -434,6 +437,8 @@ def encode(examples: list[dict], tokenizer, cfg: Config, labels: list[str], with
             feature["token_type_ids"] = enc["token_type_ids"][i]
         feature["example_index"] = example_index
         feature["offset_mapping"] = offsets
+        # The word of each context token (None elsewhere): predictions widen sub-word spans to whole words.
+        feature["word_ids"] = [w if s == 1 else None for w, s in zip(enc.word_ids(i), sequence_ids)]
         if with_labels:
             example = examples[example_index]
             feature["start_positions"], feature["end_positions"] = answer_token_span(
@@ -521,7 +526,10 @@ def collate(features: list[dict], tokenizer) -> dict[str, torch.Tensor]:
 # -------------------------------------------------------------------------------------------- the model
 
 
-def _logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+TARGETS = ("start_positions", "end_positions")  # what loss_of reads: labelled evaluation features also give a loss
+
+
+def forward(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(start, end) logits, each (B, T) in float32, padding positions pushed to -inf-ish.
 
     Masking the padding makes a feature's loss independent of how much its batch was padded.
@@ -535,8 +543,12 @@ def _logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    return loss_of(forward(model, batch), batch)
+
+
+def loss_of(logits: tuple[torch.Tensor, torch.Tensor], batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum over features of (CE(start) + CE(end)) / 2, number of features with a known answer position)."""
-    start, end = _logits(model, batch)  # (B, T) each
+    start, end = logits  # (B, T) each
     ce = F.cross_entropy(start, batch["start_positions"], ignore_index=IGNORE, reduction="sum")
     ce = ce + F.cross_entropy(end, batch["end_positions"], ignore_index=IGNORE, reduction="sum")
     return ce / 2, (batch["start_positions"] != IGNORE).sum()
@@ -544,8 +556,12 @@ def loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def outputs(model, batch: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    return outputs_of(forward(model, batch), batch)
+
+
+def outputs_of(logits: tuple[torch.Tensor, torch.Tensor], batch: dict) -> list[tuple[np.ndarray, np.ndarray]]:
     """One (start_logits, end_logits) pair per feature, numpy float32 cut to its true length."""
-    start, end = _logits(model, batch)
+    start, end = logits
     lengths = batch["attention_mask"].sum(dim=1).tolist()
     start, end = start.cpu().numpy(), end.cpu().numpy()
     return [(start[i, :n], end[i, :n]) for i, n in enumerate(lengths)]
@@ -576,6 +592,16 @@ def best_span(start_logits: np.ndarray, end_logits: np.ndarray, offsets: list, n
     return float(scores[s, e]), int(starts[s]), int(ends[e])
 
 
+def whole_words(first: int, last: int, word_ids: list) -> tuple[int, int]:
+    """The token span widened to every token of the words its first and last tokens belong to (within the
+    window: a word cut by the window's edge keeps the part inside)."""
+    while first > 0 and word_ids[first - 1] is not None and word_ids[first - 1] == word_ids[first]:
+        first -= 1
+    while last + 1 < len(word_ids) and word_ids[last + 1] is not None and word_ids[last + 1] == word_ids[last]:
+        last += 1
+    return first, last
+
+
 def predictions(
     examples: list[dict], features: list[dict], outputs: list, cfg: Config, labels: list[str]
 ) -> list[dict]:
@@ -602,7 +628,10 @@ def predictions(
             null_score = cls_score if null_score is None else min(null_score, cls_score)
             span = best_span(start_logits, end_logits, offsets, cfg.n_best_size, cfg.max_answer_length)
             if span is not None and (best is None or span[0] > best[0]):
-                best = (span[0], offsets[span[1]][0], offsets[span[2]][1])
+                first, last = span[1], span[2]
+                if getattr(cfg, "align_to_words", True) and "word_ids" in features[f]:
+                    first, last = whole_words(first, last, features[f]["word_ids"])
+                best = (span[0], offsets[first][0], offsets[last][1])
         record = {"id": example["id"], "prediction_text": "", "start": None, "end": None, "score": None}
         if best is not None:
             score, char_start, char_end = best

@@ -10,7 +10,6 @@ and `checkpoints/step-N/`.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -64,7 +63,8 @@ def parse_finetune_args(argv: list[str]):
 def load_backbone(task, cfg, labels, tokenizer_size: int):
     """The task model on the backbone: a new head on top of the pretrained encoder."""
     from mlm.errors import DataError
-    from mlm.model import check_checkpoint_dir, check_vocabulary, loading_kwargs, usable_positions
+    from mlm.model import (check_checkpoint_dir, check_vocabulary, enable_activation_checkpointing, loading_kwargs,
+                           usable_positions)
 
     check_checkpoint_dir(cfg.model_name_or_path, allow_pickle=cfg.allow_pickle_weights)
     try:
@@ -74,6 +74,8 @@ def load_backbone(task, cfg, labels, tokenizer_size: int):
         raise DataError(f"model_name_or_path: cannot load {cfg.model_name_or_path}: {str(e).splitlines()[0]}") from None
     cfg.check_lengths(usable_positions(model.config, model))
     check_vocabulary(model.config, tokenizer_size)
+    if cfg.gradient_checkpointing:
+        enable_activation_checkpointing(model)
     return model
 
 
@@ -84,8 +86,10 @@ def main(cfg) -> dict:
     from finetune.inference import score
     from finetune.tasks import TASKS
     from mlm.hub import check_sources, tokenizer_source
-    from mlm.loop import check_plan, make_accelerator, train
+    from mlm.loop import check_metric, check_plan, make_accelerator, train
     from mlm.run_dir import check_output_dir, run_directory
+    from mlm.resume_settings import settings_of
+    from mlm.run_files import write_run_files
     from mlm.runlog import logger, plot_losses, write_json
     from mlm.tokenizer import fit_tokenizer_to_model, load_tokenizer
 
@@ -109,7 +113,7 @@ def main(cfg) -> dict:
     model = load_backbone(task, cfg, labels, len(tokenizer))
     fit_tokenizer_to_model(tokenizer, model)
     features = {
-        split: task.encode(examples, tokenizer, cfg, labels, with_labels=(split == "train"))
+        split: task.encode(examples, tokenizer, cfg, labels, with_labels=split in ("train", "validation"))
         for split, examples in splits.items()
     }
 
@@ -118,12 +122,15 @@ def main(cfg) -> dict:
                      cfg.per_device_eval_batch_size, accelerator)
 
     evaluate = (lambda m: evaluate_split(m, "validation")[0]) if "validation" in splits else None
+    if cfg.metric_for_best_model and evaluate is not None:  # a typo must not wait for the first evaluation
+        check_metric(cfg, probe_metrics(task, model, splits["validation"], features["validation"], tokenizer, cfg,
+                                        labels, accelerator))
 
     def export(model, state_dict, output_dir):
         model.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(output_dir)
         with open(os.path.join(output_dir, TASK_FILE), "w", encoding="utf-8") as f:
-            json.dump({"task": cfg.task, "labels": labels, "config": dataclasses.asdict(cfg)}, f, indent=2)
+            json.dump({"task": cfg.task, "labels": labels, "config": settings_of(cfg)}, f, indent=2)
 
     logger.info("encoded: %s", ", ".join(f"{split} {len(splits[split])} {task.UNITS[0]} -> {len(f)} {task.UNITS[1]}"
                                        for split, f in features.items()))
@@ -143,11 +150,22 @@ def main(cfg) -> dict:
                 write_predictions(os.path.join(cfg.output_dir, "predictions"), split, records, cfg.task)
         if accelerator.is_main_process:
             write_json(os.path.join(cfg.output_dir, "metrics.json"), metrics)
+            write_run_files(cfg, metrics, cfg.task, metrics.get("epoch"), dict(cfg.data_files()))
             plot_losses(os.path.join(cfg.output_dir, "log.jsonl"), os.path.join(cfg.output_dir, "loss.png"))
             shown = [k for k in metrics if k.startswith(("eval_", "test_")) and isinstance(metrics[k], float)]
             logger.info("done: %s", ", ".join(f"{k} {metrics[k]:.4f}" for k in shown[:8]))
             logger.info("model written to %s", cfg.output_dir)
         return metrics
+
+
+def probe_metrics(task, model, examples: list[dict], features: list[dict], tokenizer, cfg, labels, accelerator,
+                  size: int = 64) -> dict:
+    """The metrics of the untrained model on the first `size` examples: which names a run will report."""
+    from finetune.inference import score
+
+    probe = [f for f in features if f["example_index"] < size]
+    return score(task, model, examples[:size], probe, tokenizer, cfg, labels, cfg.per_device_eval_batch_size,
+                 accelerator)[0]
 
 
 def write_predictions(folder: str, name: str, records: list[dict], task: str) -> None:

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import math
 import os
+import shlex
 from dataclasses import dataclass, field
 from typing import Literal, Optional, TypeVar
 
@@ -23,6 +24,13 @@ from mlm.errors import ConfigError
 
 # Metric names (suffixes) where smaller is better: the default of greater_is_better.
 LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse", "error", "perplexity")
+# Trainer's lr_scheduler_type names that transformers.get_scheduler builds from warmup and total steps alone.
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial",
+              "inverse_sqrt")
+# Fields whose values are never written anywhere (training_args.json, checkpoints, model cards).
+SECRET_FIELDS = frozenset({"hub_token"})
+# Trainer's --do_* switches a config may have (fine-tuning adds do_predict).
+DO_SWITCHES = ("do_train", "do_eval", "do_predict")
 
 
 def arg(default, help: str, **kw):
@@ -54,9 +62,19 @@ class TrainingConfig:
     max_steps: int = arg(-1, "Total optimizer steps; overrides num_train_epochs when > 0.")
     warmup_ratio: Optional[float] = arg(None, "Fraction of steps with linear warmup (exclusive with warmup_steps).")
     warmup_steps: Optional[int] = arg(None, "Steps of linear warmup (exclusive with warmup_ratio).")
-    lr_scheduler_type: Literal["linear", "cosine", "constant"] = arg("linear", "Decay after warmup.")
+    lr_scheduler_type: Literal[SCHEDULERS] = arg(
+        "linear", "Schedule after warmup, Trainer's names: linear / cosine decay to 0, constant (ignores warmup), "
+        "constant_with_warmup, cosine_with_restarts, polynomial, inverse_sqrt.")
+    optim: Literal["adamw_torch_fused", "adamw_torch", "sgd", "adafactor"] = arg(
+        "adamw_torch_fused", "Optimizer, Trainer's names (adamw_torch_fused: one fused kernel, the fastest AdamW).")
     logging_steps: int = arg(10, "Write a log.jsonl line (and update the progress bar) every N steps.")
+    eval_strategy: Optional[Literal["no", "steps", "epoch"]] = arg(
+        None, "When to evaluate during training: steps (every eval_steps), epoch, or no (only at the end). "
+        "Default: steps when eval_steps is set, else epoch. Alias --evaluation_strategy.",
+        aliases=["--evaluation_strategy"])
     eval_steps: Optional[int] = arg(None, "Evaluate every N steps (default: once per epoch and at the end).")
+    save_strategy: Optional[Literal["no", "steps", "epoch"]] = arg(
+        None, "When to write checkpoints: steps (every save_steps), epoch, or no. Default: at every evaluation.")
     save_steps: Optional[int] = arg(None, "Checkpoint every N steps (default: at every evaluation).")
     save_total_limit: int = arg(2, "Keep the last N checkpoints (the best one is kept in addition).")
     resume_from_checkpoint: Optional[str] = arg(None, "A checkpoints/step-N directory, or 'latest' in output_dir.")
@@ -74,8 +92,24 @@ class TrainingConfig:
         None, "CPU threads per process for torch's operators (default: OMP_NUM_THREADS, else the cores this process "
         "may use, shared among the processes launched here); on a busy machine fewer can be faster.")
     ddp_timeout: int = arg(7200, "Seconds a process waits for the others (rank 0 may be packing a large corpus).")
-    report_to: Literal["none", "tensorboard", "wandb"] = arg("none", "Optional experiment tracker.")
+    report_to: Literal["none", "all", "tensorboard", "wandb", "mlflow"] = arg(
+        "none", "Experiment tracker (all: every installed one); mlflow keeps a local store in output_dir/mlruns.")
+    run_name: Optional[str] = arg(None, "A name for the run: tracker run name and model card (default: output_dir's).")
+    push_to_hub: bool = arg(False, "Upload output_dir (model, tokenizer, card, results; not checkpoints) to the "
+                            "Hugging Face hub at the end of the run; the hub must be reachable at the start.")
+    hub_model_id: Optional[str] = arg(None, "The hub repository to push to, owner/name (default: output_dir's name).")
+    hub_token: Optional[str] = arg(None, "Hub token (default: the one `hf auth login` saved); never written to disk.")
     disable_tqdm: bool = arg(False, "Hide the progress bar.")
+    gradient_checkpointing: bool = arg(
+        False, "Recompute each layer's activations in the backward pass: less memory, ~30%% more compute.")
+    dataloader_num_workers: int = arg(0, "Worker processes that collate batches (0: in the training process).")
+    do_train: Optional[bool] = arg(None, "Trainer's switch: mlm always trains (score a model with `mlm evaluate`).",
+                                   nargs="?", const=True)
+    do_eval: Optional[bool] = arg(
+        None, "Trainer's switch: when any --do_* flag is given, evaluation runs only with --do_eval.", nargs="?",
+        const=True)
+    fp16: bool = arg(False, "Trainer's spelling of --mixed_precision fp16 (CUDA GPUs only).")
+    bf16: bool = arg(False, "Trainer's spelling of --mixed_precision bf16 (GPUs with bf16, CPUs with AVX-512 BF16/AMX).")
     allow_pickle_weights: bool = arg(
         False, "Load a model folder that has only pickle weights (pytorch_model.bin): loading them can run code, "
         "so only for folders you trust.")
@@ -101,6 +135,40 @@ class TrainingConfig:
             raise ConfigError("early_stopping_patience needs metric_for_best_model")
         if self.greater_is_better is None and self.metric_for_best_model is not None:
             self.greater_is_better = not self.metric_for_best_model.endswith(LOWER_IS_BETTER)
+        if (self.hub_model_id or self.hub_token) and not self.push_to_hub:
+            raise ConfigError("hub_model_id / hub_token are only used with --push_to_hub")
+        if self.dataloader_num_workers < 0:
+            raise ConfigError(f"dataloader_num_workers: must be >= 0, got {self.dataloader_num_workers}")
+        self._resolve_trainer_spellings()
+
+    def _resolve_trainer_spellings(self) -> None:
+        """Trainer's flags with Trainer's meaning, onto mlm's own fields (the one place they are mapped)."""
+        if self.fp16 and self.bf16:
+            raise ConfigError("fp16 and bf16 are both set: choose one")
+        for name in ("fp16", "bf16"):
+            if getattr(self, name):
+                if self.mixed_precision not in ("auto", name):
+                    raise ConfigError(f"{name} contradicts mixed_precision {self.mixed_precision}")
+                self.mixed_precision = name
+        switches = [name for name in DO_SWITCHES if hasattr(self, name)]
+        if any(getattr(self, name) is not None for name in switches):  # Trainer: what is not asked for does not run
+            for name in switches:
+                setattr(self, name, bool(getattr(self, name)))
+            if not self.do_train:
+                raise ConfigError("do_train: mlm always trains; to score a trained model on labelled files use "
+                                  "`mlm evaluate --model DIR --input FILE`")
+        if self.eval_strategy == "steps" and self.eval_steps is None:
+            self.eval_steps = self.logging_steps  # Trainer's default
+        if self.save_strategy == "steps" and self.save_steps is None:
+            raise ConfigError("save_strategy steps needs save_steps")
+        without = self.eval_strategy == "no" or self.save_strategy == "no" or self.do_eval is False
+        if self.metric_for_best_model and without:
+            raise ConfigError("metric_for_best_model needs evaluations and checkpoints during training: it cannot go "
+                              "with eval_strategy no, save_strategy no or without --do_eval")
+
+    def evaluates(self) -> bool:
+        """Whether the run evaluates at all (--do_* flags may leave evaluation out)."""
+        return self.do_eval is not False
 
     def accumulation_steps(self, num_processes: int) -> int:
         """Derived accumulation: from global_batch_size when set, else the field itself."""
@@ -192,7 +260,26 @@ def parse_config(cls: type[C], argv: list[str], prog: str = "mlm") -> C:
         close = difflib.get_close_matches(extra[0].split("=")[0], names, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ConfigError(f"unknown option {extra[0]}{hint}")
+    # Where the values came from, for training_args.json and the model card (not a field: never compared or saved
+    # as a setting).
+    flags = _redacted(argv)
+    cfg.origin = {"command": " ".join(prog.split()[:2] + [shlex.quote(a) for a in flags]), "recipe": path,
+                  "recipe_values": {k: ("<hidden>" if k in SECRET_FIELDS else v) for k, v in recipe.items()},
+                  "flags": flags}
     return cfg
+
+
+def _redacted(argv: list[str]) -> list[str]:
+    """argv with the values of secret fields replaced."""
+    out = list(argv)
+    for i, token in enumerate(out):
+        name, eq, _ = token[2:].partition("=") if token.startswith("--") else ("", "", "")
+        if name in SECRET_FIELDS:
+            if eq:
+                out[i] = f"--{name}=<hidden>"
+            elif i + 1 < len(out):
+                out[i + 1] = "<hidden>"
+    return out
 
 
 def recipe_path(argv: list[str]) -> Optional[str]:

@@ -102,10 +102,12 @@ def _in_hub_cache(repo_id: str) -> Optional[str]:
 
 
 def check_sources(cfg) -> None:
-    """Locate the model and tokenizer a run's config names, before any data is read or any folder written."""
+    """Locate the model and tokenizer a run's config names, and check the hub for --push_to_hub, before any data
+    is read or any folder written."""
     for field in ("model_name_or_path", "tokenizer_name"):
         if getattr(cfg, field, None):
             locate(getattr(cfg, field), field)
+    check_push(cfg)
 
 
 def tokenizer_source(cfg) -> tuple[str, str]:
@@ -113,3 +115,26 @@ def tokenizer_source(cfg) -> tuple[str, str]:
     if cfg.tokenizer_name:
         return cfg.tokenizer_name, "tokenizer_name"
     return cfg.model_name_or_path, "model_name_or_path"
+
+
+# Never uploaded: training state, old runs moved aside, the run's lock.
+PUSH_IGNORE = ["checkpoints/*", "run.lock", "*.tmp"]
+
+
+def check_push(cfg) -> None:
+    """--push_to_hub needs the hub at the start: a run of hours must not learn at its end that it cannot upload."""
+    if cfg.push_to_hub and not hub_reachable():
+        raise ConfigError("push_to_hub: the Hugging Face hub cannot be reached from here; drop --push_to_hub and "
+                          "upload output_dir later (`hf upload REPO OUTPUT_DIR`)")
+
+
+def push_to_hub(cfg) -> str:
+    """Upload cfg.output_dir to cfg.hub_model_id (created when missing); returns the repository id."""
+    from huggingface_hub import HfApi
+
+    repo_id = cfg.hub_model_id or os.path.basename(os.path.abspath(cfg.output_dir))
+    api = HfApi(token=cfg.hub_token)
+    api.create_repo(repo_id, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=cfg.output_dir, ignore_patterns=PUSH_IGNORE,
+                      commit_message=f"mlm: {cfg.run_name or os.path.basename(os.path.abspath(cfg.output_dir))}")
+    return repo_id

@@ -31,11 +31,13 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs
 from mlm.checkpoint import load_best_weights, load_checkpoint, save_checkpoint
 from mlm.config import TrainingConfig
 from mlm.errors import ConfigError, DataError
+from mlm.precision import describe, resolve_precision
 from mlm.resume_settings import settings_of
 from mlm.run_dir import run_directory
 from mlm.runlog import RunLog, logger, setup_console_logging
 from mlm.signals import Preempted, StopRequest
 from mlm.threads import use_threads
+from mlm.trackers import resolve_trackers
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, torch.Tensor]]
 
@@ -44,17 +46,18 @@ LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, torch.Tensor]]
 
 
 def make_accelerator(cfg: TrainingConfig):
-    """An Accelerator with the precision picked per device: bf16 where the GPU has it, fp32 on CPUs."""
+    """An Accelerator with the precision picked per device (mlm.precision): bf16 where the GPU has it, fp32 on
+    CPUs, or what was asked for where it can run."""
     from accelerate import Accelerator
 
-    precision = cfg.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    force_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    precision, source = resolve_precision(cfg.mixed_precision, use_gpu=_has_device() and not force_cpu)
     kwargs = {}
     if cfg.torch_compile:
         kwargs["dynamo_backend"] = "inductor"
-    if cfg.report_to != "none":
-        kwargs["log_with"] = cfg.report_to
+    trackers = resolve_trackers(cfg.report_to, cfg.output_dir)
+    if trackers:
+        kwargs["log_with"] = trackers
         kwargs["project_dir"] = cfg.output_dir
     # Started by a launcher (torchrun / accelerate launch: LOCAL_RANK is set) on a machine without a GPU,
     # accelerate joins a CPU (gloo) group only when ACCELERATE_USE_CPU=1; otherwise every process runs
@@ -65,6 +68,7 @@ def make_accelerator(cfg: TrainingConfig):
     accelerator = Accelerator(mixed_precision=precision, cpu=launched > 1 and not _has_device(),
                               kwargs_handlers=[timeout], **kwargs)
     setup_console_logging(accelerator.is_main_process)
+    logger.info("precision: %s (%s)", describe(accelerator.mixed_precision, accelerator.device), source)
     use_threads(cfg.num_threads)
     # (mpirun sets no LOCAL_RANK, so `launched` stays 1 there; accelerate forms that group itself)
     if launched > 1 and accelerator.num_processes != launched:
@@ -108,7 +112,7 @@ def matmul_peak_flops(device, dtype=torch.float32, size: int = 2048, repeats: in
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
-    """AdamW; biases and normalisation weights (every 1-D parameter) get no weight decay."""
+    """cfg.optim (AdamW by default); biases and normalisation weights (every 1-D parameter) get no weight decay."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
@@ -117,11 +121,16 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    if cfg.optim == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.learning_rate)
+    if cfg.optim == "adafactor":  # as Trainer builds it: the schedule sets the rate, no relative step size
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=cfg.learning_rate, scale_parameter=False, relative_step=False)
     # fused: one kernel over all parameters instead of a Python loop per tensor (+11% steps/s on the tiny
     # shape on CPU, bench/results/pretrain_throughput.json).
-    return torch.optim.AdamW(
-        groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, fused=True
-    )
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                             eps=cfg.adam_epsilon, fused=cfg.optim == "adamw_torch_fused")
 
 
 def build_scheduler(optimizer, cfg: TrainingConfig, total_steps: int):
@@ -135,8 +144,10 @@ def build_scheduler(optimizer, cfg: TrainingConfig, total_steps: int):
     if warmup >= total_steps > 0:
         logger.warning("warmup_steps %d >= the run's %d steps: the learning rate never reaches its peak %g",
                        warmup, total_steps, cfg.learning_rate)
-    name = "constant_with_warmup" if cfg.lr_scheduler_type == "constant" else cfg.lr_scheduler_type
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    if cfg.lr_scheduler_type == "constant" and warmup:
+        logger.warning("lr_scheduler_type constant ignores the %d warmup steps (Trainer's meaning); "
+                       "constant_with_warmup uses them", warmup)
+    return get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -263,6 +274,7 @@ class TrainState:
     tokens: int = 0
     examples: int = 0
     train_seconds: float = 0.0
+    loss_sum: float = 0.0  # of each step's mean loss: train_loss is the run's average step loss, as Trainer's
     best_metric: Optional[float] = None
     best_step: Optional[int] = None
     best_metrics: Optional[dict] = None
@@ -318,7 +330,7 @@ def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, 
     accumulation = cfg.accumulation_steps(world)
     sampler = ShardedBatchSampler(len(train_data), cfg.per_device_train_batch_size, rank, world, cfg.seed, True, lengths)
     total_steps, steps_per_epoch = plan_steps(cfg, len(sampler), accumulation)
-    eval_every = cfg.eval_steps or steps_per_epoch
+    eval_every = {"no": None, "epoch": steps_per_epoch}.get(cfg.eval_strategy, cfg.eval_steps or steps_per_epoch)
     select_best = bool(cfg.metric_for_best_model and evaluate is not None)
     if cfg.metric_for_best_model and evaluate is None:
         logger.warning("metric_for_best_model %s: there is no validation data, so no evaluation, best-model choice "
@@ -326,7 +338,8 @@ def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, 
     elif select_best and cfg.save_steps and cfg.save_steps != eval_every:
         logger.warning("save_steps %d ignored: with metric_for_best_model a checkpoint is saved at every evaluation "
                        "(eval_steps %d), so the best one exists", cfg.save_steps, eval_every)
-    save_every = eval_every if select_best else (cfg.save_steps or eval_every)
+    save_every = eval_every if select_best else {"no": None, "epoch": steps_per_epoch}.get(
+        cfg.save_strategy, cfg.save_steps or eval_every or steps_per_epoch)
 
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
@@ -339,8 +352,9 @@ def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, 
         saved = load_checkpoint(accelerator, objects, resume)  # refuses another number of processes
         state = TrainState(**{**saved, "total_steps": total_steps})
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume, state.step, state.epoch, state.position)
-    if cfg.report_to != "none":
-        accelerator.init_trackers(os.path.basename(os.path.abspath(cfg.output_dir)), config=dataclasses.asdict(cfg))
+    if accelerator.log_with:
+        accelerator.init_trackers(cfg.run_name or os.path.basename(os.path.abspath(cfg.output_dir)),
+                                  config=settings_of(cfg))
 
     run_log = RunLog(cfg.output_dir, accelerator.is_main_process, accelerator, resume_step=state.step)
     global_batch = cfg.per_device_train_batch_size * world * accumulation
@@ -355,7 +369,7 @@ def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, 
         dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
         peak_flops = matmul_peak_flops(accelerator.device, dtype, size=4096 if accelerator.device.type == "cuda" else 1024)
         logger.info("matmul peak here: %.0f GFLOP/s (%s); MFU is measured against it", peak_flops / 1e9, dtype)
-    stream = micro_batches(sampler, train_data, collate_fn, state.epoch, state.position)
+    stream = micro_batches(sampler, train_data, collate_fn, state.epoch, state.position, cfg.dataloader_num_workers)
     params = [p for p in model.parameters() if p.requires_grad]
     deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
     progress = _progress_bar(cfg, accelerator, total_steps, state.step)
@@ -397,6 +411,7 @@ def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, 
         state.tokens += int(totals[2].item())
         state.examples += int(totals[3].item())
         state.train_seconds += time.perf_counter() - step_start
+        state.loss_sum += (totals[0] / totals[1]).item() if totals[1] > 0 else 0.0
         interval += totals[:4]
         progress.update(1)
 
@@ -424,11 +439,11 @@ def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, 
             interval_start = time.perf_counter()
 
         pause = time.perf_counter()  # evaluation and checkpoint time is not training throughput
-        if evaluate is not None and (state.step % eval_every == 0 or state.step == total_steps):
+        if evaluate is not None and (_due(state.step, eval_every) or state.step == total_steps):
             last_metrics = _evaluate(evaluate, model, state, run_log)
             last_eval_step = state.step
             stop = _update_best(cfg, state, last_metrics)
-        if state.step % save_every == 0 or state.step == total_steps or stop or preempted:
+        if (save_every and (state.step % save_every == 0 or state.step == total_steps or stop)) or preempted:
             _save(cfg, accelerator, objects, state)
         if preempted:
             progress.close()
@@ -450,9 +465,9 @@ def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, 
     if use_best:
         final["best_step"] = state.best_step
 
-    train_records = [r for r in run_log.records() if "loss" in r]
     final.update({
-        "train_loss": train_records[-1]["loss"] if train_records else None,
+        "train_loss": state.loss_sum / max(state.step, 1),
+        "epoch": round(state.epoch + state.position / max(1, len(sampler)), 4),
         "train_runtime": round(state.train_seconds, 3),
         "train_tokens_per_second": state.tokens / max(state.train_seconds, 1e-9),
         "train_examples_per_second": state.examples / max(state.train_seconds, 1e-9),
@@ -466,9 +481,13 @@ def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, 
         if accelerator.is_main_process:
             export(accelerator.unwrap_model(model), state_dict, cfg.output_dir)
     accelerator.wait_for_everyone()
-    if cfg.report_to != "none":
+    if accelerator.log_with:
         accelerator.end_training()
     return final
+
+
+def _due(step: int, every: Optional[int]) -> bool:
+    return every is not None and step % every == 0
 
 
 def _batch_size(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -500,17 +519,24 @@ def _evaluate(evaluate, model, state: TrainState, run_log: RunLog) -> dict:
     return metrics
 
 
-def _update_best(cfg: TrainingConfig, state: TrainState, metrics: dict) -> bool:
-    """Track the best evaluation; return True when early stopping should end the run."""
-    if not cfg.metric_for_best_model:
-        return False
+def check_metric(cfg: TrainingConfig, metrics: dict) -> str:
+    """The key of metric_for_best_model among evaluation metrics (`eval_` optional in the name); ConfigError
+    listing the usable ones. Runners call it with a first evaluation's metrics before training starts."""
     name = cfg.metric_for_best_model
     key = name if name.startswith("eval_") else f"eval_{name}"
+    metrics = {k if k.startswith("eval_") else f"eval_{k}": v for k, v in metrics.items()}
     if key not in metrics:
         usable = sorted(k.removeprefix("eval_") for k, v in metrics.items()
                         if isinstance(v, (int, float)) and k != "eval_runtime")
         raise ConfigError(f"metric_for_best_model: {name!r} is not among this task's metrics ({', '.join(usable)})")
-    value = float(metrics[key])
+    return key
+
+
+def _update_best(cfg: TrainingConfig, state: TrainState, metrics: dict) -> bool:
+    """Track the best evaluation; return True when early stopping should end the run."""
+    if not cfg.metric_for_best_model:
+        return False
+    value = float(metrics[check_metric(cfg, metrics)])
     better = state.best_metric is None or (value > state.best_metric if cfg.greater_is_better else value < state.best_metric)
     if better:
         state.best_metric, state.best_step, state.best_metrics = value, state.step, metrics

@@ -253,3 +253,9 @@ def train_flops_per_token(config, seq_len: int, head_fraction: float, last_layer
     last = 2 * h * h + last_layer_fraction * (layer - 2 * h * h)
     attention = 12 * seq_len * h * (L - 1 + last_layer_fraction)
     return 6 * ((L - 1) * layer + last) + attention + head_fraction * 6 * h * (h + V)
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each layer's activations in the backward pass (transformers renamed the switch in 5.x)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()

@@ -169,6 +169,9 @@ def mlm_loss(model, batch):
     return out["loss_sum"], out["count"]
 
 
+EVAL_METRICS = ("loss", "perplexity", "masked_accuracy")
+
+
 def make_evaluate(valid_data, collate, batch_size: int, accelerator):
     """MLM loss, perplexity and masked-token accuracy on fixed validation masks (never (B, T, V) logits)."""
     from mlm.loop import KeyedDataset, eval_batches
@@ -185,7 +188,7 @@ def make_evaluate(valid_data, collate, batch_size: int, accelerator):
             totals += torch.stack([out["loss_sum"].double(), out["count"].double(), out["correct"].double()])
         loss_sum, count, correct = accelerator.reduce(totals, reduction="sum").tolist()
         loss = loss_sum / max(count, 1)
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "masked_accuracy": correct / max(count, 1)}
+        return dict(zip(EVAL_METRICS, (loss, math.exp(min(loss, 50.0)), correct / max(count, 1))))
 
     return evaluate
 
@@ -193,10 +196,11 @@ def make_evaluate(valid_data, collate, batch_size: int, accelerator):
 def main(cfg: PretrainConfig) -> dict:
     from mlm.collator import MaskingCollator
     from mlm.corpus import corpus_sources
-    from mlm.loop import check_plan, make_accelerator, shards_parameters, train
-    from mlm.model import SparseMaskedLM, build_masked_lm, train_flops_per_token
+    from mlm.loop import check_metric, check_plan, make_accelerator, shards_parameters, train
+    from mlm.model import SparseMaskedLM, build_masked_lm, enable_activation_checkpointing, train_flops_per_token
     from mlm.packing import build_packed_dataset
     from mlm.run_dir import check_output_dir, run_directory
+    from mlm.run_files import write_run_files
     from mlm.runlog import plot_losses, write_json
 
     check_sources(cfg)
@@ -236,14 +240,19 @@ def main(cfg: PretrainConfig) -> dict:
         tokenizer, mlm_probability=cfg.mlm_probability, mask_replace_prob=cfg.mask_replace_prob,
         random_replace_prob=cfg.random_replace_prob, whole_word_masking=cfg.whole_word_masking, seed=cfg.seed,
     )
-    evaluate = make_evaluate(valid_blocks, collate, cfg.per_device_eval_batch_size, accelerator) if len(valid_blocks) else None
+    evaluate = make_evaluate(valid_blocks, collate, cfg.per_device_eval_batch_size, accelerator) \
+        if len(valid_blocks) and cfg.evaluates() else None
+    if cfg.metric_for_best_model and evaluate is not None:
+        check_metric(cfg, dict.fromkeys(EVAL_METRICS, 0.0))
 
     def export(model, state_dict, output_dir):
         weights = {k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")}
         model.model.save_pretrained(output_dir, state_dict=weights, safe_serialization=True)
         tokenizer.save_pretrained(output_dir)
 
-    model = SparseMaskedLM(hf_model, fast_encoder=not shards_parameters(accelerator))
+    if cfg.gradient_checkpointing:  # the model's own layers then run (mlm's fast path keeps every activation)
+        enable_activation_checkpointing(hf_model)
+    model = SparseMaskedLM(hf_model, fast_encoder=not (shards_parameters(accelerator) or cfg.gradient_checkpointing))
     logger.info("MLM head%s on the masked positions only", " and last layer" if model.fast_encoder else "")
     flops = train_flops_per_token(hf_model.config, cfg.max_seq_length, cfg.mlm_probability)
     check_plan(cfg, accelerator, len(train_blocks))
@@ -257,6 +266,7 @@ def main(cfg: PretrainConfig) -> dict:
         metrics.update({"num_parameters": n_params, "train_flops_per_token": flops})
         if accelerator.is_main_process:
             write_json(os.path.join(cfg.output_dir, "metrics.json"), metrics)
+            write_run_files(cfg, metrics, "pretrain", metrics.get("epoch"), {"train": train_corpus.description})
             plot_losses(os.path.join(cfg.output_dir, "log.jsonl"), os.path.join(cfg.output_dir, "loss.png"))
             logger.info("done: %s", ", ".join(f"{k} {metrics[k]:.4g}" for k in ("eval_loss", "perplexity", "masked_accuracy", "train_tokens_per_second") if k in metrics))
             logger.info("model written to %s", cfg.output_dir)

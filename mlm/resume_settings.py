@@ -12,6 +12,7 @@ import json
 import logging
 
 from mlm.checkpoint import read_settings
+from mlm.config import SECRET_FIELDS
 from mlm.errors import ConfigError
 
 logger = logging.getLogger("mlm")
@@ -19,14 +20,16 @@ logger = logging.getLogger("mlm")
 FREE = frozenset({
     "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "cache_dir", "logging_steps", "eval_steps",
     "save_steps", "save_total_limit", "per_device_eval_batch_size", "max_eval_samples", "validation_file",
-    "test_file", "early_stopping_patience", "load_best_model_at_end", "ddp_timeout", "report_to", "disable_tqdm",
-    "allow_pickle_weights",
+    "test_file", "max_test_samples", "early_stopping_patience", "load_best_model_at_end", "ddp_timeout", "report_to",
+    "disable_tqdm", "allow_pickle_weights", "num_threads", "run_name", "push_to_hub", "hub_model_id", "hub_token",
+    "dataloader_num_workers",
 })
 
 
 def settings_of(cfg) -> dict:
-    """The resolved settings as JSON values (what a checkpoint stores, what a resume compares)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    """The resolved settings as JSON values (what a checkpoint stores, what a resume compares), secrets hidden."""
+    settings = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    return {k: ("<hidden>" if k in SECRET_FIELDS and v is not None else v) for k, v in settings.items()}
 
 
 def check_unchanged(cfg, checkpoint: str) -> None:

@@ -104,7 +104,9 @@ class RunLog:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, default=_jsonable) + "\n")
         if self.accelerator is not None and self.accelerator.trackers:
-            numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+            from mlm.trackers import tracker_key
+
+            numbers = {tracker_key(k): v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
             self.accelerator.log(numbers, step=record.get("step"))
 
     def records(self) -> list[dict]:

@@ -1,6 +1,5 @@
 """Fine-tuning end to end through `mlm finetune` and `mlm predict`, on tiny hand-made data."""
 import json
-import os
 
 import pytest
 import torch

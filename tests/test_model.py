@@ -1,7 +1,7 @@
 """The sparse MLM head gives the stock BertForMaskedLM loss; presets; checkpoint round trip."""
 import pytest
 import torch
-from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
+from transformers import AutoModelForMaskedLM, BertConfig
 
 from mlm.errors import ConfigError, DataError
 from mlm.model import (PRESETS, SparseMaskedLM, build_masked_lm, preset_config, train_flops_per_token,

@@ -673,3 +673,18 @@ def test_squad_dev_file_and_article_split(data_dir):
     assert sum(per_title[t] for t in valid_titles) == len(splits["validation"])
     with pytest.raises(DataError, match="needs at least 49 articles, the file has 48"):
         qa.load_splits(make_cfg(train_file=path, split_articles="40:9"))
+
+
+@pytest.mark.parametrize("align, expected", [(True, "unbelievable"), (False, "believ"), (None, "unbelievable")])
+def test_sub_word_spans_are_widened_to_whole_words(tiny_tokenizer, align, expected):
+    """Logits on the middle piece of un ##believ ##able: the answer is the word, unless align_to_words is off."""
+    context = "the film was unbelievable fun ."
+    example = {"id": "w", "question": "what was it ?", "context": context,
+               "answers": {"text": ["unbelievable"], "answer_start": [context.index("unbelievable")]}}
+    cfg = make_cfg() if align is None else make_cfg(align_to_words=align)  # None: the default
+    [feature] = qa.encode([example], tiny_tokenizer, cfg, [], with_labels=False)
+    piece = tiny_tokenizer.convert_ids_to_tokens(feature["input_ids"]).index("##believ")
+    n = len(feature["input_ids"])
+    [record] = qa.predictions([example], [feature], [(logits(n, {piece: 10.0}), logits(n, {piece: 10.0}))], cfg, [])
+    assert record["prediction_text"] == expected
+    assert context[record["start"]:record["end"]] == expected
