@@ -70,6 +70,7 @@ HF_PROBLEM_TYPES = {
     "multi_label": "multi_label_classification",
 }
 DELIMITER_ALIASES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+FEW_FRACTIONAL = 10  # problem_type auto: fewer than 1 in 10 fractional labels among integers is ambiguous
 ENCODE_CHUNK = 1024  # examples per tokenizer call: big enough for the fast tokenizer, small in memory
 
 
@@ -332,12 +333,35 @@ def resolve_problem_type(train_examples: list[dict], cfg: Config) -> str:
     """cfg.problem_type, with "auto" decided from the training labels (see the module docstring)."""
     if cfg.problem_type != "auto":
         return cfg.problem_type
-    raw = [ex["label"] for ex in train_examples if ex.get("label") is not None]
-    if cfg.label_separator is not None or any(isinstance(v, (list, tuple)) for v in raw):
+    labelled = [ex for ex in train_examples if ex.get("label") is not None]
+    lists = [ex for ex in labelled if isinstance(ex["label"], (list, tuple))]
+    if cfg.label_separator is not None or (lists and len(lists) == len(labelled)):
         return "multi_label"
-    if any(_is_fractional(v) for v in raw):
-        return "regression"
-    return "single_label"
+    if lists:  # one stray list must not turn a classification task into a multi-label one
+        raise _ambiguous(lists[0], f"a list, but {len(labelled) - len(lists)} of {len(labelled)} training labels are "
+                         "single values", "multi_label (single values then count as sets of one)")
+    fractional = [ex for ex in labelled if _is_fractional(ex["label"])]
+    if not fractional:
+        return "single_label"
+    # Scores (STS-B: steps of 0.2) are mostly fractional; fewer than one label in FEW_FRACTIONAL among classes
+    # is as likely a typo, and would turn the whole task into regression.
+    if len(fractional) * FEW_FRACTIONAL < len(labelled):
+        raise _ambiguous(fractional[0], f"fractional, but only {len(fractional)} of {len(labelled)} training labels "
+                         "are (classes or scores?)", "regression if the labels are scores, single_label for classes")
+    return "regression"
+
+
+def _ambiguous(example: dict, what: str, choice: str) -> DataError:
+    return DataError(f"{example['_where']}: label {example['label']!r} is {what}: problem_type auto cannot tell "
+                     f"the kind of task; fix the label, or set --problem_type {choice}")
+
+
+def _is_missing(value) -> bool:
+    """NaN (pandas' missing value, which JSON writers and CSV exports spell NaN / nan) or an infinity: never a class."""
+    try:
+        return not isinstance(value, bool) and not math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def _is_fractional(value) -> bool:
@@ -389,6 +413,10 @@ def _normalise_labels(examples: list[dict], cfg: Config) -> None:
             ex["label"] = label_name(value)
             if not ex["label"]:
                 raise DataError(f"{where}: {column}: empty label")
+        for name in ([ex["label"]] if kind == "single_label" else ex["label"] if kind == "multi_label" else []):
+            if _is_missing(name):
+                raise DataError(f"{where}: {column}: label {name!r} is a missing value, not a class; fill it in or "
+                                "drop the row")
 
 
 def _regression_target(value, where: str) -> float:
@@ -420,8 +448,12 @@ def label_list(train_examples: list[dict], cfg: Config) -> list[str]:
     if kind == "regression":
         return ["score"]
     names = _class_names(train_examples, kind, cfg.label_separator)
+    source = train_examples[0]["_where"].rpartition(":")[0] if train_examples else "train"
     if not names:
-        raise DataError(f"{train_examples[0]['_where'] if train_examples else 'train'}: the training data has no labels")
+        raise DataError(f"{source}: the training data has no labels")
+    if kind == "single_label" and len(names) == 1:
+        raise DataError(f"{source}: every training label is {next(iter(names))!r}: a classifier needs at least two "
+                        "classes (wrong --label_column?)")
     if cfg.label_names is not None:
         return [n for n in json.loads(cfg.label_names).values() if n in names]
     return sort_labels(names)

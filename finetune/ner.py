@@ -64,6 +64,7 @@ RECORD_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet")
 # `mlm predict --input`: files read as CoNLL columns (training reads every non-record file so).
 CONLL_SUFFIXES = (".conll", ".conll03", ".conllu", ".iob", ".iob1", ".iob2", ".bio", ".bioes", ".bilou", ".tsv")
 DOCSTART = "-DOCSTART-"
+NOT_CONLL = "not a CoNLL file, one word and its tag per line with a blank line between sentences"
 
 
 @dataclass
@@ -129,6 +130,9 @@ def read_file(path: str, cfg: Config, tags_required: bool = True) -> list[dict]:
     Without tags_required, sentences may come without tags (words-only CoNLL, rows without a tags field)."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
+    if path.lower().removesuffix(".gz").endswith(".csv"):
+        raise DataError(f"{path}: NER reads CoNLL column files (one word and its tag per line) or JSON lines / "
+                        f"parquet with {cfg.tokens_key!r} and {cfg.tags_key!r} lists, not csv tables")
     if path.lower().endswith(RECORD_SUFFIXES):
         sentences = _read_records(path, cfg, tags_required)
     else:
@@ -180,7 +184,7 @@ def _read_conll(path: str, token_column: int, tag_column: int, words_only_ok: bo
         elif len(columns) != n_columns:
             raise DataError(
                 f"{path}:{line_no}: {len(columns)} columns, but line {first_line} has {n_columns} "
-                f"(every word line must have the same columns; a word containing a space?)"
+                f"(every word line must have the same columns: {NOT_CONLL}, or a word containing a space?)"
             )
         tokens.append(columns[token_column])
         tags.append(columns[tag_column])
@@ -212,7 +216,7 @@ def _check_conll_layout(path, line_no, line, columns, token_column, tag_column) 
     if token_column % n == tag_column % n:
         raise DataError(
             f"{path}:{line_no}: token_column and tag_column name the same column of {n}; a CoNLL file needs a "
-            f"word column and a tag column"
+            f"word column and a tag column ({NOT_CONLL}?)"
         )
 
 
@@ -223,7 +227,7 @@ def _read_records(path: str, cfg: Config, tags_required: bool = True) -> list[di
         tags_key = _pick_tags_key(row, cfg.tags_key)
         require_columns(path, line_no, row, [cfg.tokens_key] + ([tags_key] if tags_required else []))
         tokens = row[cfg.tokens_key]
-        _check_word_list(where, cfg.tokens_key, tokens)
+        _check_word_list(where, cfg.tokens_key, tokens, words=True)
         sentence = {"tokens": tokens, "_where": where, "_lines": [line_no] * len(tokens)}
         if tags_key in row:
             _check_word_list(where, tags_key, row[tags_key])
@@ -240,10 +244,16 @@ def _pick_tags_key(row: dict, tags_key: str) -> str:
     return "ner_tags" if tags_key not in row and "ner_tags" in row else tags_key
 
 
-def _check_word_list(where: str, key: str, value) -> None:
+def _check_word_list(where: str, key: str, value, words: bool = False) -> None:
+    """A list of strings; `words`: none of them empty or only spaces (the tokenizer would drop such a word, and
+    its tag would shift onto the next one)."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         hint = " (integer tags need their names: write the tag strings)" if isinstance(value, list) else ""
         raise DataError(f"{where}: {key!r} must be a list of strings{hint}")
+    blank = next((i for i, v in enumerate(value) if not v.strip()), None) if words else None
+    if blank is not None:
+        raise DataError(f"{where}: {key!r}: word {blank} is {value[blank]!r}, empty or only spaces; every word needs "
+                        "a visible character")
 
 
 def _load_hub(cfg: Config) -> dict[str, list[dict]]:
@@ -269,7 +279,7 @@ def _load_hub(cfg: Config) -> dict[str, list[dict]]:
         for row_no, row in enumerate(data, 1):
             tags = [names[t] for t in row[tags_key]] if names else row[tags_key]
             where = f"{name}:{row_no}"
-            _check_word_list(where, cfg.tokens_key, row[cfg.tokens_key])
+            _check_word_list(where, cfg.tokens_key, row[cfg.tokens_key], words=True)
             _check_word_list(where, tags_key, tags)
             if len(tags) != len(row[cfg.tokens_key]):
                 raise DataError(f"{where}: {len(row[cfg.tokens_key])} tokens but {len(tags)} tags")
@@ -337,15 +347,49 @@ def _convert_to_iob2(sentences: list[dict], scheme: str) -> list[dict]:
         if sentences:
             logger.info("%s: tag_scheme auto -> %s: %s", sentences[0].get("_where", "").rpartition(":")[0] or "data", scheme, why)
     allowed = SCHEME_PREFIXES.get(scheme)  # io: any label is a bare entity type
+    how = " (detected from the file; set tag_scheme to choose)" if detected else ""
+    switches = []  # (sentence, word) of an I-X right after an entity of another type
     for s in sentences:
         for i, tag in enumerate(s["tags"]):
             if allowed and tag != "O" and not (len(tag) > 2 and tag[0] in allowed and tag[1] == "-"):
                 expected = "O or " + "/".join(f"{p}-TYPE" for p in allowed)
-                how = " (detected from the file; set tag_scheme to choose)" if detected else ""
                 raise DataError(f"{_word_where(s, i)}: tag {tag!r} is not {scheme}{how}: expected {expected}")
+        if scheme in ("iobes", "bilou"):
+            _check_transitions(s, scheme, how)
+        elif scheme in ("iob1", "iob2"):
+            switches += [(_word_where(s, i), f"{s['tags'][i - 1]} {s['tags'][i]}") for i in range(1, len(s["tags"]))
+                         if _switches_type(s["tags"][i - 1], s["tags"][i])]
         # Rewritten from the chunks as conlleval reads them, so the result is always valid IOB2.
         s["tags"] = convert_tags(s["tags"], scheme, "iob2")
+    if switches:  # conlleval's reading, but a B-LOC I-PER is as likely a mistake: say so
+        where, pair = switches[0]
+        logger.warning("%s: %d tags I-X directly follow an entity of another type (first: %s, %s); each was read as "
+                       "the start of a new entity, B-X", where.rpartition(":")[0], len(switches), where, pair)
     return sentences
+
+
+def _switches_type(previous: str, tag: str) -> bool:
+    return tag.startswith("I-") and previous != "O" and previous[2:] != tag[2:]
+
+
+def _check_transitions(sentence: dict, scheme: str, how: str) -> None:
+    """IOBES / BILOU say where every entity ends: B-X continues with I-X or ends with E-X / L-X, a single word is
+    S-X / U-X, and I-/E-/L- never start one. Anything else (a BIO file read as BILOU, IOB1 tags in an IOBES file)
+    is an error at its word, not a guess."""
+    last, single = ("E", "S") if scheme == "iobes" else ("L", "U")
+    tags = sentence["tags"]
+    open_type = None  # the type of the entity a B-/I- tag left open
+    for i, tag in enumerate([*tags, "O"]):  # the sentence end must find no entity open
+        prefix, type_ = (tag[0], tag[2:]) if tag != "O" else ("O", None)
+        if open_type is not None and (prefix not in ("I", last) or type_ != open_type):
+            expected = f"I-{open_type} or {last}-{open_type}"
+            got = "the sentence end" if i == len(tags) else repr(tag)
+            raise DataError(f"{_word_where(sentence, min(i, len(tags) - 1))}: {got} after {tags[i - 1]!r} is not "
+                            f"{scheme}{how}: expected {expected}")
+        if open_type is None and prefix in ("I", last):
+            raise DataError(f"{_word_where(sentence, i)}: tag {tag!r} after {tags[i - 1] if i else 'the sentence start'!r}"
+                            f" is not {scheme}{how}: an entity starts with B- or {single}-")
+        open_type = type_ if prefix in ("B", "I") else None
 
 
 def _word_where(example: dict, i: int) -> str:
@@ -768,7 +812,7 @@ def _examples_from_records(path: str, cfg: Config) -> list[dict]:
             continue
         if cfg.tokens_key not in row:
             raise DataError(f"{where}: needs {cfg.text_key!r} (raw text) or {cfg.tokens_key!r} (list of words)")
-        _check_word_list(where, cfg.tokens_key, row[cfg.tokens_key])
+        _check_word_list(where, cfg.tokens_key, row[cfg.tokens_key], words=True)
         example = {"tokens": row[cfg.tokens_key], "_where": where}
         tags_key = _pick_tags_key(row, cfg.tags_key)
         if tags_key in row:

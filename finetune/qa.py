@@ -29,7 +29,6 @@ evaluation loss (EM/F1 still use the text).
 """
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
@@ -45,6 +44,7 @@ from finetune.config import FinetuneConfig, is_test_split
 from mlm.config import arg
 from mlm.errors import ConfigError, DataError
 from mlm.records import iter_records
+from mlm.user_files import read_text
 
 logger = logging.getLogger("mlm")
 
@@ -160,12 +160,8 @@ def read_file(path: str, require_answers: bool = True) -> list[dict]:
     if not name.endswith(".json"):
         raise DataError(f"{path}: QA reads SQuAD .json, .jsonl or .parquet files (HF squad columns: id, title, "
                         "context, question, answers)")
-    opener = gzip.open if path.lower().endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not JSON
-            data = json.load(f)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # several JSON values: JSON lines saved as .json
             return [_example(row, f"{path}:{line}", require_answers, str(line)) for line, row in iter_records(path)]
