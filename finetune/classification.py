@@ -51,6 +51,7 @@ from finetune.config import FinetuneConfig, is_test_split
 from finetune.label_names import resolve_label_names
 from mlm.config import arg
 from mlm.errors import ConfigError, DataError
+from mlm.packing import PIECE_CHARS, text_pieces
 from mlm.records import decoded_lines, file_format, first_row, iter_records, require_columns
 
 logger = logging.getLogger("mlm")
@@ -527,8 +528,8 @@ def _tokenize(chunk: list[dict], tokenizer, max_length: int) -> tuple[dict, int]
     has_pair = ["text_pair" in ex for ex in chunk]
     if any(has_pair) and not all(has_pair):
         raise DataError(f"{chunk[has_pair.index(False)]['_where']}: no text pair, but other examples have one")
-    texts = [ex["text"] for ex in chunk]
-    pairs = [ex["text_pair"] for ex in chunk] if all(has_pair) else None
+    texts = [_enough_text(ex["text"], tokenizer, max_length) for ex in chunk]
+    pairs = [_enough_text(ex["text_pair"], tokenizer, max_length) for ex in chunk] if all(has_pair) else None
     # verbose=False: the untruncated pass would warn about sequences longer than model_max_length.
     encoded = dict(tokenizer(texts, pairs, truncation=False, verbose=False))
     too_long = [i for i, ids in enumerate(encoded["input_ids"]) if len(ids) > max_length]
@@ -539,6 +540,21 @@ def _tokenize(chunk: list[dict], tokenizer, max_length: int) -> tuple[dict, int]
             for j, i in enumerate(too_long):
                 encoded[key][i] = redo[key][j]
     return encoded, len(too_long)
+
+
+def _enough_text(text: str, tokenizer, max_length: int) -> str:
+    """`text`, or its first pieces once they hold more than max_length tokens: truncation (longest_first too) then
+    keeps the same ids as from the whole text, and a text of megabytes on one line is not tokenised whole (the
+    tokenizer keeps ~100 bytes per character). Pieces as pretraining cuts a huge line (mlm.packing.text_pieces)."""
+    if len(text) <= PIECE_CHARS:
+        return text
+    kept, tokens = [], 0
+    for piece in text_pieces(text, PIECE_CHARS):
+        kept.append(piece)
+        tokens += len(tokenizer(piece, add_special_tokens=False)["input_ids"])
+        if tokens > max_length:
+            return "".join(kept)
+    return text
 
 
 def _target(example: dict, kind: str, label2id: dict, labels: list[str], separator: Optional[str]):

@@ -354,16 +354,18 @@ def align_answers(examples: list[dict], split: str) -> list[dict]:
                 answers["answer_start"][i] = found
         unlocatable = answers["text"] and all(s < 0 for s in answers["answer_start"])
         (skipped if unlocatable and split == "train" else kept).append(ex)
+    where = {ex["id"]: ex["_where"] for ex in examples}  # (ids are unique by now)
     if fixed:
-        logger.warning("%s: moved %d answer_start offsets to the nearest occurrence of the answer text (ids: %s)",
-                       split, len(fixed), _some(fixed))
+        logger.warning("%s: moved %d answer_start offsets (negative, past the context or off the text) to the "
+                       "nearest occurrence of the answer text (first: %s; ids: %s)", split, len(fixed),
+                       where[fixed[0]], _some(fixed))
     if lost:
         effect = "left out of the evaluation loss, still scored by EM/F1" if split != "train" else "not used as labels"
-        logger.warning("%s: %d answers whose text is not in the context, %s (ids: %s)", split, len(lost), effect,
-                       _some(lost))
+        logger.warning("%s: %d answers whose text is not in the context, %s (first: %s; ids: %s)", split, len(lost),
+                       effect, where[lost[0]], _some(lost))
     if skipped:
-        logger.warning("%s: skipped %d examples none of whose answers is in the context (ids: %s)", split,
-                       len(skipped), _some([ex["id"] for ex in skipped]))
+        logger.warning("%s: skipped %d examples none of whose answers is in the context (first: %s; ids: %s)", split,
+                       len(skipped), skipped[0]["_where"], _some([ex["id"] for ex in skipped]))
     return kept
 
 
