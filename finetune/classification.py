@@ -416,8 +416,8 @@ def _normalise_labels(examples: list[dict], cfg: Config) -> None:
                 raise DataError(f"{where}: {column}: empty label")
         for name in ([ex["label"]] if kind == "single_label" else ex["label"] if kind == "multi_label" else []):
             if _is_missing(name):
-                raise DataError(f"{where}: {column}: label {name!r} is a missing value, not a class; fill it in or "
-                                "drop the row")
+                raise DataError(f"{where}: {column}: label {name!r} is NaN or infinite, not a class (a missing "
+                                "value?); fill it in or drop the row")
 
 
 def _regression_target(value, where: str) -> float:

@@ -411,7 +411,8 @@ def label_list(train_examples: list[dict], cfg: Config) -> list[str]:
     """
     types = sorted({tag[2:] for ex in train_examples for tag in ex["tags"] if tag != "O"})
     if not types:
-        raise DataError("training data has no entity tags (every tag is O): nothing to learn")
+        source = train_examples[0]["_where"].rpartition(":")[0] if train_examples else "training data"
+        raise DataError(f"{source}: no entity tags (every tag is O): nothing to learn")
     return ["O"] + [f"{prefix}-{t}" for t in types for prefix in "BI"]
 
 

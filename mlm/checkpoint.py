@@ -48,6 +48,18 @@ def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def remove_partial_saves(output_dir: str) -> None:
+    """Delete the `.tmp-step-N` folders a kill during a save left behind: never a checkpoint (the rename makes
+    one), but as big as one, and a save of another step would never reuse them."""
+    root = checkpoints_root(output_dir)
+    partial = sorted(name for name in os.listdir(root) if name.startswith(".tmp-step-")) if os.path.isdir(root) else []
+    for name in partial:
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    if partial:
+        logger.warning("%s: removed %d unfinished checkpoint save%s of an interrupted run (%s)", root, len(partial),
+                       "s" if len(partial) > 1 else "", ", ".join(partial))
+
+
 def resolve_resume(output_dir: str, value: str | None, warn: bool = False) -> str | None:
     """`latest` -> the newest intact checkpoint of output_dir; a path -> checked; None -> None."""
     if not value:
