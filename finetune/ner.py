@@ -52,6 +52,7 @@ from mlm.config import arg
 from mlm.errors import ConfigError, DataError
 from mlm.records import decoded_lines, iter_records, require_columns
 from mlm.tokenizer import pre_tokenizer_steps
+from mlm.user_files import require_file
 
 logger = logging.getLogger("mlm")
 
@@ -128,8 +129,7 @@ def load_splits(cfg: Config) -> dict[str, list[dict]]:
 def read_file(path: str, cfg: Config, tags_required: bool = True) -> list[dict]:
     """Labelled sentences of one file (CoNLL columns, or JSON lines / parquet by name), tags in IOB2.
     Without tags_required, sentences may come without tags (words-only CoNLL, rows without a tags field)."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found")
+    require_file(path)
     if path.lower().removesuffix(".gz").endswith(".csv"):
         raise DataError(f"{path}: NER reads CoNLL column files (one word and its tag per line) or JSON lines / "
                         f"parquet with {cfg.tokens_key!r} and {cfg.tags_key!r} lists, not csv tables")
@@ -784,8 +784,7 @@ def examples_from_file(path: str, cfg: Config) -> list[dict]:
     """`mlm predict --input FILE`: JSON lines / parquet with "text" (or pre-split "tokens", optionally "tags"),
     CoNLL columns (.conll, .iob, .bio, .tsv, ...: word and tag columns, or words only; under any other name when
     its lines end in tags, like eng.testb), or plain text, one text per non-blank line."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found")
+    require_file(path)
     if path.lower().endswith(RECORD_SUFFIXES):
         return _examples_from_records(path, cfg)
     if path.lower().removesuffix(".gz").endswith(CONLL_SUFFIXES) or _looks_like_conll(path, cfg.tag_column):

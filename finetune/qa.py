@@ -44,7 +44,7 @@ from finetune.config import FinetuneConfig, is_test_split
 from mlm.config import arg
 from mlm.errors import ConfigError, DataError
 from mlm.records import iter_records
-from mlm.user_files import read_text
+from mlm.user_files import read_text, require_file
 
 logger = logging.getLogger("mlm")
 
@@ -152,8 +152,7 @@ def load_splits(cfg: Config) -> dict[str, list[dict]]:
 def read_file(path: str, require_answers: bool = True) -> list[dict]:
     """A SQuAD JSON file, JSON lines, a JSON array or parquet of flat records (HF `squad` columns) -> examples
     (DataError naming the file and line / id)."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found")
+    require_file(path)
     name = path.lower().removesuffix(".gz")
     if name.endswith((".jsonl", ".parquet")):
         return [_example(row, f"{path}:{line}", require_answers, str(line)) for line, row in iter_records(path)]

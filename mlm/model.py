@@ -17,6 +17,7 @@ from torch import nn
 
 from mlm.collator import gather_masked
 from mlm.encoder import LaneDropout, bert_layer, bert_layers
+from mlm.checkpoint import STATE_FILE
 from mlm.errors import ConfigError, DataError
 from mlm.user_files import REEXPORT, check_weights, read_json
 
@@ -64,6 +65,10 @@ def check_checkpoint_dir(path: str, field: str = "model_name_or_path", allow_pic
 
     path = locate(path, field)
     if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, STATE_FILE)):  # checkpoints/step-N of a run: training state only
+            run = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+            raise DataError(f"{field}: {path} is a training checkpoint, for --resume_from_checkpoint; the run "
+                            f"exports its model to {run}")
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise DataError(f"{field}: {path} is not a checkpoint directory (no config.json)")
         config = read_json(os.path.join(path, "config.json"), hint=REEXPORT)

@@ -8,19 +8,20 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import os
 import re
 import sys
 from typing import Iterator
 
 from mlm.errors import DataError
-from mlm.user_files import raw_lines
+from mlm.user_files import raw_lines, require_file
 
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
 
 def file_format(path: str) -> str:
-    """'jsonl' | 'csv' | 'tsv' | 'parquet' from the file name (`.json` is read as JSON lines)."""
+    """'jsonl' | 'csv' | 'tsv' | 'parquet' from the file name (`.json` is read as JSON lines); DataError when `path`
+    is no file."""
+    require_file(path)
     name = path.lower()
     for suffix, fmt in ((".jsonl", "jsonl"), (".json", "jsonl"), (".csv", "csv"), (".tsv", "tsv"), (".parquet", "parquet")):
         if name.endswith(suffix) or name.endswith(suffix + ".gz"):
@@ -56,8 +57,6 @@ def iter_records(path: str, delimiter: str | None = None, header: bool = True) -
     """Yield (line, record) for every row of `path`; raise DataError naming file and line on bad rows.
 
     csv/tsv: the columns are named by line 1, or with header=False by position, "0", "1", ... (line 1 is data)."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found")
     fmt = file_format(path)
     if fmt == "parquet":
         yield from _iter_parquet(path)
@@ -69,8 +68,6 @@ def iter_records(path: str, delimiter: str | None = None, header: bool = True) -
 
 def first_row(path: str, delimiter: str | None = None) -> list[str]:
     """The fields of line 1 of a csv/tsv file ([] when it is empty): to tell a header from data."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found")
     return next((row for _, row in _delimited_rows(path, _delimiter(file_format(path), delimiter))), [])
 
 

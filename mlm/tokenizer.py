@@ -149,7 +149,7 @@ def load_tokenizer(name_or_dir: str, field: str = "tokenizer_name"):
     if is_local:
         files = set(os.listdir(name_or_dir))
         if not files & {"tokenizer.json", "vocab.txt", "tokenizer_config.json"}:
-            raise DataError(f"{name_or_dir}: no tokenizer files here (expected tokenizer.json or vocab.txt)")
+            raise DataError(f"{field}: {name_or_dir}: no tokenizer files here (expected tokenizer.json or vocab.txt)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_dir)
     except Exception as e:  # OSError (not found / offline), ValueError (unknown class), ...

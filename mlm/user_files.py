@@ -25,10 +25,17 @@ MAX_SAFETENSORS_HEADER = 100 << 20
 REEXPORT = "re-download or re-export the model"  # the hint for a damaged file of a model folder
 
 
-def _open_binary(path: str):
-    """`path` opened for bytes (.gz decompressed on the fly); DataError when missing, a folder or not gzip."""
+def require_file(path: str) -> None:
+    """DataError unless `path` is a file: missing, or a folder."""
     if os.path.isdir(path):
         raise DataError(f"{path}: a folder, not a file")
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+
+
+def _open_binary(path: str):
+    """`path` opened for bytes (.gz decompressed on the fly); DataError when missing, a folder or not gzip."""
+    require_file(path)
     try:
         f = open(path, "rb")
     except FileNotFoundError:

@@ -311,9 +311,20 @@ def test_bad_predict_input_is_one_line_and_keeps_the_earlier_output(case, tmp_pa
     (["--text", "a"], r"the following arguments are required: --model"),
     (["--model", "MODEL", "--text", " "], r"--text: empty text"),
     (["--model", "MODEL", "--question", "who ?"], r"--question: not used by the cls task"),
+    (["--model", "MODEL/checkpoints/step-2", "--text", "a"],
+     r"--model: .*step-2 is a training checkpoint, for --resume_from_checkpoint; the run exports its model to "),
+    (["--model", "MODEL", "--input", "MODEL"], r"MODEL: a folder, not a file"),
 ])
 def test_bad_predict_flags_name_the_flag(flags, message, earlier, capsys):
-    refused(capsys, ["predict", *[str(earlier) if f == "MODEL" else f for f in flags]], message)
+    refused(capsys, ["predict", *[f.replace("MODEL", str(earlier)) for f in flags]],
+            message.replace("MODEL", re.escape(str(earlier))))
+
+
+def test_a_model_folder_without_its_tokenizer_is_named_with_its_flag(tmp_path, earlier, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(earlier, model, ignore=shutil.ignore_patterns("checkpoints", "tokenizer*", "vocab.txt",
+                                                                   "special_tokens_map.json"))
+    refused(capsys, ["predict", "--model", model, "--text", "a"], r"--model: .*model: no tokenizer files here")
 
 
 # ------------------------------------------------------------------ unusual but valid, and repairs warned
