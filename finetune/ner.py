@@ -130,9 +130,7 @@ def read_file(path: str, cfg: Config, tags_required: bool = True) -> list[dict]:
     """Labelled sentences of one file (CoNLL columns, or JSON lines / parquet by name), tags in IOB2.
     Without tags_required, sentences may come without tags (words-only CoNLL, rows without a tags field)."""
     require_file(path)
-    if path.lower().removesuffix(".gz").endswith(".csv"):
-        raise DataError(f"{path}: NER reads CoNLL column files (one word and its tag per line) or JSON lines / "
-                        f"parquet with {cfg.tokens_key!r} and {cfg.tags_key!r} lists, not csv tables")
+    _refuse_csv(path, cfg)
     if path.lower().endswith(RECORD_SUFFIXES):
         sentences = _read_records(path, cfg, tags_required)
     else:
@@ -141,6 +139,14 @@ def read_file(path: str, cfg: Config, tags_required: bool = True) -> list[dict]:
         raise DataError(f"{path}: no sentences found")
     _convert_to_iob2([s for s in sentences if "tags" in s], cfg.tag_scheme)
     return sentences
+
+
+def _refuse_csv(path: str, cfg: Config) -> None:
+    """A csv table is neither CoNLL columns nor text lines: read as either, its header would become a sentence."""
+    if path.lower().removesuffix(".gz").endswith(".csv"):
+        raise DataError(f"{path}: NER reads CoNLL column files (one word and its tag per line), JSON lines / parquet "
+                        f"with {cfg.tokens_key!r} and {cfg.tags_key!r} lists (or {cfg.text_key!r} to predict), or "
+                        "text lines (.txt), not csv tables")
 
 
 def _read_conll(path: str, token_column: int, tag_column: int, words_only_ok: bool = False) -> list[dict]:
@@ -387,8 +393,9 @@ def _check_transitions(sentence: dict, scheme: str, how: str) -> None:
             raise DataError(f"{_word_where(sentence, min(i, len(tags) - 1))}: {got} after {tags[i - 1]!r} is not "
                             f"{scheme}{how}: expected {expected}")
         if open_type is None and prefix in ("I", last):
-            raise DataError(f"{_word_where(sentence, i)}: tag {tag!r} after {tags[i - 1] if i else 'the sentence start'!r}"
-                            f" is not {scheme}{how}: an entity starts with B- or {single}-")
+            previous = tags[i - 1] if i else "the sentence start"
+            raise DataError(f"{_word_where(sentence, i)}: tag {tag!r} after {previous!r} is not {scheme}{how}: an "
+                            f"entity starts with B- or {single}-")
         open_type = type_ if prefix in ("B", "I") else None
 
 
@@ -785,6 +792,7 @@ def examples_from_file(path: str, cfg: Config) -> list[dict]:
     CoNLL columns (.conll, .iob, .bio, .tsv, ...: word and tag columns, or words only; under any other name when
     its lines end in tags, like eng.testb), or plain text, one text per non-blank line."""
     require_file(path)
+    _refuse_csv(path, cfg)
     if path.lower().endswith(RECORD_SUFFIXES):
         return _examples_from_records(path, cfg)
     if path.lower().removesuffix(".gz").endswith(CONLL_SUFFIXES) or _looks_like_conll(path, cfg.tag_column):

@@ -61,6 +61,23 @@ def earlier(tmp_path_factory, tiny_bert_dir):
     return folder / "run"
 
 
+@pytest.fixture(scope="module")
+def task_models(tmp_path_factory, tiny_bert_dir, earlier):
+    """{task: a fine-tuned model folder} for cls (the earlier run), ner and qa (one training step each)."""
+    folder = tmp_path_factory.mktemp("models")
+    models = {"cls": earlier}
+    for task, name, content, flags in (
+            ("ner", "t.conll", CONLL, []),
+            ("qa", "t.jsonl", jsonl(QA_ROW), ["--max_seq_length", "64", "--doc_stride", "16", "--max_query_length", "16"])):
+        (folder / name).write_text(content)
+        models[task] = folder / task
+        code = cli_main([str(a) for a in ["finetune", "--task", task, "--model_name_or_path", tiny_bert_dir,
+                                          "--train_file", folder / name, "--output_dir", models[task], *TRAIN_FLAGS,
+                                          *flags]])
+        assert code == 0
+    return models
+
+
 def snapshot(*paths) -> dict:
     """Every file under `paths` with its size, time and bytes' hash, and any moved-aside `.old-*` sibling."""
     state = {}
@@ -281,43 +298,58 @@ def test_a_damaged_task_file_is_one_line(edit, tmp_path, earlier, capsys):
 
 # --------------------------------------------------------------------------------------- predict inputs
 
-PREDICT_CASES = {
-    "txt-gz-not-gzip": ("in.txt.gz", "great fun\n", r" not a gzip file"),
-    "txt-not-utf8": ("in.txt", b"great fun\n\xff bad\n", r"2: not valid UTF-8"),
-    "txt-nul": ("in.txt", "great fun\nbad\0film\n", r"2: a NUL byte"),
-    "txt-empty": ("in.txt", "\n\n", r" no text \(the file is empty\)"),
-    "csv-nul": ("in.csv", "text\ngreat\0fun\n", r"2: a NUL byte"),
-    "csv-unterminated-quote": ("in.csv", 'text\n"great fun\nbad film\n', r"2: malformed csv line"),
-    "csv-duplicate-header": ("in.csv", "text,text\na,b\n", r"1: column 'text' appears twice"),
-    "csv-no-text-column": ("in.csv", "review\ngreat fun\n", r"1: missing text column"),
-    "csv-unknown-gold-label": ("in.csv", "text,label\ngreat fun,meh\n", r"2: label 'meh' does not occur"),
-    "jsonl-duplicate-key": ("in.jsonl", '{"text": "a", "text": "b"}\n', r"1: key 'text' appears twice"),
-    "jsonl-invalid": ("in.jsonl", '{"text": \n', r"1: invalid JSON"),
-    "missing-file": (None, None, r" file not found"),
+PREDICT_CASES = {  # (task of the model, input file name, content, message after "<file>:")
+    "txt-gz-not-gzip": ("cls", "in.txt.gz", "great fun\n", r" not a gzip file"),
+    "txt-not-utf8": ("cls", "in.txt", b"great fun\n\xff bad\n", r"2: not valid UTF-8"),
+    "txt-nul": ("cls", "in.txt", "great fun\nbad\0film\n", r"2: a NUL byte"),
+    "txt-empty": ("cls", "in.txt", "\n\n", r" no text \(the file is empty\)"),
+    "csv-nul": ("cls", "in.csv", "text\ngreat\0fun\n", r"2: a NUL byte"),
+    "csv-unterminated-quote": ("cls", "in.csv", 'text\n"great fun\nbad film\n', r"2: malformed csv line"),
+    "csv-duplicate-header": ("cls", "in.csv", "text,text\na,b\n", r"1: column 'text' appears twice"),
+    "csv-no-text-column": ("cls", "in.csv", "review\ngreat fun\n", r"1: missing text column"),
+    "csv-unknown-gold-label": ("cls", "in.csv", "text,label\ngreat fun,meh\n", r"2: label 'meh' does not occur"),
+    "jsonl-duplicate-key": ("cls", "in.jsonl", '{"text": "a", "text": "b"}\n', r"1: key 'text' appears twice"),
+    "jsonl-invalid": ("cls", "in.jsonl", '{"text": \n', r"1: invalid JSON"),
+    "missing-file": ("cls", None, None, r" file not found"),
+    "ner-jsonl-blank-word": ("ner", "in.jsonl", jsonl({"tokens": ["john", " "]}), r"1: 'tokens': word 1 is ' '"),
+    "ner-csv": ("ner", "in.csv", "text\njohn lives in paris\n", r" NER reads CoNLL column files"),
+    "ner-conll-bad-gold-tag": ("ner", "in.conll", "john I-PER\nsmith E-PER\n",
+                               r"1: tag 'I-PER' after 'the sentence start' is not iobes"),
+    "ner-jsonl-text-not-string": ("ner", "in.jsonl", jsonl({"text": ["a"]}), r"1: 'text' must be a string"),
+    "ner-not-utf8": ("ner", "in.txt", b"john\n\xff\n", r"2: not valid UTF-8"),
+    "qa-missing-context": ("qa", "in.jsonl", jsonl({"question": "who ?"}), r'1: id 1: missing field "context"'),
+    "qa-duplicate-id": ("qa", "in.jsonl", jsonl(QA_ROW, QA_ROW), r"2: duplicate id q1"),
+    "qa-txt": ("qa", "in.txt", "who ?\n", r" QA reads SQuAD .json, .jsonl or .parquet"),
+    "qa-gz-not-gzip": ("qa", "in.jsonl.gz", jsonl(QA_ROW), r" not a gzip file"),
+    "qa-invalid-json": ("qa", "in.json", '{"data": [}', r"1: invalid JSON"),
 }
 
 
 @pytest.mark.parametrize("case", list(PREDICT_CASES))
-def test_bad_predict_input_is_one_line_and_keeps_the_earlier_output(case, tmp_path, earlier, capsys):
-    name, content, message = PREDICT_CASES[case]
+def test_bad_predict_input_is_one_line_and_keeps_the_earlier_output(case, tmp_path, task_models, capsys):
+    task, name, content, message = PREDICT_CASES[case]
     path = write(tmp_path, name, content) if name else str(tmp_path / "absent.txt")
     kept = write(tmp_path, "kept.jsonl", "earlier predictions\n")
-    refused(capsys, ["predict", "--model", earlier, "--input", path, "--output", kept],
+    refused(capsys, ["predict", "--model", task_models[task], "--input", path, "--output", kept],
             "^mlm predict: error: " + re.escape(path) + ":" + message, kept)
 
 
 @pytest.mark.parametrize("flags, message", [
     (["--model", "no/such/folder", "--text", "a"], r"--model: no/such/folder: no such folder"),
     (["--text", "a"], r"the following arguments are required: --model"),
-    (["--model", "MODEL", "--text", " "], r"--text: empty text"),
-    (["--model", "MODEL", "--question", "who ?"], r"--question: not used by the cls task"),
-    (["--model", "MODEL/checkpoints/step-2", "--text", "a"],
+    (["--model", "{cls}", "--text", " "], r"--text: empty text"),
+    (["--model", "{cls}", "--question", "who ?"], r"--question: not used by the cls task"),
+    (["--model", "{qa}", "--question", "who ?"], r"--context: required \(and non-empty\) for the qa task"),
+    (["--model", "{qa}", "--text", "who ?"], r"--text: the qa task takes --question and --context"),
+    (["--model", "{ner}", "--question", "who ?"], r"NER prediction needs --text"),
+    (["--model", "{cls}/checkpoints/step-2", "--text", "a"],
      r"--model: .*step-2 is a training checkpoint, for --resume_from_checkpoint; the run exports its model to "),
-    (["--model", "MODEL", "--input", "MODEL"], r"MODEL: a folder, not a file"),
+    (["--model", "{cls}", "--input", "{cls}"], r"{cls}: a folder, not a file"),
 ])
-def test_bad_predict_flags_name_the_flag(flags, message, earlier, capsys):
-    refused(capsys, ["predict", *[f.replace("MODEL", str(earlier)) for f in flags]],
-            message.replace("MODEL", re.escape(str(earlier))))
+def test_bad_predict_flags_name_the_flag(flags, message, task_models, capsys):
+    names = {task: str(path) for task, path in task_models.items()}
+    refused(capsys, ["predict", *[flag.format(**names) for flag in flags]],
+            message.replace("{cls}", re.escape(names["cls"])))
 
 
 def test_a_model_folder_without_its_tokenizer_is_named_with_its_flag(tmp_path, earlier, capsys):
