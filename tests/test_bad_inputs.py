@@ -391,7 +391,8 @@ def test_repairs_are_warned_with_file_and_line(tmp_path, tiny_bert_dir, capsys):
     code, err = run(capsys, "finetune", "--task", "ner", "--model_name_or_path", tiny_bert_dir, "--train_file", conll,
                     "--output_dir", tmp_path / "ner", *TRAIN_FLAGS)
     assert code == 0, err
-    assert f"1 tags I-X directly follow an entity of another type (first: {conll}:10, B-LOC I-PER)" in err
+    assert f"{conll}: 1 tags I-X continue no X entity though the file starts entities with B- (first: {conll}:10, " \
+           "B-LOC I-PER); each was read as the start of a new entity, B-X" in err
     rows = [QA_ROW, {**QA_ROW, "id": "neg", "answers": {"text": ["london"], "answer_start": [-4]}},
             {**QA_ROW, "id": "past", "answers": {"text": ["london"], "answer_start": [900]}},
             {**QA_ROW, "id": "absent", "answers": {"text": ["paris"], "answer_start": [0]}},
