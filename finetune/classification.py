@@ -414,10 +414,11 @@ def _normalise_labels(examples: list[dict], cfg: Config) -> None:
             ex["label"] = label_name(value)
             if not ex["label"]:
                 raise DataError(f"{where}: {column}: empty label")
-        for name in ([ex["label"]] if kind == "single_label" else ex["label"] if kind == "multi_label" else []):
-            if _is_missing(name):
-                raise DataError(f"{where}: {column}: label {name!r} is NaN or infinite, not a class (a missing "
-                                "value?); fill it in or drop the row")
+        names = ex["label"] if kind == "multi_label" else [ex["label"]]
+        missing = next((name for name in names if _is_missing(name)), None) if kind != "regression" else None
+        if missing is not None:
+            raise DataError(f"{where}: {column}: label {missing!r} is NaN or infinite, not a class (a missing "
+                            "value?); fill it in or drop the row")
 
 
 def _regression_target(value, where: str) -> float:

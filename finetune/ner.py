@@ -38,7 +38,6 @@ import logging
 import os
 import re
 import unicodedata
-from collections import Counter
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -355,12 +354,8 @@ def _convert_to_iob2(sentences: list[dict], scheme: str) -> list[dict]:
             logger.info("%s: tag_scheme auto -> %s: %s", sentences[0].get("_where", "").rpartition(":")[0] or "data", scheme, why)
     allowed = SCHEME_PREFIXES.get(scheme)  # io: any label is a bare entity type
     how = " (detected from the file; set tag_scheme to choose)" if detected else ""
-    # Most entities start with B- (not only those right after another X entity): the file is IOB2, where every I-X
-    # continues an X entity; an I-X that starts one (B-LOC I-PER) is likely a mistake. In IOB1 files it is the rule.
-    starts = Counter(tag[0] for s in sentences for previous, tag in zip(["O", *s["tags"]], s["tags"])
-                     if tag[:2] in ("B-", "I-") and previous[2:] != tag[2:])
-    iob2 = scheme in ("iob1", "iob2") and starts["B"] > starts["I"]
-    broken = []  # (file:line, "previous tag") of an I-X that continues no X entity in an IOB2 file
+    if scheme in ("iob1", "iob2"):
+        _warn_entities_starting_with_i(sentences)
     for s in sentences:
         for i, tag in enumerate(s["tags"]):
             if allowed and tag != "O" and not (len(tag) > 2 and tag[0] in allowed and tag[1] == "-"):
@@ -368,19 +363,25 @@ def _convert_to_iob2(sentences: list[dict], scheme: str) -> list[dict]:
                 raise DataError(f"{_word_where(s, i)}: tag {tag!r} is not {scheme}{how}: expected {expected}")
         if scheme in ("iobes", "bilou"):
             _check_transitions(s, scheme, how)
-        elif iob2:
-            tags = ["O", *s["tags"]]
-            broken += [(_word_where(s, i), f"{tags[i]} {tag}") for i, tag in enumerate(s["tags"])
-                       if tag.startswith("I-") and tags[i][2:] != tag[2:]]
         # Rewritten from the chunks as conlleval reads them, so the result is always valid IOB2.
         s["tags"] = convert_tags(s["tags"], scheme, "iob2")
-    if broken:  # conlleval's reading (valid IOB1), but in a file that starts entities with B- likely a mistake
-        where, pair = broken[0]
-        logger.warning("%s: %d tags I-X continue no X entity though the file starts entities with B- (first: %s, "
-                       "%s); each was read as the start of a new entity, B-X", where.rpartition(":")[0], len(broken),
-                       where, pair)
     return sentences
 
+
+def _warn_entities_starting_with_i(sentences: list[dict]) -> None:
+    """An I-X that starts an entity (after O, or B-LOC I-PER) is read as B-X, as conlleval does: the rule in IOB1,
+    but in a file that mostly starts entities with B- (IOB2) likely a mistake, so it is warned about there."""
+    starts = []  # (file:line, "previous tag") of every entity start, and its prefix
+    for s in sentences:
+        for i, (previous, tag) in enumerate(zip(["O", *s["tags"]], s["tags"])):
+            if tag[:2] in ("B-", "I-") and previous[2:] != tag[2:]:
+                starts.append((tag[0], _word_where(s, i), f"{previous} {tag}"))
+    with_i = [(where, pair) for prefix, where, pair in starts if prefix == "I"]
+    if with_i and len(with_i) * 2 < len(starts):
+        where, pair = with_i[0]
+        logger.warning("%s: %d tags I-X continue no X entity though the file starts entities with B- (first: %s, "
+                       "%s); each was read as the start of a new entity, B-X", where.rpartition(":")[0], len(with_i),
+                       where, pair)
 
 
 def _check_transitions(sentence: dict, scheme: str, how: str) -> None:

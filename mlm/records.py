@@ -79,8 +79,9 @@ def _delimiter(fmt: str, delimiter: str | None) -> str:
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
-def _delimited_rows(path: str, delimiter: str) -> Iterator[list[str]]:
-    """The rows of a csv/tsv file; a malformed one (an unterminated quote, ...) is a DataError at its line."""
+def _delimited_rows(path: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """(line, fields) of every row of a csv/tsv file; a malformed row (an unterminated quote, ...) is a DataError
+    at its line."""
     # QUOTE_NONE for TSV: GLUE-style files contain bare quotes inside sentences. strict: a quote left open runs
     # to the end of the file, which is an error, not one last cell holding the rest of the file.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
