@@ -9,6 +9,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -268,6 +270,19 @@ def test_a_damaged_backbone_is_one_line(damage, tmp_path, tiny_bert_dir, earlier
                      "true", *TRAIN_FLAGS], message, earlier)
 
 
+def test_the_installed_command_exits_1_with_the_one_line(tmp_path, tiny_bert_dir):
+    """The same contract from `python -m mlm` in a process of its own (stderr as a user sees it)."""
+    backbone, message = damaged_copy(tiny_bert_dir, tmp_path, "weights-random")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-m", "mlm", "finetune", "--task", "cls", "--model_name_or_path", backbone,
+                             "--train_file", write(tmp_path, "t.csv", GOOD_CSV), "--output_dir", tmp_path / "run",
+                             *TRAIN_FLAGS], capture_output=True, text=True, env=env, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mlm ")]
+    assert result.returncode == 1 and "Traceback" not in result.stderr and len(errors) == 1, result.stderr
+    assert re.search(message, errors[0]) and not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_a_damaged_fine_tuned_model_is_one_line_for_predict(damage, tmp_path, earlier, capsys):
     model, message = damaged_copy(earlier, tmp_path, damage)
@@ -421,10 +436,14 @@ def test_a_damaged_checkpoint_and_a_leftover_partial_save(tmp_path, tiny_bert_di
             "true"]
     assert run(capsys, *argv)[0] == 0
     step = run_dir / "checkpoints" / "step-2"
+    truncate(run_dir / "checkpoints" / "step-4" / "model.safetensors")
+    refused(capsys, [*argv, "--resume_from_checkpoint", run_dir / "checkpoints" / "step-4"],
+            r"resume_from_checkpoint: .*step-4 is damaged \(model.safetensors has \d+ bytes, \d+ were written\); "
+            r"delete it and resume from step-2 \(--resume_from_checkpoint .*step-2\)", run_dir)
     good = (step / "model.safetensors").read_bytes()
     truncate(step / "model.safetensors")
     refused(capsys, [*argv, "--resume_from_checkpoint", step],
-            r"resume_from_checkpoint: .*step-2 is damaged \(model.safetensors has \d+ bytes, \d+ were written\)")
+            r"step-2 is damaged \(.*\); delete it and start over, or resume from a checkpoint of another run", run_dir)
     (step / "model.safetensors").write_bytes(good)
     partial = run_dir / "checkpoints" / ".tmp-step-7"
     partial.mkdir()
