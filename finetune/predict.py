@@ -73,7 +73,7 @@ def load_task(model_dir: str, max_positions: Optional[int] = None):
 
     task_file = os.path.join(model_dir, TASK_FILE)
     if os.path.isfile(task_file):
-        saved = read_task_file(task_file)
+        saved = read_task_file(task_file, model_dir)
         task = TASKS[saved["task"]]
         return task, saved_config(task, saved["config"]), saved["labels"]
     config = read_json(os.path.join(model_dir, "config.json"), hint=REEXPORT)
@@ -94,9 +94,10 @@ def load_task(model_dir: str, max_positions: Optional[int] = None):
     raise DataError(f"--model: {model_dir} is not a fine-tuned task checkpoint (no {TASK_FILE}, no known architecture)")
 
 
-def read_task_file(path: str) -> dict:
-    """mlm_task.json as `mlm finetune` writes it: {"task": a task name, "labels": [names], "config": {settings}};
-    a damaged or hand-edited one is a DataError naming the file and the key."""
+def read_task_file(path: str, model_dir: str) -> dict:
+    """mlm_task.json as `mlm finetune` writes it: {"task": a task name, "labels": [names, one per class of the
+    model in model_dir], "config": {settings}}; a damaged or hand-edited one is a DataError naming the file and
+    the key."""
     from finetune.tasks import TASKS
 
     hint = "re-export the model with mlm finetune, or delete the file to read the task from config.json"
@@ -109,6 +110,11 @@ def read_task_file(path: str) -> dict:
             raise DataError(f"{path}: key {key!r}: {problem}; {hint}")
     if saved["task"] not in TASKS:
         raise DataError(f"{path}: key 'task': unknown task {saved['task']!r} (choose from {', '.join(TASKS)}); {hint}")
+    # An edited list would rename classes, or drop some, silently (QA has no classes: its 2 outputs are spans).
+    classes = len(read_json(os.path.join(model_dir, "config.json"), hint=REEXPORT).get("id2label") or {})
+    if saved["task"] != "qa" and classes and len(saved["labels"]) != classes:
+        raise DataError(f"{path}: key 'labels': {len(saved['labels'])} names, but the model has {classes} classes; "
+                        f"{hint}")
     return saved
 
 

@@ -298,6 +298,8 @@ TASK_FILE_EDITS = {
     "config-not-object": (json.dumps({"task": "cls", "labels": [], "config": []}),
                           r"mlm_task.json: key 'config': a list, expected a dict"),
     "not-an-object": ("[]", r"mlm_task.json: expected a JSON object with task, labels and config"),
+    "labels-edited": (json.dumps({"task": "cls", "labels": ["only"], "config": {}}),
+                      r"mlm_task.json: key 'labels': 1 names, but the model has 2 classes"),
     "not-utf8": (b"\xff\xfe{}", r"mlm_task.json:1: not valid UTF-8"),
 }
 
