@@ -44,7 +44,7 @@ from finetune.config import FinetuneConfig, is_test_split
 from mlm.config import arg
 from mlm.errors import ConfigError, DataError
 from mlm.records import iter_records
-from mlm.user_files import read_text, require_file
+from mlm.user_files import parse_json, read_text, require_file
 
 logger = logging.getLogger("mlm")
 
@@ -160,7 +160,7 @@ def read_file(path: str, require_answers: bool = True) -> list[dict]:
         raise DataError(f"{path}: QA reads SQuAD .json, .jsonl or .parquet files (HF squad columns: id, title, "
                         "context, question, answers)")
     try:
-        data = json.loads(read_text(path))
+        data = parse_json(read_text(path))
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # several JSON values: JSON lines saved as .json
             return [_example(row, f"{path}:{line}", require_answers, str(line)) for line, row in iter_records(path)]

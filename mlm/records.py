@@ -13,7 +13,7 @@ import sys
 from typing import Iterator
 
 from mlm.errors import DataError
-from mlm.user_files import raw_lines, require_file
+from mlm.user_files import parse_json, raw_lines, require_file
 
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
@@ -109,7 +109,7 @@ def _iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line, object_pairs_hook=_unique_keys)
+            row = parse_json(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
         except _RepeatedKey as e:
@@ -134,7 +134,7 @@ def _unique_keys(pairs: list[tuple]) -> dict:
 
 def _iter_json_array(path: str, text: str) -> Iterator[tuple[int, dict]]:
     try:
-        rows = json.loads(text)
+        rows = parse_json(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
     if not isinstance(rows, list):  # e.g. "[1] [2]": JSON lines of arrays

@@ -76,10 +76,19 @@ def read_text(path: str) -> str:
         raise DataError(f"{path}:{line}: not valid UTF-8 ({e.reason})") from None
 
 
+def parse_json(text: str, **options):
+    """json.loads, where a document nested too deeply for Python's parser ("[[[[..." thousands deep) is a
+    JSONDecodeError like any other malformed one, not a RecursionError."""
+    try:
+        return json.loads(text, **options)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
+
+
 def read_json(path: str, hint: str):
     """A JSON document (config.json, mlm_task.json) that a program wrote; DataError with `hint` when damaged."""
     try:
-        return json.loads(read_text(path))
+        return parse_json(read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); {hint}") from None
     except DataError as e:

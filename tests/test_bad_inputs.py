@@ -156,6 +156,7 @@ DATA_CASES = {
     "cls-empty-pair-text": ("cls", "t.csv", "sentence1,sentence2,label\na,b,0\nc, ,1\n", [],
                             r"3: empty text in column 'sentence2'"),
     "cls-invalid-json": ("cls", "t.jsonl", jsonl(*GOOD_ROWS[:3], '{"text": "a", "label": }'), [], r"4: invalid JSON"),
+    "cls-json-nested-too-deeply": ("cls", "t.jsonl", "[" * 100_000 + "\n", [], r"1: invalid JSON \(nested too deeply\)"),
     "cls-json-not-object": ("cls", "t.jsonl", jsonl(*GOOD_ROWS[:3], "[1, 2]"), [], r"4: expected a JSON object"),
     "cls-json-array-not-object": ("cls", "t.json", json.dumps([GOOD_ROWS[0], 3]), [], r" record 2: expected a JSON"),
     "cls-text-not-string": ("cls", "t.jsonl", jsonl(*GOOD_ROWS[:3], {"text": 3, "label": "pos"}), [],
@@ -229,6 +230,14 @@ def test_bad_data_is_one_line_and_leaves_the_earlier_run(case, tmp_path, tiny_be
         argv = ["finetune", "--task", task, "--model_name_or_path", tiny_bert_dir, "--train_file", path]
     argv += ["--output_dir", earlier, "--overwrite_output_dir", "true", *TRAIN_FLAGS, *flags]
     refused(capsys, argv, "^mlm [a-z]+: error: " + re.escape(path) + ":" + message, earlier)
+
+
+def test_a_label_names_file_that_is_not_text_is_one_line(tmp_path, tiny_bert_dir, earlier, capsys):
+    names = write(tmp_path, "names.txt", b"\xff\xfe0=neg")
+    refused(capsys, ["finetune", "--task", "cls", "--model_name_or_path", tiny_bert_dir, "--train_file",
+                     write(tmp_path, "t.csv", "text,label\n" + INTEGER_ROWS), "--label_names", names, "--output_dir",
+                     earlier, "--overwrite_output_dir", "true", *TRAIN_FLAGS],
+            re.escape(names) + r":1: not valid UTF-8", earlier)
 
 
 # ------------------------------------------------------------------------------------ damaged models
