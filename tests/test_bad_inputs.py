@@ -254,6 +254,8 @@ DAMAGE = {
     "weights-random": ("model.safetensors", lambda p: p.write_bytes(os.urandom(4096)),
                        r"model.safetensors: damaged weights \(no safetensors header"),
     "weights-empty": ("model.safetensors", lambda p: p.write_bytes(b""), r"damaged weights \(0 bytes, too short"),
+    "tokenizer-invalid": ("tokenizer.json", lambda p: p.write_text('{"broken'),
+                          r"cannot load the tokenizer \(.*\); re-download or re-export the model"),
     "config-invalid": ("config.json", lambda p: p.write_text('{"model_type": "bert",'),
                        r"config.json:1: not valid JSON .*re-download or re-export the model"),
 }
@@ -274,9 +276,9 @@ def test_a_damaged_backbone_is_one_line(damage, tmp_path, tiny_bert_dir, earlier
     refused(capsys, ["finetune", "--task", "cls", "--model_name_or_path", backbone, "--train_file", train,
                      "--output_dir", earlier, "--overwrite_output_dir", "true", *TRAIN_FLAGS], message, earlier)
     corpus = write(tmp_path, "c.txt", "the cat sat on the mat\n" * 20)
-    refused(capsys, ["pretrain", "--model_name_or_path", backbone, "--tokenizer_name", tiny_bert_dir, "--train_file",
-                     corpus, "--cache_dir", tmp_path / "cache", "--output_dir", earlier, "--overwrite_output_dir",
-                     "true", *TRAIN_FLAGS], message, earlier)
+    refused(capsys, ["pretrain", "--model_name_or_path", backbone, "--tokenizer_name", backbone, "--train_file",
+                     corpus, "--document_separator", "line", "--cache_dir", tmp_path / "cache", "--output_dir", earlier,
+                     "--overwrite_output_dir", "true", *TRAIN_FLAGS], message, earlier)
 
 
 def test_the_installed_command_exits_1_with_the_one_line(tmp_path, tiny_bert_dir):
