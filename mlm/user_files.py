@@ -44,12 +44,11 @@ def _open_binary(path: str):
         raise DataError(f"{path}: permission denied (cannot read it)") from None
     if not path.lower().endswith(".gz"):
         return f
-    head = f.read(2)
-    f.seek(0)
+    with f:
+        head = f.read(2)
     if head and head != GZIP_MAGIC:  # (an empty .gz reads as an empty file)
-        f.close()
         raise DataError(f"{path}: not a gzip file, though named .gz (rename it without .gz if it is plain text)")
-    return gzip.GzipFile(fileobj=f, mode="rb")
+    return gzip.open(path, "rb")
 
 
 def raw_lines(path: str) -> Iterator[tuple[int, bytes]]:
@@ -61,7 +60,9 @@ def raw_lines(path: str) -> Iterator[tuple[int, bytes]]:
         try:
             for line_no, raw in enumerate(f, 1):
                 yield line_no, raw
-        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
+        except (EOFError, zlib.error, OSError) as e:  # (gzip.BadGzipFile is an OSError)
+            if not path.lower().endswith(".gz"):
+                raise DataError(f"{path}:{line_no + 1}: cannot be read ({e})") from None
             raise DataError(f"{path}:{line_no + 1}: damaged gzip data ({e}); re-download or re-compress the "
                             "file") from None
 
