@@ -227,7 +227,7 @@ def _check_conll_layout(path, line_no, line, columns, token_column, tag_column) 
 
 
 def _read_records(path: str, cfg: Config, tags_required: bool = True) -> list[dict]:
-    sentences = []
+    sentences, empty = [], []  # empty: the lines of rows without a word, which are skipped
     for line_no, row in iter_records(path):
         where = f"{path}:{line_no}"
         tags_key = _pick_tags_key(row, cfg.tags_key)
@@ -242,6 +242,10 @@ def _read_records(path: str, cfg: Config, tags_required: bool = True) -> list[di
             sentence["tags"] = row[tags_key]
         if tokens:
             sentences.append(sentence)
+        else:
+            empty.append(line_no)
+    if empty:
+        logger.warning("%s: skipped %d rows without a word (first: %s:%d)", path, len(empty), path, empty[0])
     return sentences
 
 

@@ -413,14 +413,17 @@ def test_a_huge_text_is_tokenised_only_as_far_as_the_window_needs(tiny_tokenizer
 
 
 def test_repairs_are_warned_with_file_and_line(tmp_path, tiny_bert_dir, capsys):
-    """NER: an I-X right after another type (B-LOC I-PER); QA: answer_start negative or past the context, an
-    answer absent from its context, an empty answer list in a v1 file: trained on, and each named in a warning."""
+    """NER: an I-X right after another type (B-LOC I-PER), a row without words; QA: answer_start negative or past
+    the context, an answer absent from its context, an empty answer list in a v1 file: trained on, and each named
+    in a warning."""
     conll = write(tmp_path, "t.conll", CONLL + "\nparis B-LOC\njohn I-PER\n")
+    rows = write(tmp_path, "v.jsonl", jsonl({"tokens": ["john"], "tags": ["B-PER"]}, {"tokens": [], "tags": []}))
     code, err = run(capsys, "finetune", "--task", "ner", "--model_name_or_path", tiny_bert_dir, "--train_file", conll,
-                    "--output_dir", tmp_path / "ner", *TRAIN_FLAGS)
+                    "--validation_file", rows, "--output_dir", tmp_path / "ner", *TRAIN_FLAGS)
     assert code == 0, err
     assert f"{conll}: 1 tags I-X continue no X entity though the file starts entities with B- (first: {conll}:10, " \
            "B-LOC I-PER); each was read as the start of a new entity, B-X" in err
+    assert f"{rows}: skipped 1 rows without a word (first: {rows}:2)" in err
     rows = [QA_ROW, {**QA_ROW, "id": "neg", "answers": {"text": ["london"], "answer_start": [-4]}},
             {**QA_ROW, "id": "past", "answers": {"text": ["london"], "answer_start": [900]}},
             {**QA_ROW, "id": "absent", "answers": {"text": ["paris"], "answer_start": [0]}},
