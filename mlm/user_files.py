@@ -120,9 +120,10 @@ def safetensors_problem(path: str) -> str | None:
         except (json.JSONDecodeError, UnicodeDecodeError):
             return "unreadable safetensors header"
     try:
-        end = max([entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"], default=0)
+        described = 8 + length + max([entry["data_offsets"][1] for key, entry in header.items()
+                                      if key != "__metadata__"], default=0)
     except (AttributeError, KeyError, IndexError, TypeError):
         return "malformed safetensors header"
-    if 8 + length + end != size:
-        return f"{size} bytes where its header describes {8 + length + end}: truncated or padded"
+    if described != size:
+        return f"{size} bytes where its header describes {described}: truncated or padded"
     return None
