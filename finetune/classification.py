@@ -51,6 +51,7 @@ from finetune.config import FinetuneConfig, is_test_split
 from finetune.label_names import resolve_label_names
 from mlm.config import arg
 from mlm.errors import ConfigError, DataError
+from mlm.packing import PIECE_CHARS, text_pieces
 from mlm.records import decoded_lines, file_format, first_row, iter_records, require_columns
 
 logger = logging.getLogger("mlm")
@@ -70,6 +71,7 @@ HF_PROBLEM_TYPES = {
     "multi_label": "multi_label_classification",
 }
 DELIMITER_ALIASES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+FEW_FRACTIONAL = 10  # problem_type auto: fewer than 1 in 10 fractional labels among integers is ambiguous
 ENCODE_CHUNK = 1024  # examples per tokenizer call: big enough for the fast tokenizer, small in memory
 
 
@@ -332,12 +334,35 @@ def resolve_problem_type(train_examples: list[dict], cfg: Config) -> str:
     """cfg.problem_type, with "auto" decided from the training labels (see the module docstring)."""
     if cfg.problem_type != "auto":
         return cfg.problem_type
-    raw = [ex["label"] for ex in train_examples if ex.get("label") is not None]
-    if cfg.label_separator is not None or any(isinstance(v, (list, tuple)) for v in raw):
+    labelled = [ex for ex in train_examples if ex.get("label") is not None]
+    lists = [ex for ex in labelled if isinstance(ex["label"], (list, tuple))]
+    if cfg.label_separator is not None or (lists and len(lists) == len(labelled)):
         return "multi_label"
-    if any(_is_fractional(v) for v in raw):
-        return "regression"
-    return "single_label"
+    if lists:  # one stray list must not turn a classification task into a multi-label one
+        raise _ambiguous(lists[0], f"a list, but {len(labelled) - len(lists)} of {len(labelled)} training labels are "
+                         "single values", "multi_label (single values then count as sets of one)")
+    fractional = [ex for ex in labelled if _is_fractional(ex["label"])]
+    if not fractional:
+        return "single_label"
+    # Scores (STS-B: steps of 0.2) are mostly fractional; fewer than one label in FEW_FRACTIONAL among classes
+    # is as likely a typo, and would turn the whole task into regression.
+    if len(fractional) * FEW_FRACTIONAL < len(labelled):
+        raise _ambiguous(fractional[0], f"fractional, but only {len(fractional)} of {len(labelled)} training labels "
+                         "are (classes or scores?)", "regression if the labels are scores, single_label for classes")
+    return "regression"
+
+
+def _ambiguous(example: dict, what: str, choice: str) -> DataError:
+    return DataError(f"{example['_where']}: label {example['label']!r} is {what}: problem_type auto cannot tell "
+                     f"the kind of task; fix the label, or set --problem_type {choice}")
+
+
+def _is_missing(value) -> bool:
+    """NaN (pandas' missing value, which JSON writers and CSV exports spell NaN / nan) or an infinity: never a class."""
+    try:
+        return not isinstance(value, bool) and not math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def _is_fractional(value) -> bool:
@@ -389,6 +414,11 @@ def _normalise_labels(examples: list[dict], cfg: Config) -> None:
             ex["label"] = label_name(value)
             if not ex["label"]:
                 raise DataError(f"{where}: {column}: empty label")
+        names = ex["label"] if kind == "multi_label" else [ex["label"]]
+        missing = next((name for name in names if _is_missing(name)), None) if kind != "regression" else None
+        if missing is not None:
+            raise DataError(f"{where}: {column}: label {missing!r} is NaN or infinite, not a class (a missing "
+                            "value?); fill it in or drop the row")
 
 
 def _regression_target(value, where: str) -> float:
@@ -420,8 +450,12 @@ def label_list(train_examples: list[dict], cfg: Config) -> list[str]:
     if kind == "regression":
         return ["score"]
     names = _class_names(train_examples, kind, cfg.label_separator)
+    source = train_examples[0]["_where"].rpartition(":")[0] if train_examples else "train"
     if not names:
-        raise DataError(f"{train_examples[0]['_where'] if train_examples else 'train'}: the training data has no labels")
+        raise DataError(f"{source}: the training data has no labels")
+    if kind == "single_label" and len(names) == 1:
+        raise DataError(f"{source}: every training label is {next(iter(names))!r}: a classifier needs at least two "
+                        "classes (wrong --label_column?)")
     if cfg.label_names is not None:
         return [n for n in json.loads(cfg.label_names).values() if n in names]
     return sort_labels(names)
@@ -495,8 +529,8 @@ def _tokenize(chunk: list[dict], tokenizer, max_length: int) -> tuple[dict, int]
     has_pair = ["text_pair" in ex for ex in chunk]
     if any(has_pair) and not all(has_pair):
         raise DataError(f"{chunk[has_pair.index(False)]['_where']}: no text pair, but other examples have one")
-    texts = [ex["text"] for ex in chunk]
-    pairs = [ex["text_pair"] for ex in chunk] if all(has_pair) else None
+    texts = [_enough_text(ex["text"], tokenizer, max_length) for ex in chunk]
+    pairs = [_enough_text(ex["text_pair"], tokenizer, max_length) for ex in chunk] if all(has_pair) else None
     # verbose=False: the untruncated pass would warn about sequences longer than model_max_length.
     encoded = dict(tokenizer(texts, pairs, truncation=False, verbose=False))
     too_long = [i for i, ids in enumerate(encoded["input_ids"]) if len(ids) > max_length]
@@ -507,6 +541,21 @@ def _tokenize(chunk: list[dict], tokenizer, max_length: int) -> tuple[dict, int]
             for j, i in enumerate(too_long):
                 encoded[key][i] = redo[key][j]
     return encoded, len(too_long)
+
+
+def _enough_text(text: str, tokenizer, max_length: int) -> str:
+    """`text`, or its first pieces once they hold more than max_length tokens: truncation (longest_first too) then
+    keeps the same ids as from the whole text, and a text of megabytes on one line is not tokenised whole (the
+    tokenizer keeps ~100 bytes per character). Pieces as pretraining cuts a huge line (mlm.packing.text_pieces)."""
+    if len(text) <= PIECE_CHARS:
+        return text
+    kept, tokens = [], 0
+    for piece in text_pieces(text, PIECE_CHARS):
+        kept.append(piece)
+        tokens += len(tokenizer(piece, add_special_tokens=False)["input_ids"])
+        if tokens > max_length:
+            return "".join(kept)
+    return text
 
 
 def _target(example: dict, kind: str, label2id: dict, labels: list[str], separator: Optional[str]):

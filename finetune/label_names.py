@@ -14,6 +14,7 @@ import os
 from typing import Callable
 
 from mlm.errors import ConfigError
+from mlm.user_files import read_text
 
 
 def resolve_label_names(value: str, classes: list[str], key: Callable[[str], str] = str) -> dict[str, str]:
@@ -52,8 +53,7 @@ def _entries(value: str) -> list[tuple[str | None, str]]:
             raise ConfigError(f"label_names: invalid JSON ({e.msg})") from None
         return [(str(cls), str(name)) for cls, name in mapping.items()]
     if os.path.isfile(value):
-        with open(value, encoding="utf-8-sig") as f:
-            return [_entry(line, "\t" if "\t" in line else "=") for line in f.read().splitlines() if line.strip()]
+        return [_entry(line, "\t" if "\t" in line else "=") for line in read_text(value).splitlines() if line.strip()]
     return [_entry(part, "=") for part in text.split(",") if part.strip()]
 
 

@@ -52,6 +52,7 @@ from mlm.config import arg
 from mlm.errors import ConfigError, DataError
 from mlm.records import decoded_lines, iter_records, require_columns
 from mlm.tokenizer import pre_tokenizer_steps
+from mlm.user_files import require_file
 
 logger = logging.getLogger("mlm")
 
@@ -64,6 +65,7 @@ RECORD_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet")
 # `mlm predict --input`: files read as CoNLL columns (training reads every non-record file so).
 CONLL_SUFFIXES = (".conll", ".conll03", ".conllu", ".iob", ".iob1", ".iob2", ".bio", ".bioes", ".bilou", ".tsv")
 DOCSTART = "-DOCSTART-"
+NOT_CONLL = "not a CoNLL file, one word and its tag per line with a blank line between sentences"
 
 
 @dataclass
@@ -127,8 +129,8 @@ def load_splits(cfg: Config) -> dict[str, list[dict]]:
 def read_file(path: str, cfg: Config, tags_required: bool = True) -> list[dict]:
     """Labelled sentences of one file (CoNLL columns, or JSON lines / parquet by name), tags in IOB2.
     Without tags_required, sentences may come without tags (words-only CoNLL, rows without a tags field)."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found")
+    require_file(path)
+    _refuse_csv(path, cfg)
     if path.lower().endswith(RECORD_SUFFIXES):
         sentences = _read_records(path, cfg, tags_required)
     else:
@@ -137,6 +139,14 @@ def read_file(path: str, cfg: Config, tags_required: bool = True) -> list[dict]:
         raise DataError(f"{path}: no sentences found")
     _convert_to_iob2([s for s in sentences if "tags" in s], cfg.tag_scheme)
     return sentences
+
+
+def _refuse_csv(path: str, cfg: Config) -> None:
+    """A csv table is neither CoNLL columns nor text lines: read as either, its header would become a sentence."""
+    if path.lower().removesuffix(".gz").endswith(".csv"):
+        raise DataError(f"{path}: NER reads CoNLL column files (one word and its tag per line), JSON lines / parquet "
+                        f"with {cfg.tokens_key!r} and {cfg.tags_key!r} lists (or {cfg.text_key!r} to predict), or "
+                        "text lines (.txt), not csv tables")
 
 
 def _read_conll(path: str, token_column: int, tag_column: int, words_only_ok: bool = False) -> list[dict]:
@@ -180,7 +190,7 @@ def _read_conll(path: str, token_column: int, tag_column: int, words_only_ok: bo
         elif len(columns) != n_columns:
             raise DataError(
                 f"{path}:{line_no}: {len(columns)} columns, but line {first_line} has {n_columns} "
-                f"(every word line must have the same columns; a word containing a space?)"
+                f"(every word line must have the same columns: {NOT_CONLL}, or a word containing a space?)"
             )
         tokens.append(columns[token_column])
         tags.append(columns[tag_column])
@@ -212,18 +222,18 @@ def _check_conll_layout(path, line_no, line, columns, token_column, tag_column) 
     if token_column % n == tag_column % n:
         raise DataError(
             f"{path}:{line_no}: token_column and tag_column name the same column of {n}; a CoNLL file needs a "
-            f"word column and a tag column"
+            f"word column and a tag column ({NOT_CONLL}?)"
         )
 
 
 def _read_records(path: str, cfg: Config, tags_required: bool = True) -> list[dict]:
-    sentences = []
+    sentences, empty = [], []  # empty: the lines of rows without a word, which are skipped
     for line_no, row in iter_records(path):
         where = f"{path}:{line_no}"
         tags_key = _pick_tags_key(row, cfg.tags_key)
         require_columns(path, line_no, row, [cfg.tokens_key] + ([tags_key] if tags_required else []))
         tokens = row[cfg.tokens_key]
-        _check_word_list(where, cfg.tokens_key, tokens)
+        _check_word_list(where, cfg.tokens_key, tokens, words=True)
         sentence = {"tokens": tokens, "_where": where, "_lines": [line_no] * len(tokens)}
         if tags_key in row:
             _check_word_list(where, tags_key, row[tags_key])
@@ -232,6 +242,10 @@ def _read_records(path: str, cfg: Config, tags_required: bool = True) -> list[di
             sentence["tags"] = row[tags_key]
         if tokens:
             sentences.append(sentence)
+        else:
+            empty.append(line_no)
+    if empty:
+        logger.warning("%s: skipped %d rows without a word (first: %s:%d)", path, len(empty), path, empty[0])
     return sentences
 
 
@@ -240,10 +254,16 @@ def _pick_tags_key(row: dict, tags_key: str) -> str:
     return "ner_tags" if tags_key not in row and "ner_tags" in row else tags_key
 
 
-def _check_word_list(where: str, key: str, value) -> None:
+def _check_word_list(where: str, key: str, value, words: bool = False) -> None:
+    """A list of strings; `words`: none of them empty or only spaces (the tokenizer would drop such a word, and
+    its tag would shift onto the next one)."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         hint = " (integer tags need their names: write the tag strings)" if isinstance(value, list) else ""
         raise DataError(f"{where}: {key!r} must be a list of strings{hint}")
+    blank = next((i for i, v in enumerate(value) if not v.strip()), None) if words else None
+    if blank is not None:
+        raise DataError(f"{where}: {key!r}: word {blank} is {value[blank]!r}, empty or only spaces; every word needs "
+                        "a visible character")
 
 
 def _load_hub(cfg: Config) -> dict[str, list[dict]]:
@@ -269,7 +289,7 @@ def _load_hub(cfg: Config) -> dict[str, list[dict]]:
         for row_no, row in enumerate(data, 1):
             tags = [names[t] for t in row[tags_key]] if names else row[tags_key]
             where = f"{name}:{row_no}"
-            _check_word_list(where, cfg.tokens_key, row[cfg.tokens_key])
+            _check_word_list(where, cfg.tokens_key, row[cfg.tokens_key], words=True)
             _check_word_list(where, tags_key, tags)
             if len(tags) != len(row[cfg.tokens_key]):
                 raise DataError(f"{where}: {len(row[cfg.tokens_key])} tokens but {len(tags)} tags")
@@ -337,15 +357,56 @@ def _convert_to_iob2(sentences: list[dict], scheme: str) -> list[dict]:
         if sentences:
             logger.info("%s: tag_scheme auto -> %s: %s", sentences[0].get("_where", "").rpartition(":")[0] or "data", scheme, why)
     allowed = SCHEME_PREFIXES.get(scheme)  # io: any label is a bare entity type
+    how = " (detected from the file; set tag_scheme to choose)" if detected else ""
+    if scheme in ("iob1", "iob2"):
+        _warn_entities_starting_with_i(sentences)
     for s in sentences:
         for i, tag in enumerate(s["tags"]):
             if allowed and tag != "O" and not (len(tag) > 2 and tag[0] in allowed and tag[1] == "-"):
                 expected = "O or " + "/".join(f"{p}-TYPE" for p in allowed)
-                how = " (detected from the file; set tag_scheme to choose)" if detected else ""
                 raise DataError(f"{_word_where(s, i)}: tag {tag!r} is not {scheme}{how}: expected {expected}")
+        if scheme in ("iobes", "bilou"):
+            _check_transitions(s, scheme, how)
         # Rewritten from the chunks as conlleval reads them, so the result is always valid IOB2.
         s["tags"] = convert_tags(s["tags"], scheme, "iob2")
     return sentences
+
+
+def _warn_entities_starting_with_i(sentences: list[dict]) -> None:
+    """An I-X that starts an entity (after O, or B-LOC I-PER) is read as B-X, as conlleval does: the rule in IOB1,
+    but in a file that mostly starts entities with B- (IOB2) likely a mistake, so it is warned about there."""
+    starts = []  # (file:line, "previous tag") of every entity start, and its prefix
+    for s in sentences:
+        for i, (previous, tag) in enumerate(zip(["O", *s["tags"]], s["tags"])):
+            if tag[:2] in ("B-", "I-") and previous[2:] != tag[2:]:
+                starts.append((tag[0], _word_where(s, i), f"{previous} {tag}"))
+    with_i = [(where, pair) for prefix, where, pair in starts if prefix == "I"]
+    if with_i and len(with_i) * 2 < len(starts):
+        where, pair = with_i[0]
+        logger.warning("%s: %d tags I-X continue no X entity though the file starts entities with B- (first: %s, "
+                       "%s); each was read as the start of a new entity, B-X", where.rpartition(":")[0], len(with_i),
+                       where, pair)
+
+
+def _check_transitions(sentence: dict, scheme: str, how: str) -> None:
+    """IOBES / BILOU say where every entity ends: B-X continues with I-X or ends with E-X / L-X, a single word is
+    S-X / U-X, and I-/E-/L- never start one. Anything else (a BIO file read as BILOU, IOB1 tags in an IOBES file)
+    is an error at its word, not a guess."""
+    last, single = ("E", "S") if scheme == "iobes" else ("L", "U")
+    tags = sentence["tags"]
+    open_type = None  # the type of the entity a B-/I- tag left open
+    for i, tag in enumerate([*tags, "O"]):  # the sentence end must find no entity open
+        prefix, type_ = (tag[0], tag[2:]) if tag != "O" else ("O", None)
+        if open_type is not None and (prefix not in ("I", last) or type_ != open_type):
+            expected = f"I-{open_type} or {last}-{open_type}"
+            got = "the sentence end" if i == len(tags) else repr(tag)
+            raise DataError(f"{_word_where(sentence, min(i, len(tags) - 1))}: {got} after {tags[i - 1]!r} is not "
+                            f"{scheme}{how}: expected {expected}")
+        if open_type is None and prefix in ("I", last):
+            previous = tags[i - 1] if i else "the sentence start"
+            raise DataError(f"{_word_where(sentence, i)}: tag {tag!r} after {previous!r} is not {scheme}{how}: an "
+                            f"entity starts with B- or {single}-")
+        open_type = type_ if prefix in ("B", "I") else None
 
 
 def _word_where(example: dict, i: int) -> str:
@@ -367,7 +428,8 @@ def label_list(train_examples: list[dict], cfg: Config) -> list[str]:
     """
     types = sorted({tag[2:] for ex in train_examples for tag in ex["tags"] if tag != "O"})
     if not types:
-        raise DataError("training data has no entity tags (every tag is O): nothing to learn")
+        source = train_examples[0]["_where"].rpartition(":")[0] if train_examples else "training data"
+        raise DataError(f"{source}: no entity tags (every tag is O): nothing to learn")
     return ["O"] + [f"{prefix}-{t}" for t in types for prefix in "BI"]
 
 
@@ -754,8 +816,8 @@ def examples_from_file(path: str, cfg: Config) -> list[dict]:
     """`mlm predict --input FILE`: JSON lines / parquet with "text" (or pre-split "tokens", optionally "tags"),
     CoNLL columns (.conll, .iob, .bio, .tsv, ...: word and tag columns, or words only; under any other name when
     its lines end in tags, like eng.testb), or plain text, one text per non-blank line."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found")
+    require_file(path)
+    _refuse_csv(path, cfg)
     if path.lower().endswith(RECORD_SUFFIXES):
         return _examples_from_records(path, cfg)
     if path.lower().removesuffix(".gz").endswith(CONLL_SUFFIXES) or _looks_like_conll(path, cfg.tag_column):
@@ -783,7 +845,7 @@ def _examples_from_records(path: str, cfg: Config) -> list[dict]:
             continue
         if cfg.tokens_key not in row:
             raise DataError(f"{where}: needs {cfg.text_key!r} (raw text) or {cfg.tokens_key!r} (list of words)")
-        _check_word_list(where, cfg.tokens_key, row[cfg.tokens_key])
+        _check_word_list(where, cfg.tokens_key, row[cfg.tokens_key], words=True)
         example = {"tokens": row[cfg.tokens_key], "_where": where}
         tags_key = _pick_tags_key(row, cfg.tags_key)
         if tags_key in row:

@@ -18,6 +18,7 @@ import time
 from typing import Optional
 
 from mlm.errors import ConfigError, DataError
+from mlm.user_files import REEXPORT, read_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,12 +75,10 @@ def load_task(model_dir: str, max_positions: Optional[int] = None):
 
     task_file = os.path.join(model_dir, TASK_FILE)
     if os.path.isfile(task_file):
-        with open(task_file, encoding="utf-8") as f:
-            saved = json.load(f)
+        saved = read_task_file(task_file, model_dir)
         task = TASKS[saved["task"]]
         return task, saved_config(task, saved["config"]), saved["labels"]
-    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
-        config = json.load(f)
+    config = read_json(os.path.join(model_dir, "config.json"), hint=REEXPORT)
     for arch in config.get("architectures") or []:
         for suffix, name in ARCHITECTURE_SUFFIXES.items():
             if arch.endswith(suffix):
@@ -95,6 +94,30 @@ def load_task(model_dir: str, max_positions: Optional[int] = None):
                 fit_windows(cfg, max_positions)
                 return task, cfg, labels
     raise DataError(f"--model: {model_dir} is not a fine-tuned task checkpoint (no {TASK_FILE}, no known architecture)")
+
+
+def read_task_file(path: str, model_dir: str) -> dict:
+    """mlm_task.json as `mlm finetune` writes it: {"task": a task name, "labels": [names, one per class of the
+    model in model_dir], "config": {settings}}; a damaged or hand-edited one is a DataError naming the file and
+    the key."""
+    from finetune.tasks import TASKS
+
+    hint = "re-export the model with mlm finetune, or delete the file to read the task from config.json"
+    saved = read_json(path, hint=hint)
+    if not isinstance(saved, dict):
+        raise DataError(f"{path}: expected a JSON object with task, labels and config; {hint}")
+    for key, kind in (("task", str), ("labels", list), ("config", dict)):
+        if not isinstance(saved.get(key), kind):
+            problem = "missing" if key not in saved else f"a {type(saved[key]).__name__}, expected a {kind.__name__}"
+            raise DataError(f"{path}: key {key!r}: {problem}; {hint}")
+    if saved["task"] not in TASKS:
+        raise DataError(f"{path}: key 'task': unknown task {saved['task']!r} (choose from {', '.join(TASKS)}); {hint}")
+    # An edited list would rename classes, or drop some, silently (QA has no classes: its 2 outputs are spans).
+    classes = len(read_json(os.path.join(model_dir, "config.json"), hint=REEXPORT).get("id2label") or {})
+    if saved["task"] != "qa" and classes and len(saved["labels"]) != classes:
+        raise DataError(f"{path}: key 'labels': {len(saved['labels'])} names, but the model has {classes} classes; "
+                        f"{hint}")
+    return saved
 
 
 def checkpoint_positions(model_dir: str, allow_pickle: bool = False) -> int:

@@ -29,7 +29,6 @@ evaluation loss (EM/F1 still use the text).
 """
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
@@ -45,6 +44,7 @@ from finetune.config import FinetuneConfig, is_test_split
 from mlm.config import arg
 from mlm.errors import ConfigError, DataError
 from mlm.records import iter_records
+from mlm.user_files import parse_json, read_text, require_file
 
 logger = logging.getLogger("mlm")
 
@@ -155,20 +155,15 @@ def load_splits(cfg: Config) -> dict[str, list[dict]]:
 def read_file(path: str, require_answers: bool = True) -> list[dict]:
     """A SQuAD JSON file, JSON lines, a JSON array or parquet of flat records (HF `squad` columns) -> examples
     (DataError naming the file and line / id)."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found")
+    require_file(path)
     name = path.lower().removesuffix(".gz")
     if name.endswith((".jsonl", ".parquet")):
         return [_example(row, f"{path}:{line}", require_answers, str(line)) for line, row in iter_records(path)]
     if not name.endswith(".json"):
         raise DataError(f"{path}: QA reads SQuAD .json, .jsonl or .parquet files (HF squad columns: id, title, "
                         "context, question, answers)")
-    opener = gzip.open if path.lower().endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not JSON
-            data = json.load(f)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        data = parse_json(read_text(path))
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # several JSON values: JSON lines saved as .json
             return [_example(row, f"{path}:{line}", require_answers, str(line)) for line, row in iter_records(path)]
@@ -361,16 +356,18 @@ def align_answers(examples: list[dict], split: str) -> list[dict]:
                 answers["answer_start"][i] = found
         unlocatable = answers["text"] and all(s < 0 for s in answers["answer_start"])
         (skipped if unlocatable and split == "train" else kept).append(ex)
+    where = {ex["id"]: ex["_where"] for ex in examples}  # (ids are unique by now)
     if fixed:
-        logger.warning("%s: moved %d answer_start offsets to the nearest occurrence of the answer text (ids: %s)",
-                       split, len(fixed), _some(fixed))
+        logger.warning("%s: moved %d answer_start offsets (negative, past the context or off the text) to the "
+                       "nearest occurrence of the answer text (first: %s; ids: %s)", split, len(fixed),
+                       where[fixed[0]], _some(fixed))
     if lost:
         effect = "left out of the evaluation loss, still scored by EM/F1" if split != "train" else "not used as labels"
-        logger.warning("%s: %d answers whose text is not in the context, %s (ids: %s)", split, len(lost), effect,
-                       _some(lost))
+        logger.warning("%s: %d answers whose text is not in the context, %s (first: %s; ids: %s)", split, len(lost),
+                       effect, where[lost[0]], _some(lost))
     if skipped:
-        logger.warning("%s: skipped %d examples none of whose answers is in the context (ids: %s)", split,
-                       len(skipped), _some([ex["id"] for ex in skipped]))
+        logger.warning("%s: skipped %d examples none of whose answers is in the context (first: %s; ids: %s)", split,
+                       len(skipped), skipped[0]["_where"], _some([ex["id"] for ex in skipped]))
     return kept
 
 

@@ -48,6 +48,18 @@ def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def remove_partial_saves(output_dir: str) -> None:
+    """Delete the `.tmp-step-N` folders a kill during a save left behind: never a checkpoint (the rename makes
+    one), but as big as one, and a save of another step would never reuse them."""
+    root = checkpoints_root(output_dir)
+    partial = sorted(name for name in os.listdir(root) if name.startswith(".tmp-step-")) if os.path.isdir(root) else []
+    for name in partial:
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    if partial:
+        logger.warning("%s: removed %d unfinished checkpoint save%s of an interrupted run (%s)", root, len(partial),
+                       "s" if len(partial) > 1 else "", ", ".join(partial))
+
+
 def resolve_resume(output_dir: str, value: str | None, warn: bool = False) -> str | None:
     """`latest` -> the newest intact checkpoint of output_dir; a path -> checked; None -> None."""
     if not value:
@@ -57,7 +69,7 @@ def resolve_resume(output_dir: str, value: str | None, warn: bool = False) -> st
             raise DataError(f"resume_from_checkpoint: {value} is not a checkpoint directory (no {STATE_FILE})")
         problem = checkpoint_problem(value)
         if problem:
-            raise DataError(f"resume_from_checkpoint: {value} is damaged ({problem}); resume from another checkpoint")
+            raise DataError(f"resume_from_checkpoint: {value} is damaged ({problem}); {_other_checkpoint(value)}")
         return value
     found = list_checkpoints(output_dir)
     if not found:
@@ -73,6 +85,19 @@ def resolve_resume(output_dir: str, value: str | None, warn: bool = False) -> st
         problems.append(f"{path} ({problem})")
     raise DataError(f"resume_from_checkpoint: no intact checkpoint under {checkpoints_root(output_dir)}: "
                     + "; ".join(problems))
+
+
+def _other_checkpoint(damaged: str) -> str:
+    """What to do instead of resuming from `damaged`: the newest intact checkpoint before it in its run, if any."""
+    step_dir = os.path.abspath(damaged)
+    match = _STEP_DIR.match(os.path.basename(step_dir))
+    before = int(match.group(1)) if match else float("inf")
+    earlier = [(step, path) for step, path in list_checkpoints(os.path.dirname(os.path.dirname(step_dir)))
+               if step < before]
+    for step, path in reversed(earlier):
+        if checkpoint_problem(path) is None:
+            return f"delete it and resume from step-{step} (--resume_from_checkpoint {path})"
+    return "delete it and start over, or resume from a checkpoint of another run"
 
 
 # --------------------------------------------------------------------------------------------- verify

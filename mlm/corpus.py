@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import ast
 import glob
-import gzip
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -48,6 +47,7 @@ import warnings
 from typing import Iterator, Optional
 
 from mlm.errors import ConfigError, DataError
+from mlm.user_files import raw_lines
 from mlm.records import TABLE_SUFFIXES, iter_records
 
 DOCUMENT_SEPARATORS = ("blank_line", "line")
@@ -145,34 +145,33 @@ def _is_table(path: str) -> bool:
 
 def _text_documents(path: str, separator: str) -> Iterator[str]:
     """Documents of a text file. Lines are decoded one by one so a bad byte can be reported with its offset."""
-    opener = gzip.open if path.lower().endswith(".gz") else open
+    compressed = path.lower().endswith(".gz")
     offset = 0  # byte offset of the current line (in the decompressed stream for .gz)
     lines: list[str] = []
     chars = 0
-    with opener(path, "rb") as f:
-        for line_no, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                where = f"{'decompressed ' if opener is gzip.open else ''}byte {offset + e.start}"
-                raise DataError(f"{path}:{line_no}: not valid UTF-8 ({e.reason} at {where})") from None
-            offset += len(raw)
-            if line_no == 1:
-                line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not text
-            if separator == "line":
-                text = line.strip()
-                if text:
-                    yield text
+    for line_no, raw in raw_lines(path):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            where = f"{'decompressed ' if compressed else ''}byte {offset + e.start}"
+            raise DataError(f"{path}:{line_no}: not valid UTF-8 ({e.reason} at {where})") from None
+        offset += len(raw)
+        if line_no == 1:
+            line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not text
+        if separator == "line":
+            text = line.strip()
+            if text:
+                yield text
+            continue
+        if line.strip():
+            line = line.rstrip("\r\n")
+            lines.append(line)
+            chars += len(line)
+            if chars < MAX_DOCUMENT_CHARS:
                 continue
-            if line.strip():
-                line = line.rstrip("\r\n")
-                lines.append(line)
-                chars += len(line)
-                if chars < MAX_DOCUMENT_CHARS:
-                    continue
-            if lines:
-                yield "\n".join(lines).strip()
-                lines, chars = [], 0
+        if lines:
+            yield "\n".join(lines).strip()
+            lines, chars = [], 0
     if lines:
         yield "\n".join(lines).strip()
 

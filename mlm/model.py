@@ -8,7 +8,6 @@ This is the only pretraining module that names transformers model classes.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Optional
@@ -18,7 +17,9 @@ from torch import nn
 
 from mlm.collator import gather_masked
 from mlm.encoder import LaneDropout, bert_layer, bert_layers
+from mlm.checkpoint import STATE_FILE
 from mlm.errors import ConfigError, DataError
+from mlm.user_files import REEXPORT, check_weights, read_json
 
 logger = logging.getLogger("mlm")
 
@@ -58,19 +59,19 @@ def preset_config(preset: str, vocab_size: int, max_position_embeddings: int = 5
 
 def check_checkpoint_dir(path: str, field: str = "model_name_or_path", allow_pickle: bool = False) -> str:
     """`path` located (mlm.hub.locate); one-line error when it is a folder but not a Hugging Face checkpoint
-    directory, asks for code of its own (auto_map), or holds only pickle weights (which can run code when loaded)
-    and `allow_pickle` is off."""
+    directory, its config.json or safetensors weights are damaged (mlm.user_files), asks for code of its own
+    (auto_map), or holds only pickle weights (which can run code when loaded) and `allow_pickle` is off."""
     from mlm.hub import locate
 
     path = locate(path, field)
     if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, STATE_FILE)):  # checkpoints/step-N of a run: training state only
+            run = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+            raise DataError(f"{field}: {path} is a training checkpoint, for --resume_from_checkpoint; the run "
+                            f"exports its model to {run}")
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise DataError(f"{field}: {path} is not a checkpoint directory (no config.json)")
-        try:
-            with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-                config = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{path}/config.json: not valid JSON ({e})") from None
+        config = read_json(os.path.join(path, "config.json"), hint=REEXPORT)
         if isinstance(config, dict) and config.get("auto_map"):
             raise DataError(f"{path}/config.json: asks for the model's own code (auto_map); mlm never runs code "
                             "from a model folder")
@@ -81,6 +82,7 @@ def check_checkpoint_dir(path: str, field: str = "model_name_or_path", allow_pic
             raise DataError(f"{field}: {path} holds only pickle weights ({', '.join(sorted(weights)[:2])}), which can "
                             "run code when loaded; convert them to model.safetensors, or pass --allow_pickle_weights "
                             "true for a folder you trust")
+        check_weights(path, hint=REEXPORT)
     return path
 
 

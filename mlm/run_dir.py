@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from typing import Optional
 
 from mlm import run_lock
-from mlm.checkpoint import check_processes, checkpoints_root, list_checkpoints, read_trainer_state, resolve_resume
+from mlm.checkpoint import (check_processes, checkpoints_root, list_checkpoints, read_trainer_state,
+                            remove_partial_saves, resolve_resume)
 from mlm.errors import ConfigError
 from mlm.resume_settings import check_unchanged
 
@@ -64,6 +65,8 @@ def run_directory(cfg, accelerator):
             _move_old_run_aside(cfg.output_dir)
         if main and resume is not None:
             _move_abandoned_checkpoints_aside(cfg.output_dir, read_trainer_state(resume)["step"])
+        if main:
+            remove_partial_saves(cfg.output_dir)
         accelerator.wait_for_everyone()
         _HELD[key] = resume
         yield resume

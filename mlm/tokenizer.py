@@ -20,6 +20,7 @@ import time
 from typing import Iterable, Iterator
 
 from mlm.errors import ConfigError, DataError
+from mlm.user_files import REEXPORT
 
 logger = logging.getLogger("mlm")
 
@@ -149,13 +150,14 @@ def load_tokenizer(name_or_dir: str, field: str = "tokenizer_name"):
     if is_local:
         files = set(os.listdir(name_or_dir))
         if not files & {"tokenizer.json", "vocab.txt", "tokenizer_config.json"}:
-            raise DataError(f"{name_or_dir}: no tokenizer files here (expected tokenizer.json or vocab.txt)")
+            raise DataError(f"{field}: {name_or_dir}: no tokenizer files here (expected tokenizer.json or vocab.txt)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_dir)
     except Exception as e:  # OSError (not found / offline), ValueError (unknown class), ...
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         where = name_or_dir if is_local else f"tokenizer {name_or_dir!r}"
-        raise DataError(f"{where}: cannot load the tokenizer ({reason})") from None
+        hint = f"; {REEXPORT} (a damaged tokenizer file?)" if is_local else ""
+        raise DataError(f"{field}: {where}: cannot load the tokenizer ({reason}){hint}") from None
     if not getattr(tokenizer, "is_fast", False):
         kind = type(tokenizer).__name__
         raise ConfigError(f"{name_or_dir}: {kind} is not a fast (Rust) tokenizer; packing needs one")

@@ -285,9 +285,10 @@ def test_answer_start_mismatch_is_fixed_or_skipped_and_logged(tmp_path, caplog):
     assert splits["train"][2]["answers"]["answer_start"] == [-1, 0]
     assert [ex["id"] for ex in splits["validation"]] == ["ok", "off", "lost", "half"]  # kept for EM/F1
     text = caplog.text
-    assert "train: moved 1 answer_start offsets" in text and "(ids: off)" in text
-    assert "train: 2 answers whose text is not in the context, not used as labels (ids: lost, half)" in text
-    assert "train: skipped 1 examples none of whose answers is in the context (ids: lost)" in text
+    assert "train: moved 1 answer_start offsets" in text and "t.jsonl:2; ids: off)" in text
+    assert "train: 2 answers whose text is not in the context, not used as labels (first: " in text
+    assert "t.jsonl:3; ids: lost, half)" in text
+    assert "train: skipped 1 examples none of whose answers is in the context (first: " in text
     assert "validation: 2 answers whose text is not in the context, left out of the evaluation loss" in text
     assert "validation: skipped" not in text
 

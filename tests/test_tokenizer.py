@@ -100,7 +100,7 @@ def test_training_errors(tmp_path):
 def test_load_tokenizer_errors_name_the_path(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(DataError, match=rf"{empty}: no tokenizer files"):
+    with pytest.raises(DataError, match=rf": {empty}: no tokenizer files"):
         load_tokenizer(str(empty))
     with pytest.raises(ConfigError, match=rf"^tokenizer_name: {tmp_path / 'nope'}: no such folder$"):
         load_tokenizer(str(tmp_path / "nope"))
