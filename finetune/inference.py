@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mlm.loop import rank_batches, to_device
+from mlm.loop import lockstep, rank_batches, to_device
 
 
 def compute_outputs(task, model, features: list[dict], tokenizer, batch_size: int, accelerator=None) -> list:
@@ -22,8 +22,11 @@ def compute_outputs(task, model, features: list[dict], tokenizer, batch_size: in
     outputs = []
     with torch.no_grad():
         for positions in rank_batches(len(order), batch_size, rank, world):
+            positions, counts = lockstep(positions)
             batch = task.collate([features[i] for i in order[positions.start : positions.stop]], tokenizer)
-            outputs.extend(task.outputs(model, to_device(batch, device)))
+            result = task.outputs(model, to_device(batch, device))
+            if counts:
+                outputs.extend(result)
     model.train(was_training)
     if world > 1:
         from accelerate.utils import gather_object
