@@ -61,6 +61,12 @@ def make_accelerator(cfg: TrainingConfig):
     # accelerate joins a CPU (gloo) group only when ACCELERATE_USE_CPU=1; otherwise every process runs
     # alone, each one a complete single-process job writing to the same output_dir.
     launched = int(os.environ.get("WORLD_SIZE", "1")) if "LOCAL_RANK" in os.environ else 1
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" and not _has_device():
+        # accelerate 1.16 takes its DeepSpeed branch only off the CPU: here it would train as plain data parallel
+        # (or not join the ranks at all) while the launch config says DeepSpeed. DeepSpeed itself runs ZeRO-2/3
+        # on gloo; the blocker is accelerate (README, "Scaling out").
+        raise ConfigError("the launch config asks for DeepSpeed, which accelerate runs only on GPUs; on CPUs use "
+                          "recipes/accelerate/fsdp-cpu-2proc.yaml (sharded) or cpu-2proc.yaml")
     # Rank 0 may spend long on tokenizer training and packing while the others wait at a barrier.
     timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.ddp_timeout))
     accelerator = Accelerator(mixed_precision=precision, cpu=launched > 1 and not _has_device(),

@@ -159,6 +159,14 @@ def test_sampler_shards_global_batches_and_short_last_batch():
     assert len(ShardedBatchSampler(10, 4, rank=0, world=2)) == 2
 
 
+def test_deepspeed_launch_on_cpus_is_refused(monkeypatch):
+    # accelerate drops DeepSpeed on CPUs and would train plain data parallel under a DeepSpeed launch config
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setattr("mlm.loop._has_device", lambda: False)
+    with pytest.raises(ConfigError, match="asks for DeepSpeed, which accelerate runs only on GPUs"):
+        make_accelerator(TrainingConfig())
+
+
 def test_length_grouping_batches_similar_lengths():
     lengths = np.array([5, 50, 6, 51, 7, 52, 8, 53])
     batches = ShardedBatchSampler(8, 4, seed=0, lengths=lengths).epoch_batches(0)
