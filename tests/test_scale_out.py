@@ -18,8 +18,10 @@ from dist_helpers import (ROOT, check_ok, finish, kill_tree, launch, losses, pre
 
 FSDP_CPU = os.path.join(ROOT, "recipes", "accelerate", "fsdp-cpu-2proc.yaml")
 MULTI_NODE = os.path.join(ROOT, "recipes", "accelerate", "multi-node.yaml")
-# Measured: FSDP vs DDP on these 20 steps differ by <= 1e-6 per logged loss and 8e-7 per final weight
-# (a different summation order: reduce-scatter of gradient shards instead of an all-reduce).
+# The FSDP run takes its global batch of 8 as 2 per device x 2 processes x 2 accumulated micro-batches (the DDP
+# twin: 4 x 2 x 1), so that accumulation under FSDP (no_sync) is covered too. Measured: the two differ by <= 1e-6
+# per logged loss and <= 8e-7 per final weight (another summation order: reduce-scatter of gradient shards).
+FSDP_BATCH = dict(per_device_train_batch_size=2, gradient_accumulation_steps=2)
 FSDP_TOLERANCE = 1e-5
 
 
@@ -40,7 +42,7 @@ def max_difference(a: dict, b: dict) -> float:
 def fsdp_run(corpus, tmp_path_factory):
     """The `two_ranks` recipe through recipes/accelerate/fsdp-cpu-2proc.yaml."""
     out = tmp_path_factory.mktemp("fsdp") / "run"
-    result = launch(pretrain_args(corpus, out), config=FSDP_CPU)
+    result = launch(pretrain_args(corpus, out, **FSDP_BATCH), config=FSDP_CPU)
     print(f"2-process FSDP pretraining: {result.seconds:.1f}s")
     return out, result
 
@@ -52,6 +54,7 @@ def test_fsdp_pretraining_equals_ddp(fsdp_run, two_ranks):
     ddp_out, ddp_result = two_ranks
     check_engine(ddp_result, ddp_out, "MULTI_CPU")
     assert "the last layer runs on every position" in result.stderr  # the sparse last layer is off, and says why
+    assert "global batch 8 = 2 per device x 2 processes x 2 accumulation" in result.stderr
 
     fsdp_losses, ddp_losses = losses(out), losses(ddp_out)
     assert len(fsdp_losses) == len(ddp_losses) == 20
@@ -92,7 +95,8 @@ def test_fsdp_run_killed_mid_run_resumes_exactly(fsdp_run, corpus, tmp_path):
     check_engine(result, out, "FSDP")
     killed = tmp_path / "killed"
     began = time.perf_counter()
-    proc = start_launch(pretrain_args(corpus, killed), config=FSDP_CPU, stall_after=13)  # blocks in step 13
+    # 2 micro-batches per step: the 25th loss call is step 13's first
+    proc = start_launch(pretrain_args(corpus, killed, **FSDP_BATCH), config=FSDP_CPU, stall_after=25)
     deadline = time.time() + 120
     while not (killed / "checkpoints" / "step-10").is_dir() or len(losses(killed)) < 12:
         assert proc.poll() is None and time.time() < deadline, "the run ended or hung before step 12"
@@ -102,7 +106,7 @@ def test_fsdp_run_killed_mid_run_resumes_exactly(fsdp_run, corpus, tmp_path):
     print(f"FSDP run killed at step 13 after {time.perf_counter() - began:.1f}s")
     assert sorted(os.listdir(killed / "checkpoints")) == ["step-10"] and not (killed / "metrics.json").exists()
 
-    again = launch(pretrain_args(corpus, killed, resume_from_checkpoint="latest"), config=FSDP_CPU)
+    again = launch(pretrain_args(corpus, killed, resume_from_checkpoint="latest", **FSDP_BATCH), config=FSDP_CPU)
     print(f"resumed FSDP run: {again.seconds:.1f}s")
     check_engine(again, killed, "FSDP")
     assert "resumed from" in again.stderr and "step 10" in again.stderr
