@@ -92,14 +92,13 @@ def _fsdp_on_cpu(accelerator) -> None:
     not look at the device, so the plugin is put back in the (shared) accelerator state before prepare(). (An
     accelerate that keeps FSDP on CPUs never gets here.) tests/test_scale_out.py checks that the result trains.
     """
+    from accelerate.state import PartialState
     from accelerate.utils import FullyShardedDataParallelPlugin
 
     plugin = FullyShardedDataParallelPlugin()  # from the launcher's FSDP_* environment, as accelerate builds it
     if plugin.fsdp_version != 2:
         raise ConfigError("fsdp_version: FSDP on CPUs needs version 2 (fully_shard); set fsdp_version: 2 in the "
                           "launch config")
-    from accelerate.state import PartialState
-
     accelerator.state.fsdp_plugin = plugin
     accelerator.state.distributed_type = DistributedType.FSDP
     # As AcceleratorState.__init__ does: every later AcceleratorState() copies PartialState's type back in.

@@ -195,7 +195,9 @@ def load_model_shards(folder: str, model, rank: int) -> None:
     with torch.no_grad():
         for name, tensor in own.items():
             target = tensor.to_local() if _is_dtensor(tensor) else tensor
-            target.copy_(saved[name])  # a shape mismatch (another world size or model) raises here
+            if target.shape != saved[name].shape:  # copy_ would broadcast
+                raise ValueError(f"{name}: a shard of {tuple(saved[name].shape)}, this rank holds {tuple(target.shape)}")
+            target.copy_(saved[name])
 
 
 def _like(param, local: torch.Tensor):
