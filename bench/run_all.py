@@ -22,7 +22,7 @@ import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 FIRST = ["pretrain_throughput.py"]  # run before the others (alphabetical) when present
-NOT_BENCHMARKS = {"run_all.py", "common.py"}
+NOT_BENCHMARKS = {"run_all.py", "common.py", "gpu_check.py"}  # gpu_check: needs a GPU, run on its own
 
 
 def is_benchmark(path: str) -> bool:

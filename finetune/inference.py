@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from mlm.loop import rank_batches, to_device
+from mlm.loop import lockstep, rank_batches, to_device
 
 
 def compute_outputs(task, model, features: list[dict], tokenizer, batch_size: int, accelerator=None) -> list:
@@ -32,12 +32,14 @@ def run_model(task, model, features: list[dict], tokenizer, batch_size: int,
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, count
     with torch.no_grad():
         for positions in rank_batches(len(order), batch_size, rank, world):
+            positions, counts = lockstep(positions)
             batch = to_device(task.collate([features[i] for i in order[positions.start : positions.stop]], tokenizer),
                               device)
             logits = task.forward(model, batch)
-            outputs.extend(task.outputs_of(logits, batch))
-            if all(key in batch for key in task.TARGETS):
-                totals += torch.stack([t.double() for t in task.loss_of(logits, batch)])
+            if counts:  # (a filler batch of a rank with fewer batches runs the forward only: FSDP's lockstep)
+                outputs.extend(task.outputs_of(logits, batch))
+                if all(key in batch for key in task.TARGETS):
+                    totals += torch.stack([t.double() for t in task.loss_of(logits, batch)])
     model.train(was_training)
     if world > 1:
         from accelerate.utils import gather_object

@@ -7,8 +7,9 @@ resolved settings) and `manifest.json` (size and SHA-256 of every file, written 
 checkpoints untouched and never a half-written `step-N`; a checkpoint damaged later (a lost or changed
 file) fails its manifest, and `latest` falls back to the newest intact one.
 
-FSDP and DeepSpeed shard the model and optimizer: there accelerate writes those (its format pickles, so
-such checkpoints must come from a trusted source); the rest is ours.
+FSDP2 runs write each rank's shards as safetensors (safe_state.save_sharded_state). DeepSpeed shards the model
+and optimizer its own way: there accelerate writes those (its format pickles, so such checkpoints must come from
+a trusted source); the rest is ours.
 """
 from __future__ import annotations
 
@@ -195,24 +196,27 @@ def save_checkpoint(accelerator, objects: tuple, output_dir: str, step: int, sta
     return final
 
 
-def _sharded(accelerator) -> bool:
-    """FSDP and DeepSpeed (any ZeRO stage) partition the optimizer state, and maybe the weights: only they can
-    write and read their shards."""
+def _engine(accelerator) -> str:
+    """Who writes the model and optimizer: "deepspeed" (its own shards, through accelerate), "fsdp" (every rank its
+    shards, safe_state) or "whole" (one copy, safe_state)."""
     from accelerate.utils import DistributedType
 
-    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    kind = accelerator.distributed_type
+    return "deepspeed" if kind == DistributedType.DEEPSPEED else "fsdp" if kind == DistributedType.FSDP else "whole"
 
 
 def _save_state(accelerator, objects: tuple, folder: str) -> None:
     model, optimizer, scheduler = objects
-    rank = accelerator.process_index
-    if _sharded(accelerator):
+    rank, is_main = accelerator.process_index, accelerator.is_main_process
+    engine = _engine(accelerator)
+    if engine == "deepspeed":
         accelerator.save_state(folder, safe_serialization=True)  # model and optimizer shards (and RNG)
-        if accelerator.is_main_process:
+        if is_main:
             safe_state.write_json_synced(os.path.join(folder, safe_state.SCHEDULER_FILE), scheduler.state_dict())
-        return
-    safe_state.save_training_state(folder, accelerator.unwrap_model(model), optimizer, scheduler, rank,
-                                   accelerator.is_main_process)
+    elif engine == "fsdp":
+        safe_state.save_sharded_state(folder, model, optimizer, scheduler, rank, is_main)
+    else:
+        safe_state.save_training_state(folder, accelerator.unwrap_model(model), optimizer, scheduler, rank, is_main)
 
 
 def read_trainer_state(path: str) -> dict:
@@ -245,13 +249,15 @@ def load_checkpoint(accelerator, objects: tuple, path: str) -> dict:
     """Restore model, optimizer, scheduler and RNG states in place; return trainer_state.json."""
     state = check_processes(path, accelerator.num_processes)
     model, optimizer, scheduler = objects
+    engine, rank = _engine(accelerator), accelerator.process_index
     try:
-        if _sharded(accelerator):
+        if engine == "deepspeed":
             accelerator.load_state(path)
             scheduler.load_state_dict(safe_state.read_json(os.path.join(path, safe_state.SCHEDULER_FILE)))
+        elif engine == "fsdp":
+            safe_state.load_sharded_state(path, model, optimizer, scheduler, rank)
         else:
-            safe_state.load_training_state(path, accelerator.unwrap_model(model), optimizer, scheduler,
-                                           accelerator.process_index)
+            safe_state.load_training_state(path, accelerator.unwrap_model(model), optimizer, scheduler, rank)
     except Exception as e:  # missing files, another model's shapes: torch/safetensors raise many types
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"resume_from_checkpoint: cannot restore {path} ({reason[:300]}); was it written by this "
@@ -261,7 +267,10 @@ def load_checkpoint(accelerator, objects: tuple, path: str) -> dict:
 
 def load_best_weights(accelerator, model, path: str) -> None:
     """The weights of checkpoint `path` into `model` (restoring the best model at the end of a run)."""
-    if _sharded(accelerator):
+    engine = _engine(accelerator)
+    if engine == "deepspeed":
         accelerator.load_state(path)
+    elif engine == "fsdp":
+        safe_state.load_model_shards(path, model, accelerator.process_index)
     else:
         safe_state.load_model_weights(path, accelerator.unwrap_model(model))

@@ -35,6 +35,7 @@ from mlm.precision import describe, resolve_precision
 from mlm.resume_settings import settings_of
 from mlm.run_dir import run_directory
 from mlm.runlog import RunLog, logger, setup_console_logging
+from mlm.safe_state import own_tensors
 from mlm.signals import Preempted, StopRequest
 from mlm.threads import use_threads
 from mlm.trackers import resolve_trackers
@@ -63,10 +64,18 @@ def make_accelerator(cfg: TrainingConfig):
     # accelerate joins a CPU (gloo) group only when ACCELERATE_USE_CPU=1; otherwise every process runs
     # alone, each one a complete single-process job writing to the same output_dir.
     launched = int(os.environ.get("WORLD_SIZE", "1")) if "LOCAL_RANK" in os.environ else 1
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" and not _has_device():
+        # accelerate 1.16 takes its DeepSpeed branch only off the CPU: here it would train as plain data parallel
+        # (or not join the ranks at all) while the launch config says DeepSpeed. DeepSpeed itself runs ZeRO-2/3
+        # on gloo; the blocker is accelerate (README, "Scaling out").
+        raise ConfigError("the launch config asks for DeepSpeed, which accelerate runs only on GPUs; on CPUs use "
+                          "recipes/accelerate/fsdp-cpu-2proc.yaml (sharded) or cpu-2proc.yaml")
     # Rank 0 may spend long on tokenizer training and packing while the others wait at a barrier.
     timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.ddp_timeout))
     accelerator = Accelerator(mixed_precision=precision, cpu=launched > 1 and not _has_device(),
                               kwargs_handlers=[timeout], **kwargs)
+    if accelerator.distributed_type == DistributedType.MULTI_CPU and os.environ.get("ACCELERATE_USE_FSDP") == "true":
+        _fsdp_on_cpu(accelerator)
     setup_console_logging(accelerator.is_main_process)
     logger.info("precision: %s (%s)", describe(accelerator.mixed_precision, accelerator.device), source)
     use_threads(cfg.num_threads)
@@ -79,12 +88,38 @@ def make_accelerator(cfg: TrainingConfig):
     return accelerator
 
 
+def _fsdp_on_cpu(accelerator) -> None:
+    """Turn a CPU (gloo) group into an FSDP2 one, as the launch config asked.
+
+    accelerate only shards on accelerator devices: on CPUs it drops the FSDP plugin of the launch config and
+    gives a plain MULTI_CPU group. torch's FSDP2 (fully_shard) runs on gloo, and accelerate's FSDP2 code does
+    not look at the device, so the plugin is put back in the (shared) accelerator state before prepare(). (An
+    accelerate that keeps FSDP on CPUs never gets here.) tests/test_scale_out.py checks that the result trains.
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()  # from the launcher's FSDP_* environment, as accelerate builds it
+    if plugin.fsdp_version != 2:
+        raise ConfigError("fsdp_version: FSDP on CPUs needs version 2 (fully_shard); set fsdp_version: 2 in the "
+                          "launch config")
+    accelerator.state.fsdp_plugin = plugin
+    accelerator.state.distributed_type = DistributedType.FSDP
+    # As AcceleratorState.__init__ does: every later AcceleratorState() copies PartialState's type back in.
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
 def shards_parameters(accelerator) -> bool:
     """FSDP or DeepSpeed ZeRO-3: a module's weights are whole only inside that module's own forward."""
     if accelerator.distributed_type == DistributedType.FSDP:
         return True
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
+
+
+def distributed_type(accelerator) -> str:
+    """How the run is spread, for its log and metrics.json: NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED, ..."""
+    return str(accelerator.distributed_type).split(".")[-1]
 
 
 def _has_device() -> bool:
@@ -241,20 +276,28 @@ def shard_range(n: int, rank: int, world: int) -> range:
 def rank_batches(n: int, batch_size: int, rank: int, world: int) -> list[range]:
     """This rank's evaluation batches: its shard of range(n) cut into near-equal contiguous ranges.
 
-    Every rank gets the same number of batches (shards differ by at most one item): under FSDP each forward
-    is a collective, and a rank with one batch more would wait forever for the others.
+    Every rank gets the same number of batches (shards differ by at most one item), some of them empty where a
+    shard is shorter than the others' batch count (fewer items than ranks, batch size 1): under FSDP each forward
+    is a collective, and a rank with one forward less would leave the others waiting forever. Run an empty one
+    through `lockstep`.
     """
     shard = shard_range(n, rank, world)
     count = math.ceil(math.ceil(n / world) / batch_size)
     bounds = np.linspace(shard.start, shard.stop, count + 1).round().astype(int)
-    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def lockstep(rows: range) -> tuple[range, bool]:
+    """(rows to run, whether their results count): an empty batch runs item 0 and drops it, so that every rank
+    takes part in every forward (the collectives of FSDP)."""
+    return (rows, True) if len(rows) else (range(0, 1), False)
 
 
 def eval_batches(data, collate_fn, batch_size: int, accelerator):
-    """This rank's evaluation batches, moved to the device; gather results in rank order."""
-    for batch in rank_batches(len(data), batch_size, accelerator.process_index, accelerator.num_processes):
-        items = [data[i] for i in batch]
-        yield to_device(collate_fn(items), accelerator.device)
+    """(batch on the device, whether it counts) for this rank's evaluation batches; gather results in rank order."""
+    for rows in rank_batches(len(data), batch_size, accelerator.process_index, accelerator.num_processes):
+        rows, counts = lockstep(rows)
+        yield to_device(collate_fn([data[i] for i in rows]), accelerator.device), counts
 
 
 def to_device(batch: dict, device) -> dict:
@@ -359,9 +402,9 @@ def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, 
     run_log = RunLog(cfg.output_dir, accelerator.is_main_process, accelerator, resume_step=state.step)
     global_batch = cfg.per_device_train_batch_size * world * accumulation
     logger.info(
-        "training %d steps: %d sequences, global batch %d = %d per device x %d processes x %d accumulation; "
-        "%d steps per epoch",
-        total_steps, len(train_data), global_batch, cfg.per_device_train_batch_size, world, accumulation, steps_per_epoch,
+        "training %d steps on %d processes (%s): %d sequences, global batch %d = %d per device x %d processes x %d "
+        "accumulation; %d steps per epoch", total_steps, world, distributed_type(accelerator), len(train_data),
+        global_batch, cfg.per_device_train_batch_size, world, accumulation, steps_per_epoch,
     )
 
     peak_flops = None
@@ -474,12 +517,17 @@ def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, 
         "train_tokens": state.tokens,
         "global_batch_size": global_batch,
         "num_processes": world,
+        "distributed_type": distributed_type(accelerator),
     })
     if export is not None:
         accelerator.wait_for_everyone()
         state_dict = accelerator.get_state_dict(model)  # every rank takes part (FSDP gathers shards here)
         if accelerator.is_main_process:
-            export(accelerator.unwrap_model(model), state_dict, cfg.output_dir)
+            unwrapped = accelerator.unwrap_model(model)
+            # FSDP gathers tied weights (the MLM decoder = the word embeddings) as separate copies: keep each once,
+            # under the name a model's own save_pretrained would use.
+            names = own_tensors(unwrapped).keys()
+            export(unwrapped, {k: v for k, v in state_dict.items() if k in names}, cfg.output_dir)
     accelerator.wait_for_everyone()
     if accelerator.log_with:
         accelerator.end_training()

@@ -180,12 +180,13 @@ def make_evaluate(valid_data, collate, batch_size: int, accelerator):
 
     def evaluate(model) -> dict:
         totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
-        for batch in eval_batches(keyed, collate, batch_size, accelerator):
+        for batch, counts in eval_batches(keyed, collate, batch_size, accelerator):
             out = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 masked_positions=batch["masked_positions"], masked_labels=batch["masked_labels"],
             )
-            totals += torch.stack([out["loss_sum"].double(), out["count"].double(), out["correct"].double()])
+            if counts:
+                totals += torch.stack([out["loss_sum"].double(), out["count"].double(), out["correct"].double()])
         loss_sum, count, correct = accelerator.reduce(totals, reduction="sum").tolist()
         loss = loss_sum / max(count, 1)
         return dict(zip(EVAL_METRICS, (loss, math.exp(min(loss, 50.0)), correct / max(count, 1))))
@@ -253,8 +254,18 @@ def main(cfg: PretrainConfig) -> dict:
     if cfg.gradient_checkpointing:  # the model's own layers then run (mlm's fast path keeps every activation)
         enable_activation_checkpointing(hf_model)
     model = SparseMaskedLM(hf_model, fast_encoder=not (shards_parameters(accelerator) or cfg.gradient_checkpointing))
-    logger.info("MLM head%s on the masked positions only", " and last layer" if model.fast_encoder else "")
     flops = train_flops_per_token(hf_model.config, cfg.max_seq_length, cfg.mlm_probability)
+    if model.fast_encoder:
+        logger.info("MLM head and last layer on the masked positions only")
+    elif shards_parameters(accelerator):
+        sparse = train_flops_per_token(hf_model.config, cfg.max_seq_length, cfg.mlm_probability, cfg.mlm_probability)
+        logger.info("MLM head on the masked positions only; the last layer runs on every position (+%.0f%% FLOPs per "
+                    "token): parameters are sharded, whole only inside a layer's own forward, which the sparse last "
+                    "layer bypasses", 100 * (flops / sparse - 1))
+    elif cfg.gradient_checkpointing:
+        logger.info("MLM head on the masked positions only; the model's own layers run, under gradient checkpointing")
+    else:
+        logger.info("MLM head on the masked positions only (%s is not a plain BERT layer stack)", type(hf_model).__name__)
     check_plan(cfg, accelerator, len(train_blocks))
     with run_directory(cfg, accelerator):  # everything above is checked: from here on output_dir is this run's
         if accelerator.is_main_process and tokenizer_folder and tokenizer_folder != cfg.output_dir:

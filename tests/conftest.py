@@ -74,7 +74,7 @@ SENTENCES = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sentence_corpus(tmp_path_factory) -> str:
     """A small pretraining corpus: 60 blank-line separated documents of 3 sentences each."""
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
@@ -133,3 +133,23 @@ def mlm_log(caplog):
     yield caplog
     logger.removeHandler(caplog.handler)
     logger.setLevel(level)
+
+
+# ------------------------------------------------------------------ distributed runs (test_distributed, test_scale_out)
+
+
+@pytest.fixture(scope="session")
+def corpus(sentence_corpus):
+    """The pretraining corpus of the launched runs, with a cache folder next to it."""
+    return {"file": sentence_corpus, "cache": os.path.join(os.path.dirname(sentence_corpus), "cache")}
+
+
+@pytest.fixture(scope="session")
+def two_ranks(corpus, tmp_path_factory):
+    """20 steps on 2 processes through recipes/accelerate/cpu-2proc.yaml (no ACCELERATE_USE_CPU in the env)."""
+    from dist_helpers import ROOT, launch, pretrain_args
+
+    out = tmp_path_factory.mktemp("dist") / "two"
+    result = launch(pretrain_args(corpus, out), config=os.path.join(ROOT, "recipes", "accelerate", "cpu-2proc.yaml"))
+    print(f"2-process pretraining: {result.seconds:.1f}s")
+    return out, result

@@ -14,54 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from dist_helpers import ROOT, launch
+from dist_helpers import PER_DEVICE, check_ok, launch, losses, pretrain_args, records, weights
 from mlm.cli import main as cli_main
-
-PER_DEVICE = 4  # x 2 processes; the single-process twin runs 8
-
-
-@pytest.fixture(scope="module")
-def corpus(sentence_corpus):
-    return {"file": sentence_corpus, "cache": os.path.join(os.path.dirname(sentence_corpus), "cache")}
-
-
-def pretrain_args(corpus, output_dir, **extra) -> list[str]:
-    """The tiny model of test_pretrain_e2e without dropout, so that runs can be compared number for number.
-
-    10% validation is ONE block: fewer evaluation examples than ranks, the case that used to deadlock.
-    """
-    args = dict(train_file=corpus["file"], cache_dir=corpus["cache"], output_dir=str(output_dir), vocab_size=200,
-                max_seq_length=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, per_device_train_batch_size=PER_DEVICE,
-                per_device_eval_batch_size=16, max_steps=20, logging_steps=1, eval_steps=10, save_steps=10,
-                learning_rate=3e-3, warmup_steps=2, disable_tqdm="true", validation_split_percentage=10)
-    args.update(extra)
-    return ["pretrain"] + [x for k, v in args.items() for x in (f"--{k}", str(v))]
-
-
-def records(output_dir) -> list[dict]:
-    with open(os.path.join(output_dir, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def losses(output_dir) -> list[float]:
-    return [r["loss"] for r in records(output_dir) if "loss" in r]
-
-
-def weights(output_dir) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(os.path.join(output_dir, "model.safetensors"))
-
-
-def check_ok(result, output_dir, processes=2) -> dict:
-    """metrics.json of a finished run (`result`: its launch, or None for an in-process run)."""
-    if result is not None:
-        assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads(open(os.path.join(output_dir, "metrics.json")).read())
-    assert metrics["num_processes"] == processes  # the world size the loop really had
-    return metrics
-
 
 @pytest.fixture
 def one_thread():
@@ -71,15 +25,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def two_ranks(corpus, tmp_path_factory):
-    """20 steps on 2 processes through recipes/accelerate/cpu-2proc.yaml (no ACCELERATE_USE_CPU in the env)."""
-    out = tmp_path_factory.mktemp("dist") / "two"
-    result = launch(pretrain_args(corpus, out), config=os.path.join(ROOT, "recipes", "accelerate", "cpu-2proc.yaml"))
-    print(f"2-process pretraining: {result.seconds:.1f}s")
-    return out, result
 
 
 @pytest.mark.distributed

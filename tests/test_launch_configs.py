@@ -14,6 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "recipes", "accelerate")
 CONFIG_CASES = [  # name, distributed_type, processes, machines, mixed precision
     ("cpu-2proc", "MULTI_GPU", 2, 1, "no"),
+    ("fsdp-cpu-2proc", "FSDP", 2, 1, "no"),
     ("single-gpu", "NO", 1, 1, "bf16"),
     ("multi-gpu", "MULTI_GPU", 8, 1, "bf16"),
     ("multi-node", "MULTI_GPU", 16, 2, "bf16"),
@@ -36,10 +37,10 @@ def test_launch_config_says_what_mlm_relies_on(name, distributed_type, processes
     assert header.startswith("#")  # every config opens with what it is for and its run command
     assert (raw["distributed_type"], raw["num_processes"], raw["num_machines"], raw["mixed_precision"]) == \
         (distributed_type, processes, machines, precision)
-    assert raw["use_cpu"] is (name == "cpu-2proc")
+    assert raw["use_cpu"] is name.endswith("cpu-2proc")
     if distributed_type == "NO":
         assert str(raw["gpu_ids"]) == "0"  # the one-GPU config targets GPU 0
-    if name == "fsdp":
+    if distributed_type == "FSDP":
         assert raw["fsdp_config"]["fsdp_version"] == 2
         assert raw["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"] == "BertLayer"
     if name == "deepspeed-zero2":
@@ -56,6 +57,6 @@ def test_accelerate_reads_the_same(name, distributed_type, processes, machines, 
     assert str(cfg.distributed_type).split(".")[-1] == distributed_type
     assert (cfg.num_processes, cfg.num_machines, str(cfg.mixed_precision).split(".")[-1]) == \
         (processes, machines, precision)
-    assert cfg.use_cpu == (name == "cpu-2proc")
+    assert cfg.use_cpu == name.endswith("cpu-2proc")
     if distributed_type == "NO":
         assert str(cfg.gpu_ids) == "0"

@@ -159,6 +159,14 @@ def test_sampler_shards_global_batches_and_short_last_batch():
     assert len(ShardedBatchSampler(10, 4, rank=0, world=2)) == 2
 
 
+def test_deepspeed_launch_on_cpus_is_refused(monkeypatch):
+    # accelerate drops DeepSpeed on CPUs and would train plain data parallel under a DeepSpeed launch config
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setattr("mlm.loop._has_device", lambda: False)
+    with pytest.raises(ConfigError, match="asks for DeepSpeed, which accelerate runs only on GPUs"):
+        make_accelerator(TrainingConfig())
+
+
 def test_length_grouping_batches_similar_lengths():
     lengths = np.array([5, 50, 6, 51, 7, 52, 8, 53])
     batches = ShardedBatchSampler(8, 4, seed=0, lengths=lengths).epoch_batches(0)
@@ -172,12 +180,13 @@ def test_eval_shards_cover_everything_once():
     assert sum((list(shard_range(7, r, 3)) for r in range(3)), []) == list(range(7))
 
 
-@pytest.mark.parametrize("n, batch_size, world", [(5, 2, 2), (100, 64, 1), (1001, 64, 3), (130, 8, 4)])
+@pytest.mark.parametrize("n, batch_size, world", [(5, 2, 2), (100, 64, 1), (1001, 64, 3), (130, 8, 4), (1, 16, 2),
+                                                  (5, 1, 2)])
 def test_eval_batches_are_equal_in_number_on_every_rank(n, batch_size, world):
     # FSDP runs a collective in every forward: ranks must run the same number of evaluation batches.
     per_rank = [rank_batches(n, batch_size, r, world) for r in range(world)]
     assert len({len(batches) for batches in per_rank}) == 1
-    assert all(0 < len(b) <= batch_size for batches in per_rank for b in batches)
+    assert all(len(b) <= batch_size for batches in per_rank for b in batches)  # empty ones run item 0, dropped
     assert [i for batches in per_rank for b in batches for i in b] == list(range(n))  # every item once, in order
 
 
