@@ -1,7 +1,9 @@
 """Training checkpoints: atomic save, keep-last-N (+ the best), find, verify and load for an exact resume.
 
-A checkpoint is `output_dir/checkpoints/step-N/`: the training state of mlm/safe_state.py (safetensors and
-JSON, no pickle), `trainer_state.json` (step, data position, best metric), `settings.json` (the run's
+A checkpoint is `output_dir/checkpoints/step-N/`: the model as the run exports it (config.json, unprefixed
+model.safetensors, tokenizer files, mlm_task.json for fine-tuning: `from_pretrained` and `mlm predict` take the
+folder) with the rest of the training state of mlm/safe_state.py (safetensors and JSON, no pickle),
+`mlm_state.json` (step, data position, best metric), `settings.json` (the run's
 resolved settings) and `manifest.json` (size and SHA-256 of every file, written last). It is written to
 `.tmp-step-N`, flushed to disk and renamed when complete, so a crash mid-save leaves the previous
 checkpoints untouched and never a half-written `step-N`; a checkpoint damaged later (a lost or changed
@@ -26,7 +28,7 @@ from mlm.errors import ConfigError, DataError
 
 logger = logging.getLogger("mlm")
 
-STATE_FILE = "trainer_state.json"
+STATE_FILE = "mlm_state.json"  # not Trainer's trainer_state.json: another schema
 SETTINGS_FILE = "settings.json"
 MANIFEST_FILE = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -142,6 +144,7 @@ def _write_manifest(folder: str) -> None:
     for parent, _, names in os.walk(folder):
         for name in names:
             file = os.path.join(parent, name)
+            safe_state.fsync_file(file)  # on disk before the rename (the export's files are not synced as written)
             files[os.path.relpath(file, folder)] = [os.path.getsize(file), _sha256(file)]
     safe_state.write_json_synced(os.path.join(folder, MANIFEST_FILE), {"files": files})
 
@@ -164,10 +167,11 @@ def fsync_dir(path: str) -> None:
 
 
 def save_checkpoint(accelerator, objects: tuple, output_dir: str, step: int, state: dict, settings: dict,
-                    keep_last: int, keep: set[str]) -> str:
+                    keep_last: int, keep: set[str], export=None) -> str:
     """Write step-N atomically on every rank's behalf; drop all but the last `keep_last` (and `keep`).
 
-    `objects` = (model, optimizer, scheduler) as prepared by accelerate."""
+    `objects` = (model, optimizer, scheduler) as prepared by accelerate; `export(model, state_dict, folder)` (the
+    run's own, as for its final model) writes the weights of a whole (not sharded) model."""
     root = checkpoints_root(output_dir)
     final = os.path.join(root, f"step-{step}")
     tmp = os.path.join(root, f".tmp-step-{step}")
@@ -176,7 +180,7 @@ def save_checkpoint(accelerator, objects: tuple, output_dir: str, step: int, sta
         shutil.rmtree(tmp, ignore_errors=True)  # leftover of a crash during an earlier save
         os.makedirs(tmp)
     accelerator.wait_for_everyone()
-    _save_state(accelerator, objects, tmp)
+    _save_state(accelerator, objects, tmp, export)
     accelerator.wait_for_everyone()  # every rank writes into tmp (its RNG state, FSDP shards): all done before the rename
     if accelerator.is_main_process:
         safe_state.write_json_synced(os.path.join(tmp, STATE_FILE), state)
@@ -205,7 +209,7 @@ def _engine(accelerator) -> str:
     return "deepspeed" if kind == DistributedType.DEEPSPEED else "fsdp" if kind == DistributedType.FSDP else "whole"
 
 
-def _save_state(accelerator, objects: tuple, folder: str) -> None:
+def _save_state(accelerator, objects: tuple, folder: str, export=None) -> None:
     model, optimizer, scheduler = objects
     rank, is_main = accelerator.process_index, accelerator.is_main_process
     engine = _engine(accelerator)
@@ -216,10 +220,11 @@ def _save_state(accelerator, objects: tuple, folder: str) -> None:
     elif engine == "fsdp":
         safe_state.save_sharded_state(folder, model, optimizer, scheduler, rank, is_main)
     else:
-        safe_state.save_training_state(folder, accelerator.unwrap_model(model), optimizer, scheduler, rank, is_main)
+        safe_state.save_training_state(folder, accelerator.unwrap_model(model), optimizer, scheduler, rank, is_main,
+                                       export)
 
 
-def read_trainer_state(path: str) -> dict:
+def read_run_state(path: str) -> dict:
     try:
         with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
             return json.load(f)
@@ -234,9 +239,9 @@ def read_settings(path: str) -> Optional[dict]:
 
 
 def check_processes(path: str, world: int) -> dict:
-    """trainer_state.json of a checkpoint written by `world` processes; refuses another number (checked before
+    """mlm_state.json of a checkpoint written by `world` processes; refuses another number (checked before
     loading: sharded states (FSDP, DeepSpeed) fail with a traceback on another world size)."""
-    state = read_trainer_state(path)
+    state = read_run_state(path)
     if state.get("num_processes", 1) != world:
         raise ConfigError(
             f"resume_from_checkpoint: {path} was written by {state.get('num_processes', 1)} processes; resume with "
@@ -246,7 +251,7 @@ def check_processes(path: str, world: int) -> dict:
 
 
 def load_checkpoint(accelerator, objects: tuple, path: str) -> dict:
-    """Restore model, optimizer, scheduler and RNG states in place; return trainer_state.json."""
+    """Restore model, optimizer, scheduler and RNG states in place; return mlm_state.json."""
     state = check_processes(path, accelerator.num_processes)
     model, optimizer, scheduler = objects
     engine, rank = _engine(accelerator), accelerator.process_index

@@ -309,7 +309,7 @@ def to_device(batch: dict, device) -> dict:
 
 @dataclass
 class TrainState:
-    """Everything beyond model/optimizer/scheduler/RNG that an exact resume needs (trainer_state.json)."""
+    """Everything beyond model/optimizer/scheduler/RNG that an exact resume needs (mlm_state.json)."""
 
     step: int = 0
     epoch: int = 0
@@ -487,7 +487,7 @@ def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, 
             last_eval_step = state.step
             stop = _update_best(cfg, state, last_metrics)
         if (save_every and (state.step % save_every == 0 or state.step == total_steps or stop)) or preempted:
-            _save(cfg, accelerator, objects, state)
+            _save(cfg, accelerator, objects, state, export)
         if preempted:
             progress.close()
             raise _preempted(cfg, state, preemption)
@@ -595,12 +595,12 @@ def _update_best(cfg: TrainingConfig, state: TrainState, metrics: dict) -> bool:
     return patience is not None and state.evals_without_improvement >= patience
 
 
-def _save(cfg: TrainingConfig, accelerator, objects: tuple, state: TrainState) -> None:
+def _save(cfg: TrainingConfig, accelerator, objects: tuple, state: TrainState, export) -> None:
     keep = set()
     if state.best_step is not None:
         keep.add(os.path.join(cfg.output_dir, "checkpoints", f"step-{state.best_step}"))
     save_checkpoint(accelerator, objects, cfg.output_dir, state.step, dataclasses.asdict(state), settings_of(cfg),
-                    cfg.save_total_limit, keep)
+                    cfg.save_total_limit, keep, export)
 
 
 def _preempted(cfg: TrainingConfig, state: TrainState, preemption: StopRequest) -> Preempted:

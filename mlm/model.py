@@ -65,10 +65,10 @@ def check_checkpoint_dir(path: str, field: str = "model_name_or_path", allow_pic
 
     path = locate(path, field)
     if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, STATE_FILE)):  # checkpoints/step-N of a run: training state only
-            run = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-            raise DataError(f"{field}: {path} is a training checkpoint, for --resume_from_checkpoint; the run "
-                            f"exports its model to {run}")
+        if os.path.isfile(os.path.join(path, STATE_FILE)) and not os.path.isfile(os.path.join(path, "config.json")):
+            run = os.path.dirname(os.path.dirname(os.path.abspath(path)))  # a sharded (FSDP) checkpoint: no model
+            raise DataError(f"{field}: {path} is a sharded training checkpoint, for --resume_from_checkpoint; the "
+                            f"run exports its model to {run}")
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise DataError(f"{field}: {path} is not a checkpoint directory (no config.json)")
         config = read_json(os.path.join(path, "config.json"), hint=REEXPORT)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Optional
 
 from mlm import run_lock
-from mlm.checkpoint import (check_processes, checkpoints_root, list_checkpoints, read_trainer_state,
+from mlm.checkpoint import (check_processes, checkpoints_root, list_checkpoints, read_run_state,
                             remove_partial_saves, resolve_resume)
 from mlm.errors import ConfigError
 from mlm.resume_settings import check_unchanged
@@ -64,7 +64,7 @@ def run_directory(cfg, accelerator):
         if main and resume is None and cfg.overwrite_output_dir:
             _move_old_run_aside(cfg.output_dir)
         if main and resume is not None:
-            _move_abandoned_checkpoints_aside(cfg.output_dir, read_trainer_state(resume)["step"])
+            _move_abandoned_checkpoints_aside(cfg.output_dir, read_run_state(resume)["step"])
         if main:
             remove_partial_saves(cfg.output_dir)
         accelerator.wait_for_everyone()

@@ -64,12 +64,17 @@ def read_json(path: str):
 # ------------------------------------------------------------------------------------------------ save
 
 
-def save_training_state(folder: str, model, optimizer, scheduler, rank: int, is_main: bool) -> None:
-    """Write this rank's share of the state into `folder` (the main process writes the shared parts)."""
+def save_training_state(folder: str, model, optimizer, scheduler, rank: int, is_main: bool, export=None) -> None:
+    """Write this rank's share of the state into `folder` (the main process writes the shared parts). With the
+    run's `export`, the weights are written as its final model is: a folder `from_pretrained` loads."""
     from safetensors.torch import save_file, save_model
 
     if is_main:
-        save_model(model, os.path.join(folder, MODEL_FILE))
+        if export is not None:
+            names = own_tensors(model).keys()
+            export(model, {k: v for k, v in model.state_dict().items() if k in names}, folder)
+        else:
+            save_model(model, os.path.join(folder, MODEL_FILE))
         tensors, meta = _split_optimizer_state(optimizer.state_dict())
         save_file(tensors, os.path.join(folder, OPTIMIZER_TENSORS))
         for name in (MODEL_FILE, OPTIMIZER_TENSORS):
@@ -215,7 +220,7 @@ def load_training_state(folder: str, model, optimizer, scheduler, rank: int) -> 
     """Restore model, optimizer, scheduler and this rank's generators in place (no unpickler involved)."""
     from safetensors.torch import load_file, load_model
 
-    load_model(model, os.path.join(folder, MODEL_FILE), strict=True)
+    load_model(_weights_owner(folder, model), os.path.join(folder, MODEL_FILE), strict=True)
     meta = read_json(os.path.join(folder, OPTIMIZER_JSON))
     tensors = load_file(os.path.join(folder, OPTIMIZER_TENSORS))
     optimizer.load_state_dict(_join_optimizer_state(tensors, meta))
@@ -227,7 +232,17 @@ def load_model_weights(folder: str, model) -> None:
     """Only the weights (restoring the best checkpoint at the end of a run)."""
     from safetensors.torch import load_model
 
-    load_model(model, os.path.join(folder, MODEL_FILE), strict=True)
+    load_model(_weights_owner(folder, model), os.path.join(folder, MODEL_FILE), strict=True)
+
+
+def _weights_owner(folder: str, model):
+    """The module whose names the folder's weights carry: an exported Hugging Face model (config.json beside them)
+    is the HF model a training module wraps (pretraining's SparseMaskedLM keeps it as `.model`)."""
+    from transformers import PreTrainedModel
+
+    if os.path.isfile(os.path.join(folder, "config.json")) and not isinstance(model, PreTrainedModel):
+        return model.model
+    return model
 
 
 def _join_optimizer_state(tensors: dict, meta: dict) -> dict:

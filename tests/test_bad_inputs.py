@@ -370,8 +370,6 @@ def test_bad_predict_input_is_one_line_and_keeps_the_earlier_output(case, tmp_pa
     (["--model", "{qa}", "--question", "who ?"], r"--context: required \(and non-empty\) for the qa task"),
     (["--model", "{qa}", "--text", "who ?"], r"--text: the qa task takes --question and --context"),
     (["--model", "{ner}", "--question", "who ?"], r"NER prediction needs --text"),
-    (["--model", "{cls}/checkpoints/step-2", "--text", "a"],
-     r"--model: .*step-2 is a training checkpoint, for --resume_from_checkpoint; the run exports its model to "),
     (["--model", "{cls}", "--input", "{cls}"], r"{cls}: a folder, not a file"),
 ])
 def test_bad_predict_flags_name_the_flag(flags, message, task_models, capsys):

@@ -46,8 +46,8 @@ def test_pretrain_on_two_ranks_writes_everything_once(two_ranks):
     for step in (10, 20):
         files = set(os.listdir(out / "checkpoints" / f"step-{step}"))
         assert {"model.safetensors", "optimizer.safetensors", "rng_state_0.json", "rng_state_1.json", "manifest.json",
-                "trainer_state.json"} <= files, files
-        assert json.loads((out / "checkpoints" / f"step-{step}" / "trainer_state.json").read_text())["num_processes"] == 2
+                "mlm_state.json"} <= files, files
+        assert json.loads((out / "checkpoints" / f"step-{step}" / "mlm_state.json").read_text())["num_processes"] == 2
 
 
 @pytest.mark.distributed

@@ -274,3 +274,37 @@ def test_push_to_hub_uploads_the_output_folder_through_a_stand_in(tmp_path, tiny
     assert "hf_secret" not in written  # the token is never written to disk
     with pytest.raises(ConfigError, match="only used with --push_to_hub"):
         cls_config(train_csv, "--hub_model_id", "me/tiny")
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def test_checkpoints_are_model_folders_that_transformers_and_mlm_predict_load(tmp_path, tiny_bert_dir, train_csv,
+                                                                               sentence_corpus, capsys):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "pre"
+    code = cli_main(["pretrain", "--train_file", sentence_corpus, "--cache_dir", str(tmp_path / "cache"),
+                     "--output_dir", str(out), "--vocab_size", "120", "--max_seq_length", "32", "--hidden_size", "32",
+                     "--num_hidden_layers", "1", "--num_attention_heads", "2", "--intermediate_size", "64",
+                     "--per_device_train_batch_size", "4", "--max_steps", "4", "--save_steps", "2",
+                     "--eval_steps", "2", "--disable_tqdm", "true"])
+    assert code == 0, capsys.readouterr().err
+    step = out / "checkpoints" / "step-4"
+    assert (step / "mlm_state.json").exists() and not (step / "trainer_state.json").exists()
+    weights = load_file(step / "model.safetensors")
+    assert not any(k.startswith("model.") for k in weights)  # the model's own names, not the training wrapper's
+    final = load_file(out / "model.safetensors")
+    assert weights.keys() == final.keys() and all(torch.equal(weights[k], final[k]) for k in final)
+    model = AutoModelForMaskedLM.from_pretrained(step)
+    assert AutoTokenizer.from_pretrained(step).mask_token == "[MASK]"
+    assert torch.equal(model.cls.predictions.decoder.weight, model.bert.embeddings.word_embeddings.weight)
+
+    code = cli_main(cls_args(tmp_path, tiny_bert_dir, train_csv, "cls", "--save_steps", "3", "--eval_steps", "3"))
+    assert code == 0, capsys.readouterr().err
+    step = tmp_path / "cls" / "checkpoints" / "step-3"
+    assert AutoModelForSequenceClassification.from_pretrained(step).config.id2label == {0: "neg", 1: "pos"}
+    capsys.readouterr()
+    assert cli_main(["predict", "--model", str(step), "--text", "great fun"]) == 0
+    assert json.loads(capsys.readouterr().out)["label"] in ("neg", "pos")

@@ -134,7 +134,7 @@ def test_checkpoint_files_and_folder_are_synced_before_the_rename(tmp_path, monk
     rename = events.index(("replace", tmp))
     synced = {os.path.relpath(path, tmp) for kind, path in events[:rename] if kind == "fsync" and path.startswith(tmp)}
     assert {".", "model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json", "rng_state_0.json",
-            "trainer_state.json", "manifest.json"} <= synced
+            "mlm_state.json", "manifest.json"} <= synced
     assert ("fsync", str(tmp_path / "run" / "checkpoints")) in events[rename:]
 
 
@@ -170,7 +170,7 @@ def stopped_checkpoint(result, pattern: str, ranks: int = 1) -> int:
     match = re.search(r"at step (\d+): checkpoint written to (\S+);", lines[0])
     step, path = int(match.group(1)), match.group(2)
     assert step >= 3 and checkpoint_problem(path) is None
-    assert json.loads(open(os.path.join(path, "trainer_state.json")).read())["step"] == step
+    assert json.loads(open(os.path.join(path, "mlm_state.json")).read())["step"] == step
     assert all(os.path.isfile(os.path.join(path, f"rng_state_{r}.json")) for r in range(ranks))
     return step
 
