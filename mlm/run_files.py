@@ -82,7 +82,8 @@ def model_card(cfg, results: dict, kind: str, data: dict[str, str], command: Opt
     if data:
         lines += ["## Data", "", "| split | file |", "|---|---|"]
         lines += [f"| {split} | `{path}` |" for split, path in data.items()] + [""]
-    scores = {k: v for k, v in results.items() if k.startswith(("eval_", "test_")) and isinstance(v, float)}
+    scores = {k: v for k, v in results.items()
+              if k.startswith(("eval_", "test_")) and not k.endswith("_runtime") and isinstance(v, float)}
     if scores:
         lines += ["## Results", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in scores.items()] + [""]
@@ -92,8 +93,10 @@ def model_card(cfg, results: dict, kind: str, data: dict[str, str], command: Opt
              "weight_decay", "max_seq_length", "mixed_precision", "seed")
     lines += ["## Training settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {settings[k]} |" for k in shown if settings.get(k) is not None]
-    lines += ["", f"All settings: `training_args.json`; train loss {results.get('train_loss')}, "
-              f"{results.get('global_step')} steps, {results.get('train_runtime')} s.", ""]
+    summary = f"{results.get('global_step')} steps in {results.get('train_runtime')} s"
+    if isinstance(results.get("train_loss"), float):
+        summary += f", average train loss {results['train_loss']:.4f}"
+    lines += ["", f"All settings: `training_args.json`; {summary}.", ""]
     if command:
         lines += ["## Reproduce", "", "```bash", command, "```", ""]
     lines += ["## Framework versions", ""]

@@ -149,6 +149,8 @@ def test_a_run_leaves_trainers_files_and_a_model_card(tmp_path, tiny_bert_dir, t
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-classification\n")
     assert "# tiny-sentiment" in card and "| eval_accuracy |" in card and args["command"] in card
+    assert f"6 steps in {results['train_runtime']} s, average train loss {results['train_loss']:.4f}." in card
+    assert "eval_runtime" not in card
     assert f"| train | `{train_csv}` |" in card
 
 
