@@ -150,7 +150,7 @@ def main(cfg) -> dict:
                 write_predictions(os.path.join(cfg.output_dir, "predictions"), split, records, cfg.task)
         if accelerator.is_main_process:
             write_json(os.path.join(cfg.output_dir, "metrics.json"), metrics)
-            write_run_files(cfg, metrics, cfg.task, metrics.get("epoch"), dict(cfg.data_files()))
+            write_run_files(cfg, metrics, cfg.task, dict(cfg.data_files()))
             plot_losses(os.path.join(cfg.output_dir, "log.jsonl"), os.path.join(cfg.output_dir, "loss.png"))
             shown = [k for k in metrics if k.startswith(("eval_", "test_")) and isinstance(metrics[k], float)]
             logger.info("done: %s", ", ".join(f"{k} {metrics[k]:.4f}" for k in shown[:8]))

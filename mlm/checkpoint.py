@@ -38,6 +38,10 @@ def checkpoints_root(output_dir: str) -> str:
     return os.path.join(output_dir, "checkpoints")
 
 
+def checkpoint_path(output_dir: str, step: int) -> str:
+    return os.path.join(checkpoints_root(output_dir), f"step-{step}")
+
+
 def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
     """Complete checkpoints as (step, path), oldest first."""
     root = checkpoints_root(output_dir)
@@ -173,7 +177,7 @@ def save_checkpoint(accelerator, objects: tuple, output_dir: str, step: int, sta
     `objects` = (model, optimizer, scheduler) as prepared by accelerate; `export(model, state_dict, folder)` (the
     run's own, as for its final model) writes the weights of a whole (not sharded) model."""
     root = checkpoints_root(output_dir)
-    final = os.path.join(root, f"step-{step}")
+    final = checkpoint_path(output_dir, step)
     tmp = os.path.join(root, f".tmp-step-{step}")
     if accelerator.is_main_process:
         os.makedirs(root, exist_ok=True)

@@ -28,14 +28,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
-from mlm.checkpoint import load_best_weights, load_checkpoint, save_checkpoint
+from mlm.checkpoint import checkpoint_path, load_best_weights, load_checkpoint, save_checkpoint
 from mlm.config import TrainingConfig
 from mlm.errors import ConfigError, DataError
 from mlm.precision import describe, resolve_precision
 from mlm.resume_settings import settings_of
 from mlm.run_dir import run_directory
 from mlm.runlog import RunLog, logger, setup_console_logging
-from mlm.safe_state import own_tensors
+from mlm.safe_state import own_state
 from mlm.signals import Preempted, StopRequest
 from mlm.threads import use_threads
 from mlm.trackers import resolve_trackers
@@ -373,7 +373,7 @@ def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, 
     accumulation = cfg.accumulation_steps(world)
     sampler = ShardedBatchSampler(len(train_data), cfg.per_device_train_batch_size, rank, world, cfg.seed, True, lengths)
     total_steps, steps_per_epoch = plan_steps(cfg, len(sampler), accumulation)
-    eval_every = {"no": None, "epoch": steps_per_epoch}.get(cfg.eval_strategy, cfg.eval_steps or steps_per_epoch)
+    eval_every = _interval(cfg.eval_strategy, cfg.eval_steps, steps_per_epoch)
     select_best = bool(cfg.metric_for_best_model and evaluate is not None)
     if cfg.metric_for_best_model and evaluate is None:
         logger.warning("metric_for_best_model %s: there is no validation data, so no evaluation, best-model choice "
@@ -381,8 +381,8 @@ def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, 
     elif select_best and cfg.save_steps and cfg.save_steps != eval_every:
         logger.warning("save_steps %d ignored: with metric_for_best_model a checkpoint is saved at every evaluation "
                        "(eval_steps %d), so the best one exists", cfg.save_steps, eval_every)
-    save_every = eval_every if select_best else {"no": None, "epoch": steps_per_epoch}.get(
-        cfg.save_strategy, cfg.save_steps or eval_every or steps_per_epoch)
+    save_every = eval_every if select_best else _interval(cfg.save_strategy, cfg.save_steps or eval_every,
+                                                          steps_per_epoch)
 
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
@@ -439,8 +439,9 @@ def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, 
             local[:4] += torch.stack([loss_sum.detach().double(), count.double(), *_batch_size(batch)])
         local[4] = preemption.requested()
         totals = accelerator.reduce(local, reduction="sum")
-        preempted = totals[4].item() > 0  # on any rank: all stop at this step
-        scale = cfg.per_device_train_batch_size * world / totals[1].item() if totals[1] > 0 else 0.0
+        loss_total, targets, tokens, examples, stop_votes = totals.tolist()  # the step's one read of its counters
+        preempted = stop_votes > 0  # on any rank: all stop at this step
+        scale = cfg.per_device_train_batch_size * world / targets if targets > 0 else 0.0
         grads = [p.grad for p in params if p.grad is not None] if not deepspeed else []
         if grads and scale != 1.0:  # 1.0: every example has one target (classification) and no accumulation
             torch._foreach_mul_(grads, scale)
@@ -451,10 +452,10 @@ def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, 
 
         state.step += 1
         state.epoch, state.position = epoch, position
-        state.tokens += int(totals[2].item())
-        state.examples += int(totals[3].item())
+        state.tokens += int(tokens)
+        state.examples += int(examples)
         state.train_seconds += time.perf_counter() - step_start
-        state.loss_sum += (totals[0] / totals[1]).item() if totals[1] > 0 else 0.0
+        state.loss_sum += loss_total / targets if targets > 0 else 0.0
         interval += totals[:4]
         progress.update(1)
 
@@ -462,7 +463,7 @@ def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, 
             seconds = time.perf_counter() - interval_start
             record = {
                 "step": state.step,
-                "epoch": round(state.epoch + state.position / max(1, len(sampler)), 4),
+                "epoch": _epochs_done(state, len(sampler)),
                 "loss": (interval[0] / interval[1]).item() if interval[1] > 0 else float("nan"),
                 "learning_rate": scheduler.get_last_lr()[0],
                 "tokens_per_second": interval[2].item() / seconds,
@@ -503,14 +504,14 @@ def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, 
     if use_best and state.best_step != state.step:
         logger.info("restoring the best checkpoint (step %d, %s = %.4f)", state.best_step,
                     cfg.metric_for_best_model, state.best_metric)
-        load_best_weights(accelerator, model, os.path.join(cfg.output_dir, "checkpoints", f"step-{state.best_step}"))
+        load_best_weights(accelerator, model, checkpoint_path(cfg.output_dir, state.best_step))
     final = {"global_step": state.step, **((state.best_metrics if use_best else last_metrics) or {})}
     if use_best:
         final["best_step"] = state.best_step
 
     final.update({
         "train_loss": state.loss_sum / max(state.step, 1),
-        "epoch": round(state.epoch + state.position / max(1, len(sampler)), 4),
+        "epoch": _epochs_done(state, len(sampler)),
         "train_runtime": round(state.train_seconds, 3),
         "train_tokens_per_second": state.tokens / max(state.train_seconds, 1e-9),
         "train_examples_per_second": state.examples / max(state.train_seconds, 1e-9),
@@ -524,10 +525,7 @@ def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, 
         state_dict = accelerator.get_state_dict(model)  # every rank takes part (FSDP gathers shards here)
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
-            # FSDP gathers tied weights (the MLM decoder = the word embeddings) as separate copies: keep each once,
-            # under the name a model's own save_pretrained would use.
-            names = own_tensors(unwrapped).keys()
-            export(unwrapped, {k: v for k, v in state_dict.items() if k in names}, cfg.output_dir)
+            export(unwrapped, own_state(unwrapped, state_dict), cfg.output_dir)
     accelerator.wait_for_everyone()
     if accelerator.log_with:
         accelerator.end_training()
@@ -536,6 +534,15 @@ def _train(cfg, accelerator, resume, preemption, model, train_data, collate_fn, 
 
 def _due(step: int, every: Optional[int]) -> bool:
     return every is not None and step % every == 0
+
+
+def _interval(strategy: Optional[str], steps: Optional[int], steps_per_epoch: int) -> Optional[int]:
+    """Steps between evaluations or saves: none for "no", an epoch for "epoch", else `steps` (default an epoch)."""
+    return {"no": None, "epoch": steps_per_epoch}.get(strategy, steps or steps_per_epoch)
+
+
+def _epochs_done(state: TrainState, batches_per_epoch: int) -> float:
+    return round(state.epoch + state.position / max(1, batches_per_epoch), 4)
 
 
 def _batch_size(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -598,13 +605,13 @@ def _update_best(cfg: TrainingConfig, state: TrainState, metrics: dict) -> bool:
 def _save(cfg: TrainingConfig, accelerator, objects: tuple, state: TrainState, export) -> None:
     keep = set()
     if state.best_step is not None:
-        keep.add(os.path.join(cfg.output_dir, "checkpoints", f"step-{state.best_step}"))
+        keep.add(checkpoint_path(cfg.output_dir, state.best_step))
     save_checkpoint(accelerator, objects, cfg.output_dir, state.step, dataclasses.asdict(state), settings_of(cfg),
                     cfg.save_total_limit, keep, export)
 
 
 def _preempted(cfg: TrainingConfig, state: TrainState, preemption: StopRequest) -> Preempted:
-    path = os.path.join(cfg.output_dir, "checkpoints", f"step-{state.step}")
+    path = checkpoint_path(cfg.output_dir, state.step)
     return Preempted(f"{preemption.reason()} at step {state.step}: checkpoint written to {path}; continue with "
                      "--resume_from_checkpoint latest", preemption.exit_code())
 

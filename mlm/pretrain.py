@@ -277,7 +277,7 @@ def main(cfg: PretrainConfig) -> dict:
         metrics.update({"num_parameters": n_params, "train_flops_per_token": flops})
         if accelerator.is_main_process:
             write_json(os.path.join(cfg.output_dir, "metrics.json"), metrics)
-            write_run_files(cfg, metrics, "pretrain", metrics.get("epoch"), {"train": train_corpus.description})
+            write_run_files(cfg, metrics, "pretrain", {"train": train_corpus.description})
             plot_losses(os.path.join(cfg.output_dir, "log.jsonl"), os.path.join(cfg.output_dir, "loss.png"))
             logger.info("done: %s", ", ".join(f"{k} {metrics[k]:.4g}" for k in ("eval_loss", "perplexity", "masked_accuracy", "train_tokens_per_second") if k in metrics))
             logger.info("model written to %s", cfg.output_dir)

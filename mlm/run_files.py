@@ -32,20 +32,19 @@ def library_versions() -> dict:
     return versions
 
 
-def trainer_results(metrics: dict, epoch: Optional[float]) -> dict:
-    """metrics in Trainer's key style: train_samples_per_second (not examples), epoch; eval_*/test_* as they are."""
+def trainer_results(metrics: dict) -> dict:
+    """metrics in Trainer's key style: train_samples_per_second (not examples), train_steps_per_second; eval_*/test_*
+    and epoch as they are."""
     results = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None}
     if "train_examples_per_second" in results:
         results["train_samples_per_second"] = results.pop("train_examples_per_second")
     runtime, steps = results.get("train_runtime"), results.get("global_step")
     if runtime and steps:
         results["train_steps_per_second"] = steps / runtime
-    if epoch is not None:
-        results["epoch"] = epoch
     return results
 
 
-def write_run_files(cfg, metrics: dict, kind: str, epoch: Optional[float], data: dict[str, str]) -> None:
+def write_run_files(cfg, metrics: dict, kind: str, data: dict[str, str]) -> None:
     """All of the above into cfg.output_dir (main process), then the upload of --push_to_hub.
     `kind`: pretrain / cls / ner / qa; `data`: {split: file}."""
     out = cfg.output_dir
@@ -54,7 +53,7 @@ def write_run_files(cfg, metrics: dict, kind: str, epoch: Optional[float], data:
         "command": origin.get("command"), "recipe": origin.get("recipe"), "recipe_values": origin.get("recipe_values"),
         "flags": origin.get("flags"), "settings": settings_of(cfg), "versions": library_versions(),
     }, sort_keys=False)
-    results = trainer_results(metrics, epoch)
+    results = trainer_results(metrics)
     write_json(os.path.join(out, "all_results.json"), results)
     for prefix in ("train", "eval", "test"):
         part = {k: v for k, v in results.items() if k.startswith(prefix + "_") or k == "epoch"}

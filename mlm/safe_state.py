@@ -71,8 +71,7 @@ def save_training_state(folder: str, model, optimizer, scheduler, rank: int, is_
 
     if is_main:
         if export is not None:
-            names = own_tensors(model).keys()
-            export(model, {k: v for k, v in model.state_dict().items() if k in names}, folder)
+            export(model, own_state(model, model.state_dict()), folder)
         else:
             save_model(model, os.path.join(folder, MODEL_FILE))
         tensors, meta = _split_optimizer_state(optimizer.state_dict())
@@ -136,6 +135,13 @@ def model_shard_file(rank: int) -> str:
 
 def optimizer_shard_files(rank: int) -> tuple[str, str]:
     return f"optimizer_shard_{rank}.safetensors", f"optimizer_shard_{rank}.json"
+
+
+def own_state(model, state_dict: dict) -> dict:
+    """`state_dict` with each tensor once, under the name a model's own save_pretrained uses: FSDP gathers tied
+    weights (the MLM decoder = the word embeddings) as separate copies."""
+    names = own_tensors(model).keys()
+    return {k: v for k, v in state_dict.items() if k in names}
 
 
 def own_tensors(model) -> dict:

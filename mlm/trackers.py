@@ -17,7 +17,6 @@ logger = logging.getLogger("mlm")
 
 # The module each tracker needs (accelerate's tensorboard tracker takes tensorboard or tensorboardX).
 MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
-CHOICES = ("none", "all", *MODULES)
 
 
 def installed(name: str) -> bool:
