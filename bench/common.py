@@ -67,12 +67,13 @@ def minilm_path() -> Optional[str]:
 
 
 def wordpiece_tokenizer(train_file: str, vocab_size: int, document_separator: str = "line"):
-    """(tokenizer, its directory): WordPiece trained by mlm.tokenizer.train_wordpiece on train_file, cached.
+    """(tokenizer, its directory): WordPiece trained by mlm.pretrain.wordpiece.train_wordpiece on train_file, cached.
 
     The cache key is the file's name, size and mtime and the vocabulary size.
     """
-    from mlm.corpus import corpus_sources
-    from mlm.tokenizer import load_tokenizer, train_wordpiece
+    from mlm.pretrain.corpus import corpus_sources
+    from mlm.core.hf import load_tokenizer
+    from mlm.pretrain.wordpiece import train_wordpiece
 
     st = os.stat(train_file)
     name = f"wordpiece-{os.path.basename(train_file)}-{st.st_size}-{int(st.st_mtime)}-{vocab_size}"
@@ -497,8 +498,8 @@ def median(values):
 
 
 def write_json(path: str, data: dict) -> None:
-    """Atomic JSON write (mlm.runlog.write_json), keys in insertion order, creating the folder."""
-    from mlm.runlog import write_json as atomic_write_json
+    """Atomic JSON write (mlm.core.runlog.write_json), keys in insertion order, creating the folder."""
+    from mlm.core.runlog import write_json as atomic_write_json
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     atomic_write_json(path, data, sort_keys=False)

@@ -5,7 +5,7 @@ tensor, and its peak RSS stays within 10% of training's. Each side runs in its o
 WikiText-2 blocks (or the embedded default corpus when the data is absent), same `mini` shape (4 layers,
 hidden 256, vocab 16k, sequence 128), a few training steps then a few evaluation batches:
 
-* ours:  `mlm.pretrain.main` (the real entry point): SparseMaskedLM, head on the masked positions only.
+* ours:  `mlm.pretrain.run.main` (the real entry point): SparseMaskedLM, head on the masked positions only.
 * stock: BertForMaskedLM(labels=...) on the same batches: the head on every position, logits [B, T, V].
 
 A thread samples this process's RSS every millisecond and keeps the maximum per phase (set-up, train,
@@ -52,8 +52,8 @@ class PhaseRSS:
 
 
 def run_ours(args, tracker: PhaseRSS) -> dict:
-    import mlm.pretrain as pretrain
-    from mlm.config import parse_config
+    import mlm.pretrain.run as pretrain
+    from mlm.core.config import parse_config
 
     loss_fn, make_evaluate = pretrain.mlm_loss, pretrain.make_evaluate
 
@@ -88,11 +88,11 @@ def run_ours(args, tracker: PhaseRSS) -> dict:
 def run_stock(args, tracker: PhaseRSS) -> dict:
     import torch
 
-    from mlm.collator import MaskingCollator
-    from mlm.corpus import corpus_sources
-    from mlm.model import build_masked_lm
-    from mlm.packing import build_packed_dataset
-    from mlm.tokenizer import load_tokenizer
+    from mlm.pretrain.masking import MaskingCollator
+    from mlm.pretrain.corpus import corpus_sources
+    from mlm.pretrain.model import build_masked_lm
+    from mlm.pretrain.packing import build_packed_dataset
+    from mlm.core.hf import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer)
     train, valid = corpus_sources(train_file=args.train_file, validation_file=args.valid_file,

@@ -29,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (bench/common.py; it also puts the repository on sys.path)
-from mlm.tokenizer import load_tokenizer  # noqa: E402
+from mlm.core.hf import load_tokenizer  # noqa: E402
 
 # (preset, vocabulary, sequence length, batch, steps): BERT's vocabulary and pretraining length on the GPU.
 GPU_SHAPE = dict(vocab=30522, seq=128, batch=64, steps=40)
@@ -63,7 +63,7 @@ def make_tokenizer(vocab_size: int, folder: str):
 
 
 def blocks(tokenizer, count: int, seq: int, seed: int = 0) -> list[dict]:
-    """`count` packed blocks [CLS] ids [SEP] of random word ids, as mlm.packing makes them."""
+    """`count` packed blocks [CLS] ids [SEP] of random word ids, as mlm.pretrain.packing makes them."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -82,7 +82,7 @@ def use_device(dry: bool) -> None:
 def part_peak(dry: bool) -> dict:
     import torch
 
-    from mlm.loop import matmul_peak_flops
+    from mlm.core.loop import matmul_peak_flops
 
     device = torch.device("cpu" if dry else "cuda")
     dtype = torch.float32 if dry else torch.bfloat16
@@ -93,10 +93,10 @@ def part_peak(dry: bool) -> dict:
 def part_mlm(dry: bool, preset: str, peak_tflops: float, folder: str) -> dict:
     """mlm's pretraining path: the shared loop over SparseMaskedLM, as `mlm pretrain` runs it (into `folder`,
     the same on every rank)."""
-    from mlm.collator import MaskingCollator
-    from mlm.loop import distributed_type, make_accelerator, shards_parameters, train
-    from mlm.model import SparseMaskedLM, build_masked_lm, train_flops_per_token
-    from mlm.pretrain import PretrainConfig, mlm_loss
+    from mlm.pretrain.masking import MaskingCollator
+    from mlm.core.loop import distributed_type, make_accelerator, shards_parameters, train
+    from mlm.pretrain.model import SparseMaskedLM, build_masked_lm, train_flops_per_token
+    from mlm.pretrain.run import PretrainConfig, mlm_loss
 
     s = shape(dry)
     tokenizer = load_tokenizer(os.path.join(folder, TOKENIZER))
@@ -121,7 +121,7 @@ def part_stock(dry: bool, preset: str, peak_tflops: float, folder: str) -> dict:
     """The same steps through the stock Hugging Face recipe: BertForMaskedLM + Trainer."""
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    from mlm.model import build_masked_lm, train_flops_per_token
+    from mlm.pretrain.model import build_masked_lm, train_flops_per_token
 
     s = shape(dry)
     tokenizer = load_tokenizer(os.path.join(folder, TOKENIZER))
@@ -143,7 +143,7 @@ def part_finetune(dry: bool, folder: str) -> dict:
     import numpy as np
 
     from finetune.run import main, parse_finetune_args
-    from mlm.model import build_masked_lm
+    from mlm.pretrain.model import build_masked_lm
 
     s = shape(dry)
     backbone = os.path.join(folder, TOKENIZER)  # the tokenizer folder, with a saved `small` model beside it
@@ -170,10 +170,10 @@ def part_parity(dry: bool, folder: str) -> dict:
 
     import torch
 
-    from mlm.collator import MaskingCollator
-    from mlm.loop import to_device
-    from mlm.model import SparseMaskedLM, build_masked_lm
-    from mlm.pretrain import mlm_loss
+    from mlm.pretrain.masking import MaskingCollator
+    from mlm.core.loop import to_device
+    from mlm.pretrain.model import SparseMaskedLM, build_masked_lm
+    from mlm.pretrain.run import mlm_loss
 
     s = shape(dry)
     tokenizer = load_tokenizer(os.path.join(folder, TOKENIZER))

@@ -73,7 +73,7 @@ def main():
         "machine": common.machine_info(),
         "settings": {"source": source, "tokenizer": f"WordPiece {VOCAB}", "seq_len": SEQ_LEN,
                      "stock": "datasets.Dataset.from_text -> map(tokenize, batched) -> map(group_texts) (run_mlm.py)",
-                     "ours": "mlm.packing.build_packed_dataset (streamed into a memory-mapped token array)"},
+                     "ours": "mlm.pretrain.packing.build_packed_dataset (streamed into a memory-mapped token array)"},
         "rows": rows,
         "ours_peak_rss_growth": round(max(ours_rss) / min(ours_rss) - 1, 4),
         "targets": {"speedup_at_largest": 3.0, "peak_rss_mb_max": 1536, "ours_peak_rss_growth_max": 0.20},

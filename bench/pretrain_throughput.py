@@ -7,11 +7,11 @@
 
 Compared, with the same model shape, init seed, batch, tokenizer and text, in float32:
 
-* ours:  mlm.packing.build_packed_dataset -> mlm.collator.MaskingCollator -> mlm.model.SparseMaskedLM over
-         build_masked_lm(preset_config(...)) -> mlm.loop.train (the real loop: logging every step, no eval).
+* ours:  mlm.pretrain.packing.build_packed_dataset -> mlm.pretrain.masking.MaskingCollator -> mlm.pretrain.model.SparseMaskedLM over
+         build_masked_lm(preset_config(...)) -> mlm.core.loop.train (the real loop: logging every step, no eval).
 * stock: datasets.Dataset.from_text -> .map(tokenize) -> .map(group_texts) (run_mlm.py's recipe) ->
          BertForMaskedLM + DataCollatorForLanguageModeling(mlm_probability=0.15) -> transformers.Trainer.
-* variants of ours that need only a flag: the model's own encoder forward (mlm's path before mlm/encoder.py),
+* variants of ours that need only a flag: the model's own encoder forward (mlm's path before mlm/pretrain/encoder.py),
   no dropout, torch.compile.
 
 How: every side trains in its own process and the processes take turns ONE STEP AT A TIME (common.
@@ -74,10 +74,10 @@ ONE_THREAD = "@1t"
 
 
 def child_prep_ours(train_file: str, tokenizer_dir: str, seq_len: int, out_dir: str) -> None:
-    """Build the packed dataset into a fresh cache dir (mlm.packing), timing only the build."""
-    from mlm.corpus import corpus_sources
-    from mlm.packing import build_packed_dataset
-    from mlm.tokenizer import load_tokenizer
+    """Build the packed dataset into a fresh cache dir (mlm.pretrain.packing), timing only the build."""
+    from mlm.pretrain.corpus import corpus_sources
+    from mlm.pretrain.packing import build_packed_dataset
+    from mlm.core.hf import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
     rss_before = common.rss_mb()
@@ -172,7 +172,7 @@ def measure_preprocessing(train_file: str, tokenizer_dir: str, seq_len: int, rep
 
 def model_config(vocab_size: int, seq_len: int, preset: str = "mini", **overrides):
     """The BertConfig both sides use: preset_config(preset) (+ SHAPE for the headline preset)."""
-    from mlm.model import preset_config
+    from mlm.pretrain.model import preset_config
 
     fields = {k: v for k, v in SHAPE.items() if k != "preset"} if preset == SHAPE["preset"] else {}
     fields.update(overrides)
@@ -269,7 +269,7 @@ def _optimizer_clock(clock: StepClock):
 def run_ours(blocks, tokenizer, seq_len: int, batch_size: int, steps: int, warmup: int, preset: str = "mini",
              fast_encoder: bool = True, compile: bool = False, profile: bool = False, gate=None,
              **model_overrides) -> dict:
-    """mlm's real path: MaskingCollator + SparseMaskedLM(build_masked_lm(...)) + mlm.loop.train.
+    """mlm's real path: MaskingCollator + SparseMaskedLM(build_masked_lm(...)) + mlm.core.loop.train.
 
     Runs warmup + steps + 1 optimizer steps and measures `steps` of them. The wrappers: the loss function
     marks each step, the loop's batch stream, accelerator.backward / clip_grad_norm_ and the optimizer are
@@ -277,12 +277,12 @@ def run_ours(blocks, tokenizer, seq_len: int, batch_size: int, steps: int, warmu
     """
     import torch
 
-    import mlm.loop
-    from mlm.collator import MaskingCollator
-    from mlm.config import TrainingConfig
-    from mlm.loop import make_accelerator, train
-    from mlm.model import SparseMaskedLM, build_masked_lm
-    from mlm.pretrain import mlm_loss
+    import mlm.core.loop
+    from mlm.pretrain.masking import MaskingCollator
+    from mlm.core.config import TrainingConfig
+    from mlm.core.loop import make_accelerator, train
+    from mlm.pretrain.model import SparseMaskedLM, build_masked_lm
+    from mlm.pretrain.run import mlm_loss
 
     _reset_accelerate()
     out = tempfile.mkdtemp(prefix="ours-", dir=common.cache_dir())
@@ -315,7 +315,7 @@ def run_ours(blocks, tokenizer, seq_len: int, batch_size: int, steps: int, warmu
 
     accelerator.backward = _scoped(clock, accelerator.backward, "backward")
     accelerator.clip_grad_norm_ = _scoped(clock, accelerator.clip_grad_norm_, "clip")
-    original_batches = mlm.loop.micro_batches
+    original_batches = mlm.core.loop.micro_batches
 
     def timed_batches(*args, **kwargs):  # each fetch: dataset indexing + collate
         stream = original_batches(*args, **kwargs)
@@ -323,12 +323,12 @@ def run_ours(blocks, tokenizer, seq_len: int, batch_size: int, steps: int, warmu
         while True:
             yield fetch()
 
-    mlm.loop.micro_batches = timed_batches
+    mlm.core.loop.micro_batches = timed_batches
     try:
         with _optimizer_clock(clock):
             metrics = train(cfg, accelerator, model, blocks, collate, loss_fn)
     finally:
-        mlm.loop.micro_batches = original_batches
+        mlm.core.loop.micro_batches = original_batches
         shutil.rmtree(out, ignore_errors=True)
     if profile:
         return {"profile": summarize_profile(prof.prof, len(tokenizer), PROFILE_STEPS)}
@@ -396,7 +396,7 @@ def child_arm(spec_path: str) -> None:
         spec = json.load(f)
     import torch
 
-    from mlm.tokenizer import load_tokenizer
+    from mlm.core.hf import load_tokenizer
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -419,8 +419,8 @@ def child_arm(spec_path: str) -> None:
 
 
 def packed_blocks(train_file: str, tokenizer, seq_len: int, cache: str):
-    from mlm.corpus import corpus_sources
-    from mlm.packing import build_packed_dataset
+    from mlm.pretrain.corpus import corpus_sources
+    from mlm.pretrain.packing import build_packed_dataset
 
     corpus, _ = corpus_sources(train_file=train_file, document_separator="line")
     return build_packed_dataset(corpus, None, tokenizer, seq_len, cache, validation_split_percentage=0)[0]
@@ -447,7 +447,7 @@ def _category(name: str, shapes, vocab_size: int) -> str:
         return "attention: bmm (QK^T, PV)"
     if name in _ATTENTION_OPS or "scaled_dot_product" in name:
         return "attention: softmax/mask/fused kernel"
-    # F.dropout's ops, and the random draws of mlm.encoder.dropout (its compare and where count as elementwise)
+    # F.dropout's ops, and the random draws of mlm.pretrain.encoder.dropout (its compare and where count as elementwise)
     if name in ("aten::bernoulli_", "aten::native_dropout", "aten::native_dropout_backward", "aten::bernoulli",
                 "aten::random_", "aten::randint"):
         return "dropout (random masks)"
@@ -741,7 +741,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import torch
 
-    from mlm.model import train_flops_per_token
+    from mlm.pretrain.model import train_flops_per_token
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -777,7 +777,7 @@ def main(argv=None) -> int:
                 common.run_child([os.path.abspath(__file__), "--child", "prep-stock", train_file, tokenizer_dir,
                                   str(T), stock_dir], env={"HF_DATASETS_CACHE": os.path.join(scratch, "hf")})
         else:
-            log("preprocessing: ours (mlm.packing) and stock (datasets map + group_texts), each in a subprocess")
+            log("preprocessing: ours (mlm.pretrain.packing) and stock (datasets map + group_texts), each in a subprocess")
             prep, ours_cache, stock_dir = measure_preprocessing(train_file, tokenizer_dir, T, args.prep_repeats,
                                                                 scratch)
         blocks = packed_blocks(train_file, tokenizer, T, ours_cache)  # made already: a cache hit

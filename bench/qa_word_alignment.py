@@ -30,7 +30,7 @@ def main(argv=None) -> dict:
 
     from finetune.inference import compute_outputs
     from finetune.predict import load_model, load_task
-    from mlm.tokenizer import fit_tokenizer_to_model, load_tokenizer
+    from mlm.core.hf import fit_tokenizer_to_model, load_tokenizer
 
     task, cfg, labels = load_task(args.model)
     if cfg.task != "qa":

@@ -158,7 +158,7 @@ def measure_task(task: str, model_dir: str, n_inputs: int, arms: dict, threads: 
     import torch
 
     from finetune.predict import load_task, predict
-    from mlm.tokenizer import load_tokenizer
+    from mlm.core.hf import load_tokenizer
 
     task_mod, cfg, labels = load_task(model_dir)
     examples = task_mod.load_splits(cfg)["validation"][:n_inputs]

@@ -17,7 +17,7 @@ Three problem types (--problem_type, default "auto", resolved from the TRAINING 
 label is a number that is not an integer (3.8), and single_label otherwise: integer-valued labels
 (0/1, 1..5 stars) are classes; pass --problem_type regression to treat them as scores.
 
-Files: .csv / .tsv / .jsonl / .parquet through mlm.records (or a hub dataset with --dataset_name;
+Files: .csv / .tsv / .jsonl / .parquet through mlm.core.records (or a hub dataset with --dataset_name;
 ClassLabel ids become their names). Sentence-pair layouts are read as pairs: sentence1/sentence2,
 premise/hypothesis, question/sentence, question1/question2, text/text_pair, text_a/text_b (also when
 --text_column names the first of them; --text_pair_column none turns pairs off). Otherwise the text column
@@ -49,10 +49,10 @@ import transformers
 from finetune.columns import column_name, column_spec, detect_header, is_index, joined_text
 from finetune.config import FinetuneConfig, is_test_split
 from finetune.label_names import resolve_label_names
-from mlm.config import arg
+from mlm.core.config import arg
 from mlm.errors import ConfigError, DataError
-from mlm.packing import PIECE_CHARS, text_pieces
-from mlm.records import decoded_lines, file_format, first_row, iter_records, require_columns
+from mlm.core.records import PIECE_CHARS, text_pieces
+from mlm.core.records import decoded_lines, file_format, first_row, iter_records, require_columns
 
 logger = logging.getLogger("mlm")
 
@@ -546,7 +546,7 @@ def _tokenize(chunk: list[dict], tokenizer, max_length: int) -> tuple[dict, int]
 def _enough_text(text: str, tokenizer, max_length: int) -> str:
     """`text`, or its first pieces once they hold more than max_length tokens: truncation (longest_first too) then
     keeps the same ids as from the whole text, and a text of megabytes on one line is not tokenised whole (the
-    tokenizer keeps ~100 bytes per character). Pieces as pretraining cuts a huge line (mlm.packing.text_pieces)."""
+    tokenizer keeps ~100 bytes per character). Pieces as pretraining cuts a huge line (mlm.pretrain.packing.text_pieces)."""
     if len(text) <= PIECE_CHARS:
         return text
     kept, tokens = [], 0

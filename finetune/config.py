@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from mlm.config import TrainingConfig, arg
+from mlm.core.config import TrainingConfig, arg
 from mlm.errors import ConfigError
 
 

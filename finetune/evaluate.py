@@ -54,7 +54,7 @@ def main(argv: list[str]) -> dict[str, dict]:
     from finetune.inference import score
     from finetune.predict import load_checkpoint, load_settings
     from finetune.run import write_predictions
-    from mlm.runlog import logger, setup_console_logging, write_json
+    from mlm.core.runlog import logger, setup_console_logging, write_json
 
     args = build_parser().parse_args(argv)
     setup_console_logging(True)

@@ -14,7 +14,7 @@ import os
 from typing import Callable
 
 from mlm.errors import ConfigError
-from mlm.user_files import read_text
+from mlm.core.user_files import read_text
 
 
 def resolve_label_names(value: str, classes: list[str], key: Callable[[str], str] = str) -> dict[str, str]:

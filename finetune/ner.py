@@ -35,7 +35,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
-import os
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -48,11 +47,11 @@ import transformers
 
 from finetune.config import FinetuneConfig, is_test_split
 from finetune.metrics import chunks, convert_tags, entity_scores, to_iob2
-from mlm.config import arg
+from mlm.core.config import arg
 from mlm.errors import ConfigError, DataError
-from mlm.records import decoded_lines, iter_records, require_columns
-from mlm.tokenizer import pre_tokenizer_steps
-from mlm.user_files import require_file
+from mlm.core.records import decoded_lines, iter_records, require_columns
+from mlm.core.hf import pre_tokenizer_steps
+from mlm.core.user_files import require_file
 
 logger = logging.getLogger("mlm")
 

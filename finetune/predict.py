@@ -18,7 +18,7 @@ import time
 from typing import Optional
 
 from mlm.errors import ConfigError, DataError
-from mlm.user_files import REEXPORT, read_json
+from mlm.core.user_files import REEXPORT, read_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,7 +124,7 @@ def checkpoint_positions(model_dir: str, allow_pickle: bool = False) -> int:
     """The longest input the checkpoint takes (DataError when model_dir is not a checkpoint)."""
     import transformers
 
-    from mlm.model import check_checkpoint_dir, usable_positions
+    from mlm.core.hf import check_checkpoint_dir, usable_positions
 
     check_checkpoint_dir(model_dir, field="--model", allow_pickle=allow_pickle)
     return usable_positions(transformers.AutoConfig.from_pretrained(model_dir))
@@ -213,7 +213,7 @@ def load_model(task, model_dir: str, quantize: bool, allow_pickle: bool = False)
     """The checkpoint in eval mode: int8 on CPU when quantize, else on the GPU when there is one."""
     import torch
 
-    from mlm.model import loading_kwargs
+    from mlm.core.hf import loading_kwargs
 
     model = task.AutoModel.from_pretrained(model_dir, **loading_kwargs(allow_pickle))
     model.eval()
@@ -272,9 +272,9 @@ def load_settings(args):
 
 def load_checkpoint(task, cfg, args):
     """(model, tokenizer) of args.model, ready to predict."""
-    from mlm.model import usable_positions
-    from mlm.threads import use_threads
-    from mlm.tokenizer import fit_tokenizer_to_model, load_tokenizer
+    from mlm.core.hf import usable_positions
+    from mlm.core.threads import use_threads
+    from mlm.core.hf import fit_tokenizer_to_model, load_tokenizer
 
     use_threads(args.num_threads)
     tokenizer = load_tokenizer(args.model, field="--model")
@@ -285,7 +285,7 @@ def load_checkpoint(task, cfg, args):
 
 
 def main(argv: list[str]) -> None:
-    from mlm.runlog import logger, setup_console_logging
+    from mlm.core.runlog import logger, setup_console_logging
 
     args = build_parser().parse_args(argv)
     setup_console_logging(True)

@@ -41,10 +41,10 @@ import torch.nn.functional as F
 import transformers
 
 from finetune.config import FinetuneConfig, is_test_split
-from mlm.config import arg
+from mlm.core.config import arg
 from mlm.errors import ConfigError, DataError
-from mlm.records import iter_records
-from mlm.user_files import parse_json, read_text, require_file
+from mlm.core.records import iter_records
+from mlm.core.user_files import parse_json, read_text, require_file
 
 logger = logging.getLogger("mlm")
 

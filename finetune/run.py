@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 
-from mlm.config import parse_config, recipe_path
+from mlm.core.config import parse_config, recipe_path
 from mlm.errors import ConfigError
 
 TASK_FILE = "mlm_task.json"
@@ -63,8 +63,7 @@ def parse_finetune_args(argv: list[str]):
 def load_backbone(task, cfg, labels, tokenizer_size: int):
     """The task model on the backbone: a new head on top of the pretrained encoder."""
     from mlm.errors import DataError
-    from mlm.model import (check_checkpoint_dir, check_vocabulary, enable_activation_checkpointing, loading_kwargs,
-                           usable_positions)
+    from mlm.core.hf import (check_checkpoint_dir, check_vocabulary, enable_activation_checkpointing, loading_kwargs, usable_positions)
 
     check_checkpoint_dir(cfg.model_name_or_path, allow_pickle=cfg.allow_pickle_weights)
     try:
@@ -85,13 +84,13 @@ def main(cfg) -> dict:
     from finetune.config import is_test_split
     from finetune.inference import score
     from finetune.tasks import TASKS
-    from mlm.hub import check_sources, tokenizer_source
-    from mlm.loop import check_metric, check_plan, make_accelerator, train
-    from mlm.run_dir import check_output_dir, run_directory
-    from mlm.resume_settings import settings_of
-    from mlm.run_files import write_run_files
-    from mlm.runlog import logger, plot_losses, write_json
-    from mlm.tokenizer import fit_tokenizer_to_model, load_tokenizer
+    from mlm.core.hub import check_sources, tokenizer_source
+    from mlm.core.loop import check_metric, check_plan, make_accelerator, train
+    from mlm.core.run_dir import check_output_dir, run_directory
+    from mlm.core.resume_settings import settings_of
+    from mlm.core.run_files import write_run_files
+    from mlm.core.runlog import logger, plot_losses, write_json
+    from mlm.core.hf import fit_tokenizer_to_model, load_tokenizer
 
     task = TASKS[cfg.task]
     check_sources(cfg)

@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _pretrain(argv):
-    from mlm.config import parse_config
-    from mlm.pretrain import PretrainConfig, main
+    from mlm.core.config import parse_config
+    from mlm.pretrain.run import PretrainConfig, main
 
     main(parse_config(PretrainConfig, argv, prog="mlm pretrain"))
 
@@ -70,8 +70,8 @@ def _evaluate(argv):
 
 
 def _tokenizer(argv):
-    from mlm.config import parse_config
-    from mlm.tokenizer_cli import TokenizerConfig, main
+    from mlm.core.config import parse_config
+    from mlm.pretrain.wordpiece import TokenizerConfig, main
 
     main(parse_config(TokenizerConfig, argv, prog="mlm tokenizer"))
 

@@ -8,8 +8,8 @@
     start_nodes([argv_node0, argv_node1], config)                # 2 simulated nodes x 1 process on loopback
 
 Run as a script (what those options start under the launcher), it patches mlm, then runs the CLI:
---interrupt_after N makes mlm.pretrain.mlm_loss raise KeyboardInterrupt at its N-th call on every rank
-(--stall_after N: block there instead); --pretend_gpu makes mlm.loop see a GPU, so it leaves accelerate's
+--interrupt_after N makes mlm.pretrain.run.mlm_loss raise KeyboardInterrupt at its N-th call on every rank
+(--stall_after N: block there instead); --pretend_gpu makes mlm.core.loop see a GPU, so it leaves accelerate's
 device choice alone (no CPU group).
 
     accelerate launch ... tests/dist_helpers.py --interrupt_after 13 pretrain --output_dir ...
@@ -171,8 +171,8 @@ def check_ok(result, output_dir, processes=2) -> dict:
 
 
 def _patched_cli(argv: list[str]) -> int:
-    import mlm.loop
-    import mlm.pretrain as pretrain
+    import mlm.core.loop
+    import mlm.pretrain.run as pretrain
     from mlm.cli import main
 
     if argv[0] in ("--interrupt_after", "--stall_after"):
@@ -190,7 +190,7 @@ def _patched_cli(argv: list[str]) -> int:
         pretrain.mlm_loss = interrupting_loss
     if argv[0] == "--pretend_gpu":
         argv = argv[1:]
-        mlm.loop._has_device = lambda: True
+        mlm.core.loop._has_device = lambda: True
     return main(argv)
 
 

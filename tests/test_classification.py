@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from finetune import classification as cls
-from mlm.config import load_recipe, parse_config
+from mlm.core.config import load_recipe, parse_config
 from mlm.errors import ConfigError, DataError
 
 RECIPES = os.path.join(os.path.dirname(__file__), "..", "recipes", "finetune")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlm.collator import WWM_EXTRA_SLOTS, MaskingCollator, gather_masked
+from mlm.pretrain.masking import WWM_EXTRA_SLOTS, MaskingCollator
+from mlm.pretrain.encoder import gather_masked
 from mlm.errors import ConfigError, DataError
 
 
@@ -330,7 +331,7 @@ def test_whole_word_masking_takes_whole_words(tiny_tokenizer):
 def test_word_starts_of_byte_level_bpe(tiny_roberta_dir):
     from transformers import AutoTokenizer
 
-    from mlm.collator import continuation_pieces
+    from mlm.pretrain.masking import continuation_pieces
 
     tok = AutoTokenizer.from_pretrained(tiny_roberta_dir)
     ids = tok("John Smith visited Paris")["input_ids"]  # <s> John ĠSmith Ġvis ited ĠParis </s> (pieces vary)

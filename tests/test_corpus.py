@@ -1,4 +1,4 @@
-"""mlm.corpus: reading documents from every input format, the errors a user can fix, the default corpus."""
+"""mlm.pretrain.corpus: reading documents from every input format, the errors a user can fix, the default corpus."""
 from __future__ import annotations
 
 import csv
@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from mlm import corpus as corpus_module
-from mlm.corpus import DefaultCorpus, FileCorpus, corpus_sources
+from mlm.pretrain import corpus as corpus_module
+from mlm.pretrain.corpus import DefaultCorpus, FileCorpus, corpus_sources
 from mlm.errors import ConfigError, DataError
 
 

@@ -52,9 +52,9 @@ def test_pretrain_on_two_ranks_writes_everything_once(two_ranks):
 
 @pytest.mark.distributed
 def test_two_ranks_of_b_equal_one_process_of_2b(two_ranks, corpus, tmp_path, one_thread):
-    from mlm.collator import MaskingCollator
-    from mlm.loop import KeyedDataset, ShardedBatchSampler
-    from mlm.tokenizer import load_tokenizer
+    from mlm.pretrain.masking import MaskingCollator
+    from mlm.core.loop import KeyedDataset, ShardedBatchSampler
+    from mlm.core.hf import load_tokenizer
 
     out, result = two_ranks
     check_ok(result, out)
@@ -163,8 +163,8 @@ NEGATIVE = ["bad plot", "i hate this movie", "terrible acting and a boring story
 def test_finetune_on_two_ranks_evaluates_every_example_once(tmp_path, tiny_bert_dir):
     from finetune import classification as task
     from finetune.inference import compute_outputs
-    from mlm.config import parse_config
-    from mlm.tokenizer import load_tokenizer
+    from mlm.core.config import parse_config
+    from mlm.core.hf import load_tokenizer
 
     train, dev = tmp_path / "train.csv", tmp_path / "dev.csv"
     train.write_text("text,label\n" + "".join(f"{t},pos\n" for t in POSITIVE) + "".join(f"{t},neg\n" for t in NEGATIVE))

@@ -7,9 +7,9 @@ import torch
 
 from finetune.classification import Config as ClsConfig
 from mlm.cli import main as cli_main
-from mlm.config import TrainingConfig, parse_config
+from mlm.core.config import TrainingConfig, parse_config
 from mlm.errors import ConfigError
-from mlm.loop import build_optimizer, build_scheduler
+from mlm.core.loop import build_optimizer, build_scheduler
 
 ROWS = [("great fun", "pos"), ("i love this movie", "pos"), ("a fun film", "pos"), ("great plot", "pos"),
         ("bad plot", "neg"), ("i hate this movie", "neg"), ("a boring film", "neg"), ("terrible movie", "neg")]
@@ -102,7 +102,7 @@ def test_precision_that_cannot_run_is_refused_before_anything_is_written(tmp_pat
     assert err[0].endswith("mixed_precision: fp16 (from --mixed_precision) needs a CUDA GPU and this run has none; "
                            "pass --mixed_precision no for fp32" + (" or bf16" if _native_bf16() else ""))
     assert not (tmp_path / "fp16").exists()
-    from mlm import precision
+    from mlm.core import precision
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what a GPU launch config passes on
@@ -114,7 +114,7 @@ def test_precision_that_cannot_run_is_refused_before_anything_is_written(tmp_pat
 
 
 def _native_bf16() -> bool:
-    from mlm.precision import cpu_has_native_bf16
+    from mlm.core.precision import cpu_has_native_bf16
 
     return cpu_has_native_bf16()
 
@@ -191,7 +191,7 @@ def test_eval_loss_equals_the_training_loss_function_on_the_same_rows(tmp_path, 
     """eval_loss is the task's own loss, averaged as in training (here: over the 8 examples)."""
     from finetune import classification as task
     from finetune.inference import score
-    from mlm.tokenizer import load_tokenizer
+    from mlm.core.hf import load_tokenizer
 
     cfg = cls_config(train_csv, "--model_name_or_path", tiny_bert_dir)
     tokenizer = load_tokenizer(tiny_bert_dir)
@@ -208,7 +208,7 @@ def test_eval_loss_equals_the_training_loss_function_on_the_same_rows(tmp_path, 
 
 
 def test_a_tracker_that_is_not_installed_is_refused_before_any_work(tmp_path, tiny_bert_dir, train_csv, capsys):
-    from mlm.trackers import installed
+    from mlm.core.trackers import installed
 
     if installed("mlflow"):
         pytest.skip("mlflow is installed here")
@@ -220,7 +220,7 @@ def test_a_tracker_that_is_not_installed_is_refused_before_any_work(tmp_path, ti
 
 
 def test_trackers_get_grouped_names(tmp_path):
-    from mlm.runlog import RunLog
+    from mlm.core.runlog import RunLog
 
     class Tracked:  # the part of an Accelerator that RunLog talks to
         trackers, calls = ["stub"], []
@@ -244,7 +244,7 @@ def test_push_to_hub_uploads_the_output_folder_through_a_stand_in(tmp_path, tiny
     """The hub is unreachable here: everything up to the upload call runs, with a stand-in for huggingface_hub."""
     import huggingface_hub
 
-    from mlm import hub
+    from mlm.core import hub
 
     calls = []
 

@@ -1,4 +1,4 @@
-"""Model and tokenizer sources (mlm.hub.locate): missing paths fail at once, hub ids fail in seconds offline.
+"""Model and tokenizer sources (mlm.core.hub.locate): missing paths fail at once, hub ids fail in seconds offline.
 
 No test reaches the network: the hub endpoint is pointed at a closed port on 127.0.0.1 (connection refused at
 once), or offline mode is on.
@@ -12,7 +12,7 @@ import time
 import pytest
 
 from mlm.errors import ConfigError
-from mlm.hub import locate
+from mlm.core.hub import locate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

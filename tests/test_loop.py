@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from mlm.config import TrainingConfig
+from mlm.core.config import TrainingConfig
 from mlm.errors import ConfigError, DataError
-from mlm.loop import ShardedBatchSampler, make_accelerator, rank_batches, shard_range, train
+from mlm.core.loop import ShardedBatchSampler, make_accelerator, rank_batches, shard_range, train
 
 
 class Toy(nn.Module):
@@ -162,7 +162,7 @@ def test_sampler_shards_global_batches_and_short_last_batch():
 def test_deepspeed_launch_on_cpus_is_refused(monkeypatch):
     # accelerate drops DeepSpeed on CPUs and would train plain data parallel under a DeepSpeed launch config
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    monkeypatch.setattr("mlm.loop._has_device", lambda: False)
+    monkeypatch.setattr("mlm.core.loop._has_device", lambda: False)
     with pytest.raises(ConfigError, match="asks for DeepSpeed, which accelerate runs only on GPUs"):
         make_accelerator(TrainingConfig())
 
@@ -192,12 +192,12 @@ def test_eval_batches_are_equal_in_number_on_every_rank(n, batch_size, world):
 
 def test_parameter_sharding_launches_are_recognised():
     # FSDP and ZeRO-3 hold a layer's weights whole only inside its forward: SparseMaskedLM's fast encoder,
-    # which calls the layers' parts itself, is switched off for them (mlm/pretrain.py).
+    # which calls the layers' parts itself, is switched off for them (mlm/pretrain/run.py).
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
 
-    from mlm.loop import shards_parameters
+    from mlm.core.loop import shards_parameters
 
     def acc(kind, stage=None):
         plugin = SimpleNamespace(zero_stage=stage) if stage else None

@@ -4,8 +4,8 @@ import torch
 from transformers import AutoModelForMaskedLM, BertConfig
 
 from mlm.errors import ConfigError, DataError
-from mlm.model import (PRESETS, SparseMaskedLM, build_masked_lm, preset_config, train_flops_per_token,
-                       usable_positions)
+from mlm.pretrain.model import PRESETS, SparseMaskedLM, build_masked_lm, preset_config, train_flops_per_token
+from mlm.core.hf import usable_positions
 
 
 def _tiny_model(vocab=97, attn_implementation="sdpa"):
@@ -82,7 +82,7 @@ def test_other_mlm_heads_give_the_stock_loss(family):
 @pytest.mark.parametrize("training", [True, False])
 def test_head_runs_on_the_masked_positions_only(training):
     # Evaluation too: no (B, T, V) logits tensor is ever made, so eval memory follows the masked count.
-    from mlm.model import mlm_head
+    from mlm.pretrain.model import mlm_head
 
     model = SparseMaskedLM(_tiny_model()).train(training)
     seen = []
@@ -121,7 +121,7 @@ def test_fast_encoder_runs_its_feed_forward_on_the_masked_rows_only():
 def test_fast_encoder_on_roberta_and_fallback_for_other_layers():
     from transformers import RobertaConfig, RobertaForMaskedLM
 
-    from mlm.encoder import bert_layers
+    from mlm.pretrain.encoder import bert_layers
 
     torch.manual_seed(0)
     roberta = RobertaForMaskedLM(RobertaConfig(
@@ -141,7 +141,7 @@ def test_fast_encoder_on_roberta_and_fallback_for_other_layers():
 
 
 def test_lane_dropout_drops_p_in_every_lane_and_keeps_the_mean():
-    from mlm.encoder import LaneDropout, dropout
+    from mlm.pretrain.encoder import LaneDropout, dropout
 
     torch.manual_seed(0)
     x = torch.ones(1001, 1000)  # 1,001,000 elements: not a multiple of the 4 lanes per draw
@@ -168,7 +168,7 @@ def test_lane_dropout_drops_p_in_every_lane_and_keeps_the_mean():
 def test_attention_with_dropout_path_matches_sdpa_and_ignores_padding():
     # p = 1e-9 takes the explicit (dropout) path but rounds to a threshold of 0: nothing is dropped, so it
     # must equal SDPA's output; padded keys must get no weight in either path.
-    from mlm.encoder import _attend
+    from mlm.pretrain.encoder import _attend
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 5, 4, generator=g) for _ in range(3))
@@ -234,7 +234,7 @@ def test_flops_per_token_formula():
 
 
 def test_tiny_model_overfits_a_repeated_batch(tiny_tokenizer):
-    from mlm.collator import MaskingCollator
+    from mlm.pretrain.masking import MaskingCollator
 
     model = SparseMaskedLM(_tiny_model(vocab=len(tiny_tokenizer)).train())
     ids = tiny_tokenizer(["the movie was great and the plot was fun", "john visited paris and london"],

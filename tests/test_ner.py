@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from finetune import ner
-from mlm.config import parse_config
+from mlm.core.config import parse_config
 from mlm.errors import ConfigError, DataError
 
 LABELS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-PER", "I-PER"]

@@ -1,4 +1,4 @@
-"""mlm.packing: no token lost, block layout, the deterministic validation split, the cache, real data."""
+"""mlm.pretrain.packing: no token lost, block layout, the deterministic validation split, the cache, real data."""
 from __future__ import annotations
 
 import json
@@ -9,10 +9,10 @@ import pickle
 import numpy as np
 import pytest
 
-from mlm import packing
-from mlm.corpus import FileCorpus, corpus_sources
+from mlm.pretrain import packing
+from mlm.pretrain.corpus import FileCorpus, corpus_sources
 from mlm.errors import ConfigError, DataError
-from mlm.packing import build_packed_dataset
+from mlm.pretrain.packing import build_packed_dataset
 
 CLS, SEP, PAD, MASK = 2, 3, 0, 4  # the conftest vocabulary
 
@@ -213,7 +213,7 @@ def test_config_errors(tmp_path, tiny_tokenizer):
 
 def test_wikitext2(data_dir, tmp_path):
     """Real data: a tokenizer trained on WikiText-2 valid, packing valid (train) and test (validation)."""
-    from mlm.tokenizer import train_wordpiece
+    from mlm.pretrain.wordpiece import train_wordpiece
 
     folder = os.path.join(data_dir, "wikitext-2-raw")
     train_c, valid_c = corpus_sources(train_file=os.path.join(folder, "wiki.valid.raw"),

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mlm.cli import main as cli_main
-from mlm.config import parse_config
-from mlm.pretrain import PretrainConfig, main
+from mlm.core.config import parse_config
+from mlm.pretrain.run import PretrainConfig, main
 
 
 def tiny_args(corpus, output_dir, cache, **extra):
@@ -59,7 +59,7 @@ def test_pretrain_writes_a_standard_checkpoint_and_learns(sentence_corpus, tmp_p
 
 
 def test_twenty_steps_equal_ten_plus_resume_plus_ten(sentence_corpus, tmp_path, monkeypatch):
-    import mlm.pretrain as pretrain
+    import mlm.pretrain.run as pretrain
 
     main(tiny_args(sentence_corpus, tmp_path / "straight", tmp_path / "cache", logging_steps=1))
     straight = losses(tmp_path / "straight")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from finetune import qa
-from mlm.config import load_recipe, parse_config
+from mlm.core.config import load_recipe, parse_config
 from mlm.errors import ConfigError, DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

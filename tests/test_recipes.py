@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from finetune.run import parse_finetune_args
-from mlm.config import parse_config
+from mlm.core.config import parse_config
 from mlm.errors import ConfigError
-from mlm.pretrain import PretrainConfig
+from mlm.pretrain.run import PretrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -4,7 +4,7 @@ import gzip
 import pytest
 
 from mlm.errors import DataError
-from mlm.records import decoded_lines, iter_records, require_columns
+from mlm.core.records import decoded_lines, iter_records, require_columns
 
 
 def test_formats_and_line_numbers(tmp_path):

@@ -163,7 +163,7 @@ def endless(corpus_file, output_dir) -> list[str]:
 
 def stopped_checkpoint(result, pattern: str, ranks: int = 1) -> int:
     """The step of the checkpoint that a stopped run names in its one-line message (checked intact)."""
-    from mlm.checkpoint import checkpoint_problem
+    from mlm.core.checkpoint import checkpoint_problem
 
     lines = [line for line in result.stderr.splitlines() if line.startswith("mlm pretrain: ")]
     assert lines and all(re.search(pattern, line) for line in lines), result.stderr[-3000:]
@@ -282,8 +282,8 @@ def test_a_bad_setting_is_refused_before_the_previous_run_is_touched(tmp_path):
     with pytest.raises(ConfigError, match="global_batch_size: 12 is not a multiple"):
         run(tmp_path, "run", overwrite_output_dir=True, global_batch_size=12)
     with pytest.raises(DataError, match="training data has 0 examples"):
-        from mlm.config import TrainingConfig
-        from mlm.loop import make_accelerator, train
+        from mlm.core.config import TrainingConfig
+        from mlm.core.loop import make_accelerator, train
         from test_loop import Toy, collate
 
         cfg = TrainingConfig(output_dir=str(tmp_path / "run"), overwrite_output_dir=True, disable_tqdm=True)
@@ -292,9 +292,9 @@ def test_a_bad_setting_is_refused_before_the_previous_run_is_touched(tmp_path):
 
 
 def test_an_overwrite_that_fails_later_keeps_the_previous_run_aside(tmp_path):
-    from mlm.config import TrainingConfig
+    from mlm.core.config import TrainingConfig
     from mlm.errors import ConfigError
-    from mlm.loop import make_accelerator, train
+    from mlm.core.loop import make_accelerator, train
     from test_loop import Toy, collate, toy_data
 
     run(tmp_path, "run", max_steps=10)
@@ -311,7 +311,7 @@ def test_an_overwrite_that_fails_later_keeps_the_previous_run_aside(tmp_path):
 
 def test_overwriting_a_pretraining_run_never_pairs_the_old_model_with_the_new_tokenizer(sentence_corpus, tmp_path,
                                                                                         monkeypatch):
-    import mlm.pretrain as pretrain
+    import mlm.pretrain.run as pretrain
     from test_pretrain_e2e import tiny_args
 
     out = tmp_path / "run"
@@ -354,7 +354,7 @@ def test_the_demo_recipe_never_destroys_checkpoints(sentence_corpus, tmp_path, c
 
 
 def test_a_rollback_owns_its_checkpoints_and_the_abandoned_future_is_moved_aside(tmp_path, capsys):
-    from mlm.checkpoint import resolve_resume
+    from mlm.core.checkpoint import resolve_resume
 
     run(tmp_path, "run", max_steps=25, save_steps=5, save_total_limit=5)
     root = tmp_path / "run" / "checkpoints"

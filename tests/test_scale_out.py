@@ -153,7 +153,7 @@ def test_fsdp_finetunes_ner_and_exports_one_hf_model(tmp_path, tiny_bert_dir):
 def test_two_simulated_nodes_equal_one_node_of_two_processes(two_ranks, corpus, tmp_path):
     """2 nodes x 1 process, each node with its own cache_dir: node 0's cache already holds the tokenizer and
     packed blocks of the `two_ranks` run; node 1 starts empty."""
-    from mlm.tokenizer import load_tokenizer
+    from mlm.core.hf import load_tokenizer
 
     ddp_out, ddp_result = two_ranks
     check_engine(ddp_result, ddp_out, "MULTI_CPU")

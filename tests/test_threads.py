@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from mlm import threads
-from mlm.config import TrainingConfig, parse_config
+from mlm.core import threads
+from mlm.core.config import TrainingConfig, parse_config
 from mlm.errors import ConfigError
 
 

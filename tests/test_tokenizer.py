@@ -1,4 +1,4 @@
-"""mlm.tokenizer: WordPiece training, saving in a layout AutoTokenizer loads, and loud failures on bad dirs."""
+"""mlm.pretrain.wordpiece: WordPiece training, saving in a layout AutoTokenizer loads, and loud failures on bad dirs."""
 from __future__ import annotations
 
 import itertools
@@ -8,7 +8,8 @@ import os
 import pytest
 
 from mlm.errors import ConfigError, DataError
-from mlm.tokenizer import SPECIAL_TOKENS, load_tokenizer, train_wordpiece
+from mlm.pretrain.wordpiece import SPECIAL_TOKENS, train_wordpiece
+from mlm.core.hf import load_tokenizer
 
 SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ze", "pu"]
 

@@ -104,7 +104,7 @@ class RunLog:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, default=_jsonable) + "\n")
         if self.accelerator is not None and self.accelerator.trackers:
-            from mlm.trackers import tracker_key
+            from mlm.core.trackers import tracker_key
 
             numbers = {tracker_key(k): v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
             self.accelerator.log(numbers, step=record.get("step"))

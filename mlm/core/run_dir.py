@@ -12,11 +12,11 @@ import time
 from contextlib import contextmanager
 from typing import Optional
 
-from mlm import run_lock
-from mlm.checkpoint import (check_processes, checkpoints_root, list_checkpoints, read_run_state,
-                            remove_partial_saves, resolve_resume)
+from mlm.core import run_lock
+from mlm.core.checkpoint import (check_processes, checkpoints_root, list_checkpoints, read_run_state,
+                                 remove_partial_saves, resolve_resume)
 from mlm.errors import ConfigError
-from mlm.resume_settings import check_unchanged
+from mlm.core.resume_settings import check_unchanged
 
 logger = logging.getLogger("mlm")
 

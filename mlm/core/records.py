@@ -13,7 +13,7 @@ import sys
 from typing import Iterator
 
 from mlm.errors import DataError
-from mlm.user_files import parse_json, raw_lines, require_file
+from mlm.core.user_files import parse_json, raw_lines, require_file
 
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
@@ -195,3 +195,28 @@ def require_columns(path: str, line: int, row: dict, columns: list[str]) -> None
     for col in columns:
         if col not in row:
             raise DataError(f"{path}:{line}: missing column {col!r} (columns: {', '.join(map(str, row))})")
+
+
+
+# A longer text (one huge line) is tokenised in pieces of about this size: the tokenizer keeps ~100 bytes of
+# alignment per character of a text it encodes.
+PIECE_CHARS = 20_000
+
+
+def text_pieces(text: str, size: int) -> list[str]:
+    """`text` cut before a whitespace character about every `size` characters, so that tokenising the pieces one
+    by one gives the tokens of the whole (pre-tokenizers split at whitespace; byte-level BPE and SentencePiece
+    attach a space to the word after it, which keeps it). A piece without whitespace is cut where it must."""
+    if len(text) <= size:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start > size:
+        cut = start + size
+        while cut > start + size // 2 and not text[cut].isspace():
+            cut -= 1
+        if not text[cut].isspace():  # no whitespace in the second half: cut mid-word
+            cut = start + size
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces

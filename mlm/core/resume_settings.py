@@ -11,8 +11,8 @@ import dataclasses
 import json
 import logging
 
-from mlm.checkpoint import read_settings
-from mlm.config import SECRET_FIELDS
+from mlm.core.checkpoint import read_settings
+from mlm.core.config import SECRET_FIELDS
 from mlm.errors import ConfigError
 
 logger = logging.getLogger("mlm")

@@ -47,8 +47,8 @@ import warnings
 from typing import Iterator, Optional
 
 from mlm.errors import ConfigError, DataError
-from mlm.user_files import raw_lines
-from mlm.records import TABLE_SUFFIXES, iter_records
+from mlm.core.user_files import raw_lines
+from mlm.core.records import TABLE_SUFFIXES, iter_records
 
 DOCUMENT_SEPARATORS = ("blank_line", "line")
 MAX_DOCUMENT_CHARS = 1_000_000  # a longer run of lines is cut at a line break (bounds memory per document)

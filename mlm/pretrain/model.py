@@ -9,17 +9,14 @@ This is the only pretraining module that names transformers model classes.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Optional
 
 import torch
 from torch import nn
 
-from mlm.collator import gather_masked
-from mlm.encoder import LaneDropout, bert_layer, bert_layers
-from mlm.checkpoint import STATE_FILE
+from mlm.core.hf import check_checkpoint_dir, check_vocabulary, loading_kwargs, usable_positions
 from mlm.errors import ConfigError, DataError
-from mlm.user_files import REEXPORT, check_weights, read_json
+from mlm.pretrain.encoder import LaneDropout, bert_layer, bert_layers, gather_masked
 
 logger = logging.getLogger("mlm")
 
@@ -37,10 +34,6 @@ PRESETS = {
 }
 
 
-# Model types whose position ids start after the padding id (transformers' create_position_ids_from_input_ids).
-_OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "mpnet",
-                           "roberta-prelayernorm", "ibert", "longformer", "xmod", "luke"}
-
 def preset_config(preset: str, vocab_size: int, max_position_embeddings: int = 512, **overrides):
     """A BertConfig for a named size; explicit fields (hidden_size=..., ...) override the preset."""
     from transformers import BertConfig
@@ -55,40 +48,6 @@ def preset_config(preset: str, vocab_size: int, max_position_embeddings: int = 5
             f"hidden_size: {fields['hidden_size']} is not divisible by num_attention_heads {fields['num_attention_heads']}"
         )
     return BertConfig(vocab_size=vocab_size, max_position_embeddings=max_position_embeddings, **fields)
-
-
-def check_checkpoint_dir(path: str, field: str = "model_name_or_path", allow_pickle: bool = False) -> str:
-    """`path` located (mlm.hub.locate); one-line error when it is a folder but not a Hugging Face checkpoint
-    directory, its config.json or safetensors weights are damaged (mlm.user_files), asks for code of its own
-    (auto_map), or holds only pickle weights (which can run code when loaded) and `allow_pickle` is off."""
-    from mlm.hub import locate
-
-    path = locate(path, field)
-    if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, STATE_FILE)) and not os.path.isfile(os.path.join(path, "config.json")):
-            run = os.path.dirname(os.path.dirname(os.path.abspath(path)))  # a sharded (FSDP) checkpoint: no model
-            raise DataError(f"{field}: {path} is a sharded training checkpoint, for --resume_from_checkpoint; the "
-                            f"run exports its model to {run}")
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise DataError(f"{field}: {path} is not a checkpoint directory (no config.json)")
-        config = read_json(os.path.join(path, "config.json"), hint=REEXPORT)
-        if isinstance(config, dict) and config.get("auto_map"):
-            raise DataError(f"{path}/config.json: asks for the model's own code (auto_map); mlm never runs code "
-                            "from a model folder")
-        weights = [n for n in os.listdir(path) if n.endswith((".safetensors", ".bin")) or n.endswith(".index.json")]
-        if not weights:
-            raise DataError(f"{field}: {path} has a config.json but no weights (model.safetensors)")
-        if not allow_pickle and not any(n.endswith((".safetensors", ".safetensors.index.json")) for n in weights):
-            raise DataError(f"{field}: {path} holds only pickle weights ({', '.join(sorted(weights)[:2])}), which can "
-                            "run code when loaded; convert them to model.safetensors, or pass --allow_pickle_weights "
-                            "true for a folder you trust")
-        check_weights(path, hint=REEXPORT)
-    return path
-
-
-def loading_kwargs(allow_pickle: bool = False) -> dict:
-    """from_pretrained arguments: safetensors weights unless pickle ones are allowed, never the model's own code."""
-    return {"use_safetensors": None if allow_pickle else True, "trust_remote_code": False}
 
 
 def build_masked_lm(
@@ -139,28 +98,6 @@ def build_masked_lm(
     return model
 
 
-def check_vocabulary(config, tokenizer_size: int) -> None:
-    """Every id the tokenizer can produce must have an embedding."""
-    if config.vocab_size < tokenizer_size:
-        raise ConfigError(f"tokenizer_name: the tokenizer has {tokenizer_size} ids but the checkpoint's vocabulary "
-                          f"has {config.vocab_size}")
-
-
-def usable_positions(config, model=None) -> int:
-    """The longest input a checkpoint's position embeddings take: RoBERTa-style models number positions from
-    padding id + 1, so 514 embeddings hold 512 tokens. With the model at hand the offset is read from its
-    position embedding (such models give it a padding_idx); from a config alone, from the model type."""
-    embeddings = getattr(getattr(model, "base_model", None), "embeddings", None)
-    positions = getattr(embeddings, "position_embeddings", None)
-    if isinstance(positions, nn.Embedding):
-        offset = 0 if positions.padding_idx is None else positions.padding_idx + 1
-    elif config.model_type in _OFFSET_POSITION_MODELS:
-        offset = (config.pad_token_id or 0) + 1
-    else:
-        offset = 0
-    return config.max_position_embeddings - offset
-
-
 # The MLM heads of the HF masked-LM classes: one module, or modules applied in turn.
 _HEAD_LAYOUTS = (
     ("cls",),  # BERT and most BERT-family models
@@ -188,7 +125,7 @@ class SparseMaskedLM(nn.Module):
     The head is most of the compute of a small BERT (V >> H); on 15% of the positions it costs 15%.
     The last layer's output at unmasked positions feeds nothing, so its queries, output projection and
     feed-forward block run on those 15% too (a 4-layer encoder does ~18% fewer FLOPs). That needs
-    mlm to run the layers itself (mlm/encoder.py, with a faster CPU dropout), so it needs standard BERT
+    mlm to run the layers itself (mlm/pretrain/encoder.py, with a faster CPU dropout), so it needs standard BERT
     layers whose weights are whole on this process: parameter-sharding launches (FSDP, ZeRO-3) pass
     fast_encoder=False and get the model's own forward, as do other architectures.
     The loss equals BertForMaskedLM's on the same weights and batch (tests/test_model.py).
@@ -257,7 +194,3 @@ def train_flops_per_token(config, seq_len: int, head_fraction: float, last_layer
     return 6 * ((L - 1) * layer + last) + attention + head_fraction * 6 * h * (h + V)
 
 
-def enable_activation_checkpointing(model) -> None:
-    """Recompute each layer's activations in the backward pass (transformers renamed the switch in 5.x)."""
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable()

@@ -16,9 +16,9 @@ from typing import Literal, Optional
 
 import torch
 
-from mlm.config import TrainingConfig, arg
+from mlm.core.config import TrainingConfig, arg
 from mlm.errors import ConfigError
-from mlm.hub import check_sources, tokenizer_source
+from mlm.core.hub import check_sources, tokenizer_source
 
 logger = logging.getLogger("mlm")
 
@@ -90,7 +90,7 @@ def prepare_tokenizer(cfg: PretrainConfig, train_corpus, accelerator):
     on nodes with caches of their own. Returns (tokenizer, the folder of a trained one or None): main() copies
     that folder into output_dir once it holds it, where a resumed run reads it back instead of the cache.
     """
-    from mlm.tokenizer import load_tokenizer
+    from mlm.core.hf import load_tokenizer
 
     if cfg.tokenizer_name or cfg.model_name_or_path:
         return load_tokenizer(*tokenizer_source(cfg)), None
@@ -115,8 +115,8 @@ def _cached_wordpiece(cfg: PretrainConfig, train_corpus) -> str:
     """The folder of a WordPiece trained on the corpus, from the cache or trained into it."""
     import hashlib
 
-    from mlm.packing import publish_folder
-    from mlm.tokenizer import train_wordpiece
+    from mlm.core.fsutil import publish_folder
+    from mlm.pretrain.wordpiece import train_wordpiece
 
     key = f"{train_corpus.fingerprint()}|{cfg.vocab_size}|{cfg.do_lower_case}"
     path = os.path.join(cfg.cache_dir or default_cache_dir(), "tokenizers", hashlib.sha256(key.encode()).hexdigest()[:16])
@@ -128,7 +128,7 @@ def _cached_wordpiece(cfg: PretrainConfig, train_corpus) -> str:
 
 
 def _folder_files(folder: str) -> dict[str, bytes]:
-    from mlm.tokenizer import TOKENIZER_FILES
+    from mlm.pretrain.wordpiece import TOKENIZER_FILES
 
     names = [n for n in sorted(os.listdir(folder)) if n in TOKENIZER_FILES]
     files = {}
@@ -142,7 +142,7 @@ def _publish_files(files: dict[str, bytes], cache: str) -> str:
     """Rank 0's tokenizer files in a folder named by their content (so any number of runs can share it)."""
     import hashlib
 
-    from mlm.packing import publish_folder
+    from mlm.core.fsutil import publish_folder
 
     digest = hashlib.sha256(b"".join(name.encode() + data for name, data in sorted(files.items()))).hexdigest()[:16]
     path = os.path.join(cache, f"from-rank0-{digest}")
@@ -174,7 +174,7 @@ EVAL_METRICS = ("loss", "perplexity", "masked_accuracy")
 
 def make_evaluate(valid_data, collate, batch_size: int, accelerator):
     """MLM loss, perplexity and masked-token accuracy on fixed validation masks (never (B, T, V) logits)."""
-    from mlm.loop import KeyedDataset, eval_batches
+    from mlm.core.loop import KeyedDataset, eval_batches
 
     keyed = KeyedDataset(valid_data, epoch=0)  # example_id = index: the same masks at every evaluation
 
@@ -195,14 +195,15 @@ def make_evaluate(valid_data, collate, batch_size: int, accelerator):
 
 
 def main(cfg: PretrainConfig) -> dict:
-    from mlm.collator import MaskingCollator
-    from mlm.corpus import corpus_sources
-    from mlm.loop import check_metric, check_plan, make_accelerator, shards_parameters, train
-    from mlm.model import SparseMaskedLM, build_masked_lm, enable_activation_checkpointing, train_flops_per_token
-    from mlm.packing import build_packed_dataset
-    from mlm.run_dir import check_output_dir, run_directory
-    from mlm.run_files import write_run_files
-    from mlm.runlog import plot_losses, write_json
+    from mlm.pretrain.masking import MaskingCollator
+    from mlm.pretrain.corpus import corpus_sources
+    from mlm.core.loop import check_metric, check_plan, make_accelerator, shards_parameters, train
+    from mlm.pretrain.model import SparseMaskedLM, build_masked_lm, train_flops_per_token
+    from mlm.core.hf import enable_activation_checkpointing
+    from mlm.pretrain.packing import build_packed_dataset
+    from mlm.core.run_dir import check_output_dir, run_directory
+    from mlm.core.run_files import write_run_files
+    from mlm.core.runlog import plot_losses, write_json
 
     check_sources(cfg)
     check_output_dir(cfg)  # before minutes of tokenizer training and packing

@@ -1,7 +1,7 @@
-"""Train a BERT WordPiece tokenizer on a corpus, or load an existing one, as a fast transformers tokenizer.
+"""Train a BERT WordPiece tokenizer on a corpus (and the `mlm tokenizer` command that does it).
 
     tok = train_wordpiece(corpus.documents(), "out/tokenizer", vocab_size=8192)   # streams the texts once
-    tok = load_tokenizer("out/tokenizer")          # or a hub name such as "bert-base-uncased" (needs network)
+    mlm tokenizer --train_file "data/*.txt" --output_dir tokenizers/wp16k --vocab_size 16000
 
 The trained tokenizer is the original BERT pipeline built with the `tokenizers` library: BertNormalizer
 (lowercasing and accent stripping together, as in BERT), BertPreTokenizer (whitespace and punctuation),
@@ -17,10 +17,12 @@ import json
 import logging
 import os
 import time
-from typing import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Literal, Optional
 
+from mlm.core.config import arg
+from mlm.core.hf import load_tokenizer
 from mlm.errors import ConfigError, DataError
-from mlm.user_files import REEXPORT
 
 logger = logging.getLogger("mlm")
 
@@ -119,63 +121,37 @@ def _save(tokenizer, output_dir: str, lowercase: bool) -> None:
         f.writelines(token + "\n" for token, _ in vocab)
 
 
-def pre_tokenizer_steps(tokenizer) -> list[dict]:
-    """The fast tokenizer's pre-tokenizer as a list of steps (tokenizer.json's "pre_tokenizer", a Sequence
-    flattened): how words are cut and marked (BertPreTokenizer, ByteLevel "Ġ", Metaspace "▁")."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    config = (json.loads(backend.to_str()).get("pre_tokenizer") if backend is not None else None) or {}
-    return config.get("pretokenizers", [config]) if config.get("type") == "Sequence" else [config]
+@dataclass
+class TokenizerConfig:
+    """Train a WordPiece tokenizer with BERT's special tokens; every field is also a --flag."""
+
+    output_dir: str = arg("outputs/tokenizer", "Directory to save the tokenizer to.")
+    train_file: Optional[str] = arg(None, "Corpus files (glob / comma list); empty: the embedded default corpus.")
+    dataset_name: Optional[str] = arg(None, "A hub dataset name instead of files (needs network).")
+    dataset_config_name: Optional[str] = arg(None, "Configuration of dataset_name.")
+    text_column: str = arg("text", "Text column of .jsonl/.csv/.tsv/.parquet files and hub datasets.")
+    document_separator: Literal["blank_line", "line"] = arg("blank_line", ".txt files: blank-line or line documents.")
+    vocab_size: int = arg(30522, "Vocabulary size, special tokens included.")
+    do_lower_case: bool = arg(True, "Lower-case and strip accents.")
+    min_frequency: int = arg(2, "Minimum count for a merge/word piece.")
+
+    def __post_init__(self):
+        if self.vocab_size < 100:
+            raise ConfigError(f"vocab_size: must be >= 100, got {self.vocab_size}")
 
 
-def fit_tokenizer_to_model(tokenizer, model) -> None:
-    """Stop the tokenizer returning token_type_ids to a model that has no use for them: one that takes none
-    (DistilBERT) or has a single token type (RoBERTa; a BERT tokenizer would send the second segment as 1)."""
-    import inspect
+def main(cfg: TokenizerConfig) -> None:
+    from mlm.pretrain.corpus import corpus_sources
+    from mlm.core.runlog import logger, setup_console_logging
 
-    takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
-    if (not takes_types or getattr(model.config, "type_vocab_size", 2) < 2) and \
-            "token_type_ids" in tokenizer.model_input_names:
-        tokenizer.model_input_names = [name for name in tokenizer.model_input_names if name != "token_type_ids"]
-
-
-def load_tokenizer(name_or_dir: str, field: str = "tokenizer_name"):
-    """A fast tokenizer from a local dir or a hub name; DataError/ConfigError (one line, naming `field` when the
-    folder is missing) when it is unusable."""
-    from transformers import AutoTokenizer
-
-    from mlm.hub import locate
-
-    name_or_dir = locate(name_or_dir, field)
-    is_local = os.path.isdir(name_or_dir)
-    if is_local:
-        files = set(os.listdir(name_or_dir))
-        if not files & {"tokenizer.json", "vocab.txt", "tokenizer_config.json"}:
-            raise DataError(f"{field}: {name_or_dir}: no tokenizer files here (expected tokenizer.json or vocab.txt)")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_dir)
-    except Exception as e:  # OSError (not found / offline), ValueError (unknown class), ...
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        where = name_or_dir if is_local else f"tokenizer {name_or_dir!r}"
-        hint = f"; {REEXPORT} (a damaged tokenizer file?)" if is_local else ""
-        raise DataError(f"{field}: {where}: cannot load the tokenizer ({reason}){hint}") from None
-    if not getattr(tokenizer, "is_fast", False):
-        kind = type(tokenizer).__name__
-        raise ConfigError(f"{name_or_dir}: {kind} is not a fast (Rust) tokenizer; packing needs one")
-    _check_vocab(tokenizer, name_or_dir, is_local)
-    return tokenizer
-
-
-def _check_vocab(tokenizer, name_or_dir: str, is_local: bool) -> None:
-    """Fail loudly on the transformers 5 trap of a silently specials-only vocabulary, and on missing specials."""
-    size = len(tokenizer)
-    vocab_txt = os.path.join(name_or_dir, "vocab.txt") if is_local else None
-    if vocab_txt and os.path.isfile(vocab_txt):
-        with open(vocab_txt, encoding="utf-8") as f:
-            expected = len({line.rstrip("\n") for line in f} - {""})  # distinct tokens: some vocabs repeat one
-        if size < expected:
-            raise DataError(f"{vocab_txt}: lists {expected} tokens but the loaded tokenizer has only {size}")
-    if size <= len(tokenizer.all_special_tokens) + 1:
-        raise DataError(f"{name_or_dir}: the loaded tokenizer has only {size} tokens (an empty vocabulary?)")
-    for name in ("pad_token", "cls_token", "sep_token", "mask_token"):
-        if getattr(tokenizer, name + "_id", None) is None:
-            raise ConfigError(f"{name_or_dir}: the tokenizer has no {name}; masked-language modelling needs it")
+    setup_console_logging(True)
+    if os.path.isfile(os.path.join(cfg.output_dir, "config.json")):
+        raise ConfigError(f"output_dir: {cfg.output_dir} holds a model; a new tokenizer there would no longer match "
+                          "its embeddings: choose another folder")
+    corpus, _ = corpus_sources(train_file=cfg.train_file, dataset_name=cfg.dataset_name,
+                               dataset_config_name=cfg.dataset_config_name, text_column=cfg.text_column,
+                               document_separator=cfg.document_separator)
+    logger.info("training a %d-token WordPiece on %s", cfg.vocab_size, corpus.description)
+    tok = train_wordpiece(corpus.documents(), cfg.output_dir, vocab_size=cfg.vocab_size,
+                          lowercase=cfg.do_lower_case, min_frequency=cfg.min_frequency)
+    logger.info("saved %d-token tokenizer to %s", len(tok), cfg.output_dir)

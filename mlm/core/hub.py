@@ -103,9 +103,9 @@ def _in_hub_cache(repo_id: str) -> Optional[str]:
 
 def check_sources(cfg) -> None:
     """Locate the model and tokenizer a run's config names, check a local model folder's files
-    (mlm.model.check_checkpoint_dir), and check the hub for --push_to_hub, before any data is read or any folder
+    (mlm.pretrain.model.check_checkpoint_dir), and check the hub for --push_to_hub, before any data is read or any folder
     written."""
-    from mlm.model import check_checkpoint_dir
+    from mlm.core.hf import check_checkpoint_dir
 
     for field in ("model_name_or_path", "tokenizer_name"):
         if getattr(cfg, field, None):

@@ -2,7 +2,7 @@
 
 A checkpoint is `output_dir/checkpoints/step-N/`: the model as the run exports it (config.json, unprefixed
 model.safetensors, tokenizer files, mlm_task.json for fine-tuning: `from_pretrained` and `mlm predict` take the
-folder) with the rest of the training state of mlm/safe_state.py (safetensors and JSON, no pickle),
+folder) with the rest of the training state of mlm/core/safe_state.py (safetensors and JSON, no pickle),
 `mlm_state.json` (step, data position, best metric), `settings.json` (the run's
 resolved settings) and `manifest.json` (size and SHA-256 of every file, written last). It is written to
 `.tmp-step-N`, flushed to disk and renamed when complete, so a crash mid-save leaves the previous
@@ -23,7 +23,7 @@ import re
 import shutil
 from typing import Optional
 
-from mlm import safe_state
+from mlm.core import safe_state
 from mlm.errors import ConfigError, DataError
 
 logger = logging.getLogger("mlm")

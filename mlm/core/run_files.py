@@ -13,8 +13,8 @@ import platform
 from importlib import metadata
 from typing import Optional
 
-from mlm.resume_settings import settings_of
-from mlm.runlog import logger, write_json
+from mlm.core.resume_settings import settings_of
+from mlm.core.runlog import logger, write_json
 
 LIBRARIES = ("mlm", "torch", "transformers", "tokenizers", "accelerate", "datasets", "safetensors")
 # The hub's pipeline tag of each kind of run.
@@ -62,7 +62,7 @@ def write_run_files(cfg, metrics: dict, kind: str, data: dict[str, str]) -> None
     with open(os.path.join(out, "README.md"), "w", encoding="utf-8") as f:
         f.write(model_card(cfg, results, kind, data, origin.get("command")))
     if cfg.push_to_hub:
-        from mlm.hub import push_to_hub
+        from mlm.core.hub import push_to_hub
 
         logger.info("pushed to the hub: %s", push_to_hub(cfg))
 

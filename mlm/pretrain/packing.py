@@ -53,6 +53,8 @@ from typing import Optional
 
 import numpy as np
 
+from mlm.core.fsutil import publish_folder
+from mlm.core.records import PIECE_CHARS, text_pieces
 from mlm.errors import ConfigError, DataError
 
 logger = logging.getLogger("mlm")
@@ -60,8 +62,6 @@ logger = logging.getLogger("mlm")
 FORMAT_VERSION = 1
 BATCH_DOCUMENTS = 1000        # documents handed to the Rust tokenizer at a time
 BATCH_CHARS = 4_000_000       # ... or fewer when they are long, so a batch stays a few MB
-PIECE_CHARS = 20_000          # a longer document (one huge line) is tokenised in pieces of about this size:
-#                               the tokenizer keeps ~100 bytes of alignment per character of a text it encodes
 SPLITS = ("train", "validation")
 
 
@@ -380,17 +380,6 @@ def _hash_bucket(text: str) -> int:
     return int.from_bytes(digest, "little") % 10_000
 
 
-def publish_folder(tmp_dir: str, final_dir: str, marker: str) -> None:
-    """Rename a finished cache folder into place (atomic: no reader ever sees half of it); if another process
-    published one first (its `marker` file is there), keep theirs and drop ours."""
-    try:
-        os.rename(tmp_dir, final_dir)
-    except OSError:
-        if not os.path.isfile(os.path.join(final_dir, marker)):
-            raise
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-
-
 def _log_built(meta: dict, folder: str) -> None:
     seconds = meta["seconds"]
     for name, counts in meta["splits"].items():
@@ -401,25 +390,6 @@ def _log_built(meta: dict, folder: str) -> None:
         )
     total = sum(c["text_tokens"] for c in meta["splits"].values())
     logger.info("packing: done in %.1fs (%.0f tokens/s), cached in %s", seconds, total / max(seconds, 1e-9), folder)
-
-
-def text_pieces(text: str, size: int) -> list[str]:
-    """`text` cut before a whitespace character about every `size` characters, so that tokenising the pieces one
-    by one gives the tokens of the whole (pre-tokenizers split at whitespace; byte-level BPE and SentencePiece
-    attach a space to the word after it, which keeps it). A piece without whitespace is cut where it must."""
-    if len(text) <= size:
-        return [text]
-    pieces, start = [], 0
-    while len(text) - start > size:
-        cut = start + size
-        while cut > start + size // 2 and not text[cut].isspace():
-            cut -= 1
-        if not text[cut].isspace():  # no whitespace in the second half: cut mid-word
-            cut = start + size
-        pieces.append(text[start:cut])
-        start = cut
-    pieces.append(text[start:])
-    return pieces
 
 
 class _Split:

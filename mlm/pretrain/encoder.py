@@ -21,7 +21,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-from mlm.collator import gather_masked
 
 # Model types whose base model is embeddings -> a ModuleList of post-LN BERT layers, nothing in between.
 _BERT_LAYER_MODELS = {"bert", "roberta", "xlm-roberta", "camembert"}
@@ -102,3 +101,13 @@ def bert_layer(layer, hidden, key_mask, positions=None):
     self_out = attention.output
     attended = self_out.LayerNorm(dropout(self_out.dense(context), self_out.dropout.p, layer.training) + rows)
     return out.LayerNorm(dropout(out.dense(layer.intermediate(attended)), out.dropout.p, layer.training) + attended)
+
+
+
+def gather_masked(hidden: torch.Tensor, masked_positions: torch.Tensor) -> torch.Tensor:
+    """Hidden states at the masked positions: (B, T, H), (B, K) -> (B, K, H).
+
+    Unused slots point at position 0; their outputs are ignored through the -100 labels.
+    """
+    index = masked_positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))  # (B, K, H)
+    return torch.gather(hidden, 1, index)

@@ -117,19 +117,10 @@ def _random_order(h: np.ndarray, candidate: np.ndarray, K: int) -> np.ndarray:
     return np.where(keys == _NONE, T, keys & _POS_MASK)
 
 
-def gather_masked(hidden: torch.Tensor, masked_positions: torch.Tensor) -> torch.Tensor:
-    """Hidden states at the masked positions: (B, T, H), (B, K) -> (B, K, H).
-
-    Unused slots point at position 0; their outputs are ignored through the -100 labels.
-    """
-    index = masked_positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))  # (B, K, H)
-    return torch.gather(hidden, 1, index)
-
-
 def continuation_pieces(tokenizer, vocab_size: int) -> np.ndarray:
     """(V,) bool: the tokens that continue the word before them. WordPiece marks continuations ("##ing");
     byte-level BPE (RoBERTa) and SentencePiece (XLM-R, ALBERT) mark word starts instead ("Ġword", "▁word")."""
-    from mlm.tokenizer import pre_tokenizer_steps
+    from mlm.core.hf import pre_tokenizer_steps
 
     backend = getattr(tokenizer, "backend_tokenizer", None)  # a slow (Python) tokenizer is taken for WordPiece
     model = json.loads(backend.to_str())["model"] if backend is not None else {"type": "WordPiece"}

@@ -28,17 +28,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
-from mlm.checkpoint import checkpoint_path, load_best_weights, load_checkpoint, save_checkpoint
-from mlm.config import TrainingConfig
+from mlm.core.checkpoint import checkpoint_path, load_best_weights, load_checkpoint, save_checkpoint
+from mlm.core.config import TrainingConfig
 from mlm.errors import ConfigError, DataError
-from mlm.precision import describe, resolve_precision
-from mlm.resume_settings import settings_of
-from mlm.run_dir import run_directory
-from mlm.runlog import RunLog, logger, setup_console_logging
-from mlm.safe_state import own_state
-from mlm.signals import Preempted, StopRequest
-from mlm.threads import use_threads
-from mlm.trackers import resolve_trackers
+from mlm.core.precision import describe, resolve_precision
+from mlm.core.resume_settings import settings_of
+from mlm.core.run_dir import run_directory
+from mlm.core.runlog import RunLog, logger, setup_console_logging
+from mlm.core.safe_state import own_state
+from mlm.core.signals import Preempted, StopRequest
+from mlm.core.threads import use_threads
+from mlm.core.trackers import resolve_trackers
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, torch.Tensor]]
 
@@ -47,7 +47,7 @@ LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, torch.Tensor]]
 
 
 def make_accelerator(cfg: TrainingConfig):
-    """An Accelerator with the precision picked per device (mlm.precision): bf16 where the GPU has it, fp32 on
+    """An Accelerator with the precision picked per device (mlm.core.precision): bf16 where the GPU has it, fp32 on
     CPUs, or what was asked for where it can run."""
     from accelerate import Accelerator
 

@@ -1,0 +1,16 @@
+"""Files written so that readers never see them half-made."""
+from __future__ import annotations
+
+import os
+import shutil
+
+
+def publish_folder(tmp_dir: str, final_dir: str, marker: str) -> None:
+    """Rename a finished cache folder into place (atomic: no reader ever sees half of it); if another process
+    published one first (its `marker` file is there), keep theirs and drop ours."""
+    try:
+        os.rename(tmp_dir, final_dir)
+    except OSError:
+        if not os.path.isfile(os.path.join(final_dir, marker)):
+            raise
+        shutil.rmtree(tmp_dir, ignore_errors=True)

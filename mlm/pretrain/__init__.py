@@ -1,0 +1,1 @@
+"""The pretraining track: corpus -> WordPiece tokenizer -> packing -> masking -> model -> mlm.core.loop."""
