@@ -60,6 +60,11 @@ def parse_finetune_args(argv: list[str]):
     return parse_config(TASKS[task].Config, argv, prog=f"mlm finetune --task {task}")
 
 
+def command(argv: list[str]) -> None:
+    """`mlm finetune ARGS` (registered in pyproject.toml under the `mlm.commands` entry points)."""
+    main(parse_finetune_args(argv))
+
+
 def load_backbone(task, cfg, labels, tokenizer_size: int):
     """The task model on the backbone: a new head on top of the pretrained encoder."""
     from mlm.errors import DataError

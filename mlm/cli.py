@@ -8,11 +8,16 @@
 
 Every subcommand prints `--help` with all fields and defaults. Errors the user can fix (bad flags,
 recipe keys, input files) are one line on stderr and exit status 1, without a traceback.
+
+`mlm` knows its own commands (pretrain, tokenizer); the others are found through the entry-point group
+`mlm.commands` (pyproject.toml: `finetune`, `predict` and `evaluate` are registered by the `finetune` package),
+so nothing under `mlm/` imports `finetune`. An entry point names a function that takes the argument list.
 """
 from __future__ import annotations
 
 import os
 import sys
+from importlib.metadata import entry_points
 
 from mlm.errors import UserError
 
@@ -26,8 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage:\n" + USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    commands = {"pretrain": _pretrain, "finetune": _finetune, "predict": _predict, "evaluate": _evaluate,
-                "tokenizer": _tokenizer}
+    commands = _commands()
     if command not in commands:
         print(f"mlm: error: unknown command {command!r} (choose from {', '.join(commands)})", file=sys.stderr)
         return 2
@@ -44,29 +48,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# Commands of this package, in the order `mlm` lists them; registered ones go in their place (by name) or last.
+ORDER = ("pretrain", "finetune", "predict", "evaluate", "tokenizer")
+
+
+def _commands() -> dict:
+    """Subcommand name -> function(argv): mlm's own, then those registered under the `mlm.commands` group."""
+    found = {"pretrain": _pretrain, "tokenizer": _tokenizer}
+    for ep in entry_points(group="mlm.commands"):
+        found.setdefault(ep.name, ep)
+    ranked = sorted(found, key=lambda name: (ORDER.index(name) if name in ORDER else len(ORDER), name))
+    return {name: _loaded(found[name]) for name in ranked}
+
+
+def _loaded(command):
+    """An entry point is imported only when its command runs (keeps `mlm --help` fast)."""
+    return command if callable(command) else (lambda argv: command.load()(argv))
+
+
 def _pretrain(argv):
     from mlm.core.config import parse_config
     from mlm.pretrain.run import PretrainConfig, main
 
     main(parse_config(PretrainConfig, argv, prog="mlm pretrain"))
-
-
-def _finetune(argv):
-    from finetune.run import main, parse_finetune_args
-
-    main(parse_finetune_args(argv))
-
-
-def _predict(argv):
-    from finetune.predict import main
-
-    main(argv)
-
-
-def _evaluate(argv):
-    from finetune.evaluate import main
-
-    main(argv)
 
 
 def _tokenizer(argv):
