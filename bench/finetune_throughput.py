@@ -142,7 +142,7 @@ def child_ours(spec: dict, gate) -> dict:
     and optimizer are timed. Nothing else of the run changes."""
     import mlm.core.loop
     from finetune.run import main, parse_finetune_args
-    from finetune.tasks import TASKS
+    from finetune.task import TASKS
 
     clock, counts = StepClock(gate), _Counts()
     module = TASKS[spec["task"]]
@@ -197,7 +197,7 @@ def _stock_features(task: str, train: list[dict], labels: list[str], tokenizer, 
     L = cfg.max_seq_length
     if task == "cls":
         label_id = {name: i for i, name in enumerate(labels)}
-        from finetune.classification import label_name
+        from finetune.cls.labels import label_name
 
         raw = datasets.Dataset.from_list([{"sentence": ex["text"], "label": label_id[label_name(ex["label"])]}
                                           for ex in train])
@@ -262,7 +262,7 @@ def child_stock(spec: dict, gate) -> dict:
 
     from finetune.inference import compute_outputs
     from finetune.run import parse_finetune_args
-    from finetune.tasks import TASKS
+    from finetune.task import TASKS
 
     _reset_accelerate()
     transformers.utils.logging.set_verbosity_error()

@@ -53,7 +53,7 @@ def headline(metrics: dict) -> str:
 def main(argv: list[str]) -> dict[str, dict]:
     from finetune.inference import score
     from finetune.predict import load_checkpoint, load_settings
-    from finetune.run import write_predictions
+    from finetune.common import write_predictions
     from mlm.core.runlog import logger, setup_console_logging, write_json
 
     args = build_parser().parse_args(argv)
@@ -70,7 +70,7 @@ def main(argv: list[str]) -> dict[str, dict]:
         metrics, records = score(task, model, examples[name], features, tokenizer, cfg, labels, args.batch_size)
         results[name] = {"input": path, "examples": len(examples[name]), **metrics}
         write_json(os.path.join(output_dir, f"eval_{name}.json"), results[name], sort_keys=False)
-        write_predictions(os.path.join(output_dir, "predictions"), name, records, cfg.task)
+        write_predictions(os.path.join(output_dir, "predictions"), name, records, task)
         logger.info("%s: %d %s; %s", path, len(examples[name]), task.UNITS[0], headline(metrics))
     logger.info("written to %s: %s", output_dir, ", ".join(f"eval_{name}.json" for name in inputs))
     return results

@@ -67,8 +67,7 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
 
 def load_task(model_dir: str, max_positions: Optional[int] = None):
     """(task module, task Config with the run's settings, label names) for a checkpoint directory."""
-    from finetune.run import TASK_FILE
-    from finetune.tasks import ARCHITECTURE_SUFFIXES, TASKS
+    from finetune.task import TASK_FILE, TASKS, task_of_architectures
 
     if max_positions is None:
         max_positions = checkpoint_positions(model_dir)
@@ -79,28 +78,22 @@ def load_task(model_dir: str, max_positions: Optional[int] = None):
         task = TASKS[saved["task"]]
         return task, saved_config(task, saved["config"]), saved["labels"]
     config = read_json(os.path.join(model_dir, "config.json"), hint=REEXPORT)
-    for arch in config.get("architectures") or []:
-        for suffix, name in ARCHITECTURE_SUFFIXES.items():
-            if arch.endswith(suffix):
-                task = TASKS[name]
-                id2label = config.get("id2label") or {}
-                labels = [id2label[str(i)] for i in range(len(id2label))] if name != "qa" else []
-                cfg = saved_config(task, {"task": name})
-                if name == "cls" and config.get("problem_type"):  # HF's name -> ours (multi-label, regression)
-                    from finetune.classification import HF_PROBLEM_TYPES
-
-                    ours = {v: k for k, v in HF_PROBLEM_TYPES.items()}
-                    cfg.problem_type = ours.get(config["problem_type"], cfg.problem_type)
-                fit_windows(cfg, max_positions)
-                return task, cfg, labels
-    raise DataError(f"--model: {model_dir} is not a fine-tuned task checkpoint (no {TASK_FILE}, no known architecture)")
+    name = task_of_architectures(config.get("architectures"))
+    if name is None:
+        raise DataError(f"--model: {model_dir} is not a fine-tuned task checkpoint (no {TASK_FILE}, no known "
+                        "architecture)")
+    task = TASKS[name]
+    settings, labels = task.settings_from_hf(config)
+    cfg = saved_config(task, {"task": name, **settings})
+    fit_windows(task, cfg, max_positions)
+    return task, cfg, labels
 
 
 def read_task_file(path: str, model_dir: str) -> dict:
     """mlm_task.json as `mlm finetune` writes it: {"task": a task name, "labels": [names, one per class of the
     model in model_dir], "config": {settings}}; a damaged or hand-edited one is a DataError naming the file and
     the key."""
-    from finetune.tasks import TASKS
+    from finetune.task import TASKS
 
     hint = "re-export the model with mlm finetune, or delete the file to read the task from config.json"
     saved = read_json(path, hint=hint)
@@ -114,7 +107,7 @@ def read_task_file(path: str, model_dir: str) -> dict:
         raise DataError(f"{path}: key 'task': unknown task {saved['task']!r} (choose from {', '.join(TASKS)}); {hint}")
     # An edited list would rename classes, or drop some, silently (QA has no classes: its 2 outputs are spans).
     classes = len(read_json(os.path.join(model_dir, "config.json"), hint=REEXPORT).get("id2label") or {})
-    if saved["task"] != "qa" and classes and len(saved["labels"]) != classes:
+    if TASKS[saved["task"]].HAS_CLASSES and classes and len(saved["labels"]) != classes:
         raise DataError(f"{path}: key 'labels': {len(saved['labels'])} names, but the model has {classes} classes; "
                         f"{hint}")
     return saved
@@ -139,12 +132,13 @@ def saved_config(task, settings: dict):
     return cfg
 
 
-def fit_windows(cfg, max_positions: int) -> None:
+def fit_windows(task, cfg, max_positions: int) -> None:
     """Default lengths for a checkpoint without mlm's settings, shrunk in proportion to fit its positions
-    (the QA defaults 384/128/64 become 128/42/21 on a 128-position model)."""
+    (the QA defaults 384/128/64 become 128/42/21 on a 128-position model): max_seq_length and the task's
+    LENGTH_FIELDS."""
     if cfg.max_seq_length <= max_positions:
         return
-    for name in ("doc_stride", "max_query_length", "stride"):
+    for name in task.LENGTH_FIELDS:
         if getattr(cfg, name, None) is not None:
             setattr(cfg, name, max(1, getattr(cfg, name) * max_positions // cfg.max_seq_length))
     cfg.max_seq_length = max_positions
@@ -166,20 +160,6 @@ def apply_flags(cfg, args) -> None:
         if name == "text_pair_column" and cfg.text_pair_column == "none":
             raise ConfigError("--text_pair_column: this model classifies single texts, not pairs")
         setattr(cfg, name, getattr(args, name) == "true" if name == "no_header" else getattr(args, name))
-
-
-def rename_classes(cfg, labels: list[str], value: str) -> list[str]:
-    """--label_names: the model's classes (in id order) under new names; cfg.label_names then maps the data's
-    labels (as trained on, or the model's class names) to them, for gold labels read from --input tables."""
-    from finetune.classification import label_name, problem_type
-    from finetune.label_names import resolve_label_names
-
-    if not hasattr(cfg, "label_names") or problem_type(cfg, labels) == "regression":
-        raise ConfigError("--label_names: only a cls model with classes has labels to name")
-    mapping = resolve_label_names(value, labels, key=label_name)
-    trained = json.loads(cfg.label_names) if cfg.label_names else {}
-    cfg.label_names = json.dumps({**mapping, **{raw: mapping.get(name, name) for raw, name in trained.items()}})
-    return [mapping[label] for label in labels]
 
 
 def check_lengths(cfg, max_positions: int, args) -> None:
@@ -265,16 +245,15 @@ def load_settings(args):
     task, cfg, labels = load_task(args.model, positions)
     apply_flags(cfg, args)
     if args.label_names is not None:
-        labels = rename_classes(cfg, labels, args.label_names)
+        labels = task.rename_classes(cfg, labels, args.label_names)
     check_lengths(cfg, positions, args)
     return task, cfg, labels
 
 
 def load_checkpoint(task, cfg, args):
     """(model, tokenizer) of args.model, ready to predict."""
-    from mlm.core.hf import usable_positions
+    from mlm.core.hf import fit_tokenizer_to_model, load_tokenizer, usable_positions
     from mlm.core.threads import use_threads
-    from mlm.core.hf import fit_tokenizer_to_model, load_tokenizer
 
     use_threads(args.num_threads)
     tokenizer = load_tokenizer(args.model, field="--model")

@@ -14,9 +14,8 @@ import json
 import os
 
 from mlm.core.config import parse_config, recipe_path
+from finetune.task import TASK_FILE
 from mlm.errors import ConfigError
-
-TASK_FILE = "mlm_task.json"
 
 
 def task_name_from_args(argv: list[str]) -> str | None:
@@ -45,7 +44,7 @@ def _recipe_task(path: str) -> str | None:
 
 
 def parse_finetune_args(argv: list[str]):
-    from finetune.tasks import TASKS
+    from finetune.task import TASKS
 
     task = task_name_from_args(argv)
     if task is None:
@@ -86,9 +85,10 @@ def load_backbone(task, cfg, labels, tokenizer_size: int):
 def main(cfg) -> dict:
     import torch
 
+    from finetune.common import write_predictions
     from finetune.config import is_test_split
     from finetune.inference import score
-    from finetune.tasks import TASKS
+    from finetune.task import TASKS
     from mlm.core.hub import check_sources, tokenizer_source
     from mlm.core.loop import check_metric, check_plan, make_accelerator, train
     from mlm.core.run_dir import check_output_dir, run_directory
@@ -151,7 +151,7 @@ def main(cfg) -> dict:
             prefix = "eval" if split == "validation" else split  # test, or test_<name> for each of several test files
             metrics.update({f"{prefix}_{k}": v for k, v in split_metrics.items()})
             if accelerator.is_main_process:
-                write_predictions(os.path.join(cfg.output_dir, "predictions"), split, records, cfg.task)
+                write_predictions(os.path.join(cfg.output_dir, "predictions"), split, records, task)
         if accelerator.is_main_process:
             write_json(os.path.join(cfg.output_dir, "metrics.json"), metrics)
             write_run_files(cfg, metrics, cfg.task, dict(cfg.data_files()))
@@ -170,15 +170,3 @@ def probe_metrics(task, model, examples: list[dict], features: list[dict], token
     probe = [f for f in features if f["example_index"] < size]
     return score(task, model, examples[:size], probe, tokenizer, cfg, labels, cfg.per_device_eval_batch_size,
                  accelerator)[0]
-
-
-def write_predictions(folder: str, name: str, records: list[dict], task: str) -> None:
-    """<folder>/<name>.jsonl, and for QA <name>_squad.json, the {id: answer} file the official SQuAD scorers read."""
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, f"{name}.jsonl"), "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    if task == "qa":
-        from finetune.qa import write_squad_predictions
-
-        write_squad_predictions(records, os.path.join(folder, f"{name}_squad.json"))

@@ -401,7 +401,7 @@ def test_long_cells_boms_and_crlf_are_read(tmp_path, tiny_bert_dir, capsys):
 
 def test_a_huge_text_is_tokenised_only_as_far_as_the_window_needs(tiny_tokenizer):
     """The same ids as truncating the whole text, from its first pieces only (a 10 MB line predicts in 0.1 s)."""
-    from finetune.classification import _tokenize
+    from finetune.cls.features import _tokenize
 
     text = " ".join(f"word{i % 7} the movie" for i in range(20_000))  # ~330 K characters
     pair = "a short second text"

@@ -1,4 +1,4 @@
-"""Sequence classification (finetune/classification.py) on hand-made files, tokens and batches."""
+"""Sequence classification (finetune/cls/) on hand-made files, tokens and batches."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from finetune import classification as cls
+from finetune.cls import task as cls
+from finetune.cls import config as cls_config
+from finetune.cls import inputs as cls_inputs
+from finetune.cls import labels as cls_labels
 from mlm.core.config import load_recipe, parse_config
 from mlm.errors import ConfigError, DataError
 
@@ -67,8 +70,8 @@ def test_integer_labels_sort_numerically_and_ints_equal_their_strings(tmp_path):
     assert cfg.problem_type == "single_label"  # integer-valued numbers are classes, not scores
     assert cls.label_list(splits["train"], cfg) == ["0", "1", "2", "10"]  # not "10" before "2"
     assert [ex["label"] for ex in splits["train"]] == ["10", "2", "1", "0"]
-    assert cls.sort_labels(["-1", "1", "0"]) == ["-1", "0", "1"]
-    assert cls.sort_labels(["b", "10", "a"]) == ["10", "a", "b"]
+    assert cls_labels.sort_labels(["-1", "1", "0"]) == ["-1", "0", "1"]
+    assert cls_labels.sort_labels(["b", "10", "a"]) == ["10", "a", "b"]
 
 
 def test_integral_float_strings_are_their_integer_class(tmp_path):
@@ -432,7 +435,7 @@ def test_pair_layouts_are_read_as_pairs_and_the_choice_is_saved(tmp_path, header
     (example,) = cls.load_splits(cfg)["train"]
     assert example.get("text_pair") == ("x" if pair else None)
     # written back, so validation files, mlm_task.json and `mlm predict` read the same kind of input
-    assert cfg.text_pair_column == (pair or cls.NO_PAIR) and cls.is_pair_model(cfg) is (pair is not None)
+    assert cfg.text_pair_column == (pair or cls_config.NO_PAIR) and cls_inputs.is_pair_model(cfg) is (pair is not None)
     assert cfg.text_column == (text if pair or "text_column" in flags else None)  # single: found per file
 
 
@@ -440,7 +443,7 @@ def test_single_text_files_may_name_their_text_column_differently(tmp_path):
     cfg = config(write(tmp_path, "train.csv", "text,label\ngood,pos\nbad,neg\n"),
                  validation_file=write(tmp_path, "dev.tsv", "sentence\tlabel\nfun\tpos\n"))
     splits = cls.load_splits(cfg)
-    assert splits["validation"][0]["text"] == "fun" and cfg.text_pair_column == cls.NO_PAIR
+    assert splits["validation"][0]["text"] == "fun" and cfg.text_pair_column == cls_config.NO_PAIR
     (ex,) = cls.examples_from_file(write(tmp_path, "in.jsonl", '{"sentence": "x"}\n'), cfg)  # predict, too
     assert ex["text"] == "x"
 

@@ -51,7 +51,7 @@ def write(path, text: str) -> str:
 
 
 def cls_splits(train: str, **fields):
-    from finetune import classification as cls
+    from finetune.cls import task as cls
 
     cfg = cls.Config(train_file=train, **fields)
     return cls.load_splits(cfg), cfg
@@ -108,8 +108,8 @@ def test_an_undecidable_line_1_asks_for_no_header(tmp_path):
 @pytest.mark.parametrize("value", ["World,Sports,Business", "1=World,2=Sports,10=Business",
                                    '{"1": "World", "2.0": "Sports", "10": "Business"}', "FILE"])
 def test_label_names_name_numeric_classes_in_their_order(tmp_path, value):
-    from finetune.classification import label_name
-    from finetune.label_names import resolve_label_names
+    from finetune.cls.labels import label_name
+    from finetune.cls.label_names import resolve_label_names
 
     if value == "FILE":
         value = write(tmp_path / "names.txt", "1\tWorld\n2\tSports\n\n10\tBusiness\n")
@@ -125,7 +125,7 @@ def test_label_names_name_numeric_classes_in_their_order(tmp_path, value):
     ("1=,2=b,10=c", "expected CLASS=NAME"),
 ])
 def test_bad_label_names_are_one_line_errors(value, message):
-    from finetune.label_names import resolve_label_names
+    from finetune.cls.label_names import resolve_label_names
 
     with pytest.raises(ConfigError, match=f"label_names: .*{message}"):
         resolve_label_names(value, ["1", "2", "10"])
@@ -134,7 +134,7 @@ def test_bad_label_names_are_one_line_errors(value, message):
 def test_label_names_rename_every_split_and_keep_the_class_order(tmp_path):
     train = write(tmp_path / "train.csv", '"2","b"\n"1","a"\n"10","c"\n')
     dev = write(tmp_path / "dev.csv", '"10","c"\n')
-    from finetune import classification as cls
+    from finetune.cls import task as cls
 
     splits, cfg = cls_splits(train, validation_file=dev, text_column="1", label_column="0",
                              label_names="World,Sports,Business")

@@ -161,7 +161,7 @@ NEGATIVE = ["bad plot", "i hate this movie", "terrible acting and a boring story
 
 @pytest.mark.distributed
 def test_finetune_on_two_ranks_evaluates_every_example_once(tmp_path, tiny_bert_dir):
-    from finetune import classification as task
+    from finetune.cls import task as task
     from finetune.inference import compute_outputs
     from mlm.core.config import parse_config
     from mlm.core.hf import load_tokenizer

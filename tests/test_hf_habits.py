@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from finetune.classification import Config as ClsConfig
+from finetune.cls.config import Config as ClsConfig
 from mlm.cli import main as cli_main
 from mlm.core.config import TrainingConfig, parse_config
 from mlm.errors import ConfigError
@@ -189,7 +189,7 @@ def test_eval_loss_is_reported_selectable_and_a_bad_metric_is_refused_before_tra
 
 def test_eval_loss_equals_the_training_loss_function_on_the_same_rows(tmp_path, tiny_bert_dir, train_csv):
     """eval_loss is the task's own loss, averaged as in training (here: over the 8 examples)."""
-    from finetune import classification as task
+    from finetune.cls import task as task
     from finetune.inference import score
     from mlm.core.hf import load_tokenizer
 

@@ -1,4 +1,4 @@
-"""finetune/ner.py on hand-made data: reading, tag schemes, sub-word alignment, windows, predictions."""
+"""finetune/ner/ on hand-made data: reading, tag schemes, sub-word alignment, windows, predictions."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from finetune import ner
+from finetune.ner import task as ner
+from finetune.ner import data as ner_data
+from finetune.ner import tags as ner_tags
+from finetune.ner import text as ner_text
+from finetune.ner import windows as ner_windows
 from mlm.core.config import parse_config
 from mlm.errors import ConfigError, DataError
 
@@ -82,7 +86,7 @@ def outputs_choosing(features, tag_of_word):
 
 def test_conll_sentences_skip_docstart_and_blank_lines_and_become_iob2(tmp_path):
     path = write(tmp_path, "eng.train", CONLL)
-    sentences = ner.read_file(path, config())
+    sentences = ner_data.read_file(path, config())
     assert [s["tokens"] for s in sentences] == [
         ["EU", "rejects", "German", "call"], ["Peter", "Blackburn"], ["Paris", "Berlin", "London"]
     ]
@@ -100,9 +104,9 @@ def test_conll_with_byte_order_mark_crlf_and_gzip(tmp_path):
     with gzip.open(tmp_path / "t.conll.gz", "wt", encoding="utf-8", newline="") as f:
         f.write(text)
     for path in (write(tmp_path, "t.conll", text), str(tmp_path / "t.conll.gz")):
-        assert [(s["tokens"], s["tags"]) for s in ner.read_file(path, config())] == [(["John", "runs"], ["B-PER", "O"])]
+        assert [(s["tokens"], s["tags"]) for s in ner_data.read_file(path, config())] == [(["John", "runs"], ["B-PER", "O"])]
     nbsp = write(tmp_path, "n.conll", "10\u00a0000 O\nvoters O\n")  # a no-break space is part of the word
-    assert ner.read_file(nbsp, config())[0]["tokens"] == ["10\u00a0000", "voters"]
+    assert ner_data.read_file(nbsp, config())[0]["tokens"] == ["10\u00a0000", "voters"]
 
 
 def test_test_split_may_have_no_tags(tmp_path):
@@ -118,20 +122,20 @@ def test_test_split_may_have_no_tags(tmp_path):
 
 def test_custom_token_and_tag_columns(tmp_path):
     path = write(tmp_path, "t.conll", "B-PER x John\nO y runs\n\nB-LOC z Paris\n")
-    sentences = ner.read_file(path, config(token_column=2, tag_column=0))
+    sentences = ner_data.read_file(path, config(token_column=2, tag_column=0))
     assert [s["tokens"] for s in sentences] == [["John", "runs"], ["Paris"]]
     assert [s["tags"] for s in sentences] == [["B-PER", "O"], ["B-LOC"]]
     # The CoNLL chunk column (2) read as the tag column: its IOB1 NP chunks become IOB2.
-    chunks = ner.read_file(write(tmp_path, "c.conll", CONLL), config(tag_column=2))
+    chunks = ner_data.read_file(write(tmp_path, "c.conll", CONLL), config(tag_column=2))
     assert chunks[0]["tags"] == ["B-NP", "B-VP", "B-NP", "I-NP"]
 
 
 def test_iobes_is_detected_and_converted(tmp_path):
     path = write(tmp_path, "t.conll", "John S-PER\nvisited O\nNew B-LOC\nYork I-LOC\nCity E-LOC\n")
-    assert ner.detect_scheme([["S-PER", "O"]]) == "iobes"
-    assert ner.detect_scheme([["O", "I-PER"]]) == "iob1"
-    assert ner.detect_scheme([["B-PER", "I-PER", "O"]]) == "iob2"
-    assert ner.read_file(path, config())[0]["tags"] == ["B-PER", "O", "B-LOC", "I-LOC", "I-LOC"]
+    assert ner_tags.detect_scheme([["S-PER", "O"]]) == "iobes"
+    assert ner_tags.detect_scheme([["O", "I-PER"]]) == "iob1"
+    assert ner_tags.detect_scheme([["B-PER", "I-PER", "O"]]) == "iob2"
+    assert ner_data.read_file(path, config())[0]["tags"] == ["B-PER", "O", "B-LOC", "I-LOC", "I-LOC"]
 
 
 @pytest.mark.parametrize("tags,scheme,why", [
@@ -142,12 +146,12 @@ def test_iobes_is_detected_and_converted(tmp_path):
     (["B-PER", "I-PER", "O"], "iob2", "every entity starts with B-"),
 ])
 def test_the_detected_scheme_is_logged_with_the_tag_that_decided_it(tmp_path, tags, scheme, why, mlm_log):
-    assert ner.explain_scheme([tags]) == (scheme, why)
+    assert ner_tags.explain_scheme([tags]) == (scheme, why)
     path = write(tmp_path, "t.conll", "".join(f"w{i} {t}\n" for i, t in enumerate(tags)))
-    ner.read_file(path, config())
+    ner_data.read_file(path, config())
     assert f"{path}: tag_scheme auto -> {scheme}: {why}" in mlm_log.text
     mlm_log.clear()
-    ner.read_file(path, config(tag_scheme=scheme))  # a stated scheme is not "chosen": nothing to explain
+    ner_data.read_file(path, config(tag_scheme=scheme))  # a stated scheme is not "chosen": nothing to explain
     assert "tag_scheme auto" not in mlm_log.text
 
 
@@ -159,23 +163,23 @@ def test_the_detected_scheme_is_logged_with_the_tag_that_decided_it(tmp_path, ta
 def test_bilou_and_io_tags_are_detected_and_converted(tmp_path, tags, scheme, iob2):
     words = [f"w{i}" for i in range(len(tags))]
     path = write(tmp_path, "t.conll", "".join(f"{w} {t}\n" for w, t in zip(words, tags)))
-    assert ner.detect_scheme([tags]) == scheme
-    assert ner.read_file(path, config())[0]["tags"] == iob2
-    assert ner.read_file(path, config(tag_scheme=scheme))[0]["tags"] == iob2
+    assert ner_tags.detect_scheme([tags]) == scheme
+    assert ner_data.read_file(path, config())[0]["tags"] == iob2
+    assert ner_data.read_file(path, config(tag_scheme=scheme))[0]["tags"] == iob2
     with pytest.raises(DataError, match="is not iob2"):  # a stated scheme is enforced
-        ner.read_file(path, config(tag_scheme="iob2"))
+        ner_data.read_file(path, config(tag_scheme="iob2"))
 
 
 def test_jsonl_sentences_and_ner_tags_column(tmp_path):
     rows = [{"tokens": ["John", "Smith"], "tags": ["I-PER", "I-PER"]}, {"tokens": [], "tags": []},
             {"tokens": ["Paris"], "tags": ["B-LOC"]}]
     path = write(tmp_path, "d.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    sentences = ner.read_file(path, config())
+    sentences = ner_data.read_file(path, config())
     assert [(s["tokens"], s["tags"], s["_where"]) for s in sentences] == [
         (["John", "Smith"], ["B-PER", "I-PER"], f"{path}:1"), (["Paris"], ["B-LOC"], f"{path}:3")
     ]
     hf_style = write(tmp_path, "hf.jsonl", json.dumps({"tokens": ["Paris"], "ner_tags": ["B-LOC"]}) + "\n")
-    assert ner.read_file(hf_style, config())[0]["tags"] == ["B-LOC"]
+    assert ner_data.read_file(hf_style, config())[0]["tags"] == ["B-LOC"]
 
 
 def test_hub_dataset_with_class_label_tags(tmp_path):
@@ -227,20 +231,20 @@ def test_load_splits_reads_each_configured_file(tmp_path):
 def test_bad_files_raise_data_error_with_file_and_line(tmp_path, name, text, kw, line, words):
     path = write(tmp_path, name, text)
     with pytest.raises(DataError) as err:
-        ner.read_file(path, config(**kw))
+        ner_data.read_file(path, config(**kw))
     assert str(err.value).startswith(f"{path}:{line}: ")
     assert words in str(err.value)
 
 
 def test_missing_file_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="file not found"):
-        ner.read_file(str(tmp_path / "nope.conll"), config())
+        ner_data.read_file(str(tmp_path / "nope.conll"), config())
 
 
 def test_type_unseen_in_training_names_the_dev_line(tmp_path, tiny_tokenizer):
-    train = ner.read_file(write(tmp_path, "train.conll", "John I-PER\n"), config())
+    train = ner_data.read_file(write(tmp_path, "train.conll", "John I-PER\n"), config())
     dev_path = write(tmp_path, "dev.conll", "John I-PER\n\nsaw O\nthe O\nApple I-ORG\n")
-    dev = ner.read_file(dev_path, config())
+    dev = ner_data.read_file(dev_path, config())
     labels = ner.label_list(train, config())
     assert labels == ["O", "B-PER", "I-PER"]
     # run.py encodes evaluation splits without labels: the gold tags are still checked.
@@ -288,15 +292,15 @@ def test_label_all_tokens_puts_the_i_tag_on_later_sub_words(tiny_tokenizer):
 
 def test_make_windows_and_owner_rule_on_lengths():
     # Ten one-piece words, 6 per window, overlap up to 2: windows [0, 6) and [4, 10).
-    assert ner.make_windows([1] * 10, budget=6, stride=2) == [(0, 6), (4, 10)]
+    assert ner_windows.make_windows([1] * 10, budget=6, stride=2) == [(0, 6), (4, 10)]
     # Words 4 and 5 are in both: 4 has 4 before / 1 after in window 0, 0 before in window 1 -> window 0;
     # 5 has 0 after in window 0 and 1 / 4 in window 1 -> window 1.
-    assert ner._owners([1] * 10, [(0, 6), (4, 10)]) == [0] * 5 + [1] * 5
+    assert ner_windows._owners([1] * 10, [(0, 6), (4, 10)]) == [0] * 5 + [1] * 5
     # Overlap is whole words of at most `stride` pieces: after [0, 2) the next window goes back one word
     # (1 piece), not two (4 pieces); after [1, 4) it goes back one word of 2 pieces.
-    assert ner.make_windows([3, 1, 2, 2, 2], budget=5, stride=2) == [(0, 2), (1, 4), (3, 5)]
-    assert ner.make_windows([2, 2], budget=4, stride=0) == [(0, 2)]
-    assert ner.make_windows([2, 2, 2], budget=2, stride=0) == [(0, 1), (1, 2), (2, 3)]
+    assert ner_windows.make_windows([3, 1, 2, 2, 2], budget=5, stride=2) == [(0, 2), (1, 4), (3, 5)]
+    assert ner_windows.make_windows([2, 2], budget=4, stride=0) == [(0, 2)]
+    assert ner_windows.make_windows([2, 2, 2], budget=2, stride=0) == [(0, 1), (1, 2), (2, 3)]
 
 
 def test_long_sentence_is_windowed_and_every_word_predicted_once(tiny_tokenizer):
@@ -481,7 +485,7 @@ def test_raw_text_words_keep_character_offsets(tiny_tokenizer):
     ("李明在北京", ["李", "明", "在", "北", "京"]),  # one CJK ideograph per word, as BERT splits them
 ])
 def test_raw_text_is_split_like_ner_corpora(text, words):
-    tokens, offsets = ner.split_words(text)
+    tokens, offsets = ner_text.split_words(text)
     assert tokens == words and [text[s:e] for s, e in offsets] == words
 
 

@@ -1,4 +1,4 @@
-"""Extractive QA task (finetune/qa.py): reading, windows, labels, post-processing, loss, recipes, real data."""
+"""Extractive QA task (finetune/qa/): reading, windows, labels, post-processing, loss, recipes, real data."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from finetune import qa
+from finetune.qa import task as qa
+from finetune.qa import config as qa_config
+from finetune.qa import data as qa_data
+from finetune.qa import windows as qa_windows
 from mlm.core.config import load_recipe, parse_config
 from mlm.errors import ConfigError, DataError
 
@@ -209,7 +212,7 @@ def test_config_checks():
     with pytest.raises(ConfigError, match="split_articles: set together with validation_file"):
         make_cfg(split_articles="38:10", validation_file="v.json")
     assert make_cfg(split_articles="none", validation_file="v.json").split_articles is None
-    assert qa.parse_split_articles("38:10") == (38, 10) and qa.parse_split_articles("38:") == (38, None)
+    assert qa_config.parse_split_articles("38:10") == (38, 10) and qa_config.parse_split_articles("38:") == (38, None)
     assert make_cfg().max_seq_length == 384  # QA's own default, not the base class's 128
 
 
@@ -218,17 +221,17 @@ def test_config_checks():
 
 def test_locate_answer_keeps_fixes_or_gives_up():
     context = "paris is big . paris is old . london is big ."
-    assert qa.locate_answer(context, "paris", 15) == 15  # correct offset kept
-    assert qa.locate_answer(context, "paris", 13) == 15  # nearest occurrence (15 is 2 away, 0 is 13 away)
-    assert qa.locate_answer(context, "paris", 3) == 0
-    assert qa.locate_answer(context, "rome", 0) is None
+    assert qa_data.locate_answer(context, "paris", 15) == 15  # correct offset kept
+    assert qa_data.locate_answer(context, "paris", 13) == 15  # nearest occurrence (15 is 2 away, 0 is 13 away)
+    assert qa_data.locate_answer(context, "paris", 3) == 0
+    assert qa_data.locate_answer(context, "rome", 0) is None
 
 
 def test_locate_answer_prefers_whole_words():
     context = "the art of starting a start-up ."
-    assert qa.locate_answer(context, "art", 12) == 4  # 13 ("st-art-ing") is nearer but inside a word
-    assert qa.locate_answer(context, "start", 10) == 22  # 11 (starting) inside a word, 22 ("start-up") a whole word
-    assert qa.locate_answer("restart", "start", 0) == 2  # the only occurrence is still used
+    assert qa_data.locate_answer(context, "art", 12) == 4  # 13 ("st-art-ing") is nearer but inside a word
+    assert qa_data.locate_answer(context, "start", 10) == 22  # 11 (starting) inside a word, 22 ("start-up") a whole word
+    assert qa_data.locate_answer("restart", "start", 0) == 2  # the only occurrence is still used
 
 
 def test_answers_with_surrounding_spaces_are_trimmed_with_their_start(tmp_path):
@@ -380,7 +383,7 @@ def test_characters_without_tokens_at_an_answer_edge_add_no_token(tiny_tokenizer
 
 def test_long_question_is_cut_to_max_query_length(tiny_tokenizer):
     long_q = "   who visited paris and london and berlin with john smith ?"
-    (cut,) = qa.truncate_questions([long_q], tiny_tokenizer, 4)
+    (cut,) = qa_windows.truncate_questions([long_q], tiny_tokenizer, 4)
     assert cut == "who visited paris and"
     example = {"id": "e", "question": long_q, "context": "john smith visited paris .",
                "answers": {"text": ["john smith"], "answer_start": [0]}}

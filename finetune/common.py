@@ -1,0 +1,33 @@
+"""Pieces every task shares: reading a model's classes from its config.json, the hooks that a task without
+classes or without an official prediction format provides, writing prediction records."""
+from __future__ import annotations
+
+import json
+import os
+
+from mlm.errors import ConfigError
+
+
+def labels_from_id2label(hf_config: dict) -> list[str]:
+    """A Hugging Face model's class names in id order (config.json `id2label`)."""
+    id2label = hf_config.get("id2label") or {}
+    return [id2label[str(i)] for i in range(len(id2label))]
+
+
+def no_official_format(records: list[dict], folder: str, name: str) -> None:
+    """write_official of a task whose prediction records are the only format."""
+
+
+def no_class_names(cfg, labels: list[str], value: str) -> list[str]:
+    """rename_classes of a task whose classes cannot be renamed."""
+    raise ConfigError("--label_names: only a cls model with classes has labels to name")
+
+
+def write_predictions(folder: str, name: str, records: list[dict], task) -> None:
+    """<folder>/<name>.jsonl, one record per example, and whatever official format the task writes beside it
+    (QA: <name>_squad.json, the {id: answer} file the official SQuAD scorers read)."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{name}.jsonl"), "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    task.write_official(records, folder, name)
