@@ -140,13 +140,14 @@ def _summary(clock: StepClock, counts: _Counts, warmup: int) -> dict:
 def child_ours(spec: dict, gate) -> dict:
     """finetune.run.main with wrappers: the task's loss marks each step, the loop's batch stream, backward, clipping
     and optimizer are timed. Nothing else of the run changes."""
+    import mlm.core.accel
     import mlm.core.loop
     from finetune.run import main, parse_finetune_args
     from finetune.task import TASKS
 
     clock, counts = StepClock(gate), _Counts()
     module = TASKS[spec["task"]]
-    original_loss, original_batches, original_accelerator = module.loss, mlm.core.loop.micro_batches, mlm.core.loop.make_accelerator
+    original_loss, original_batches, original_accelerator = module.loss, mlm.core.loop.micro_batches, mlm.core.accel.make_accelerator
 
     def loss(model, batch):
         counts.add(batch)
@@ -170,12 +171,12 @@ def child_ours(spec: dict, gate) -> dict:
         return accelerator
 
     cfg = parse_finetune_args(spec["argv"])
-    module.loss, mlm.core.loop.micro_batches, mlm.core.loop.make_accelerator = loss, timed_batches, make_accelerator
+    module.loss, mlm.core.loop.micro_batches, mlm.core.accel.make_accelerator = loss, timed_batches, make_accelerator
     try:
         with _optimizer_clock(clock):
             metrics = main(cfg)
     finally:
-        module.loss, mlm.core.loop.micro_batches, mlm.core.loop.make_accelerator = original_loss, original_batches, original_accelerator
+        module.loss, mlm.core.loop.micro_batches, mlm.core.accel.make_accelerator = original_loss, original_batches, original_accelerator
     if cfg.accumulation_steps(1) != 1:
         raise RuntimeError("the benchmark assumes one micro-batch per optimizer step")
     result = _summary(clock, counts, spec["warmup"])

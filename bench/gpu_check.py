@@ -82,7 +82,7 @@ def use_device(dry: bool) -> None:
 def part_peak(dry: bool) -> dict:
     import torch
 
-    from mlm.core.loop import matmul_peak_flops
+    from mlm.core.accel import matmul_peak_flops
 
     device = torch.device("cpu" if dry else "cuda")
     dtype = torch.float32 if dry else torch.bfloat16
@@ -94,7 +94,8 @@ def part_mlm(dry: bool, preset: str, peak_tflops: float, folder: str) -> dict:
     """mlm's pretraining path: the shared loop over SparseMaskedLM, as `mlm pretrain` runs it (into `folder`,
     the same on every rank)."""
     from mlm.pretrain.masking import MaskingCollator
-    from mlm.core.loop import distributed_type, make_accelerator, shards_parameters, train
+    from mlm.core.accel import distributed_type, make_accelerator, shards_parameters
+    from mlm.core.loop import LoopParts, train
     from mlm.pretrain.model import SparseMaskedLM, build_masked_lm, train_flops_per_token
     from mlm.pretrain.run import PretrainConfig, mlm_loss
 
@@ -109,7 +110,7 @@ def part_mlm(dry: bool, preset: str, peak_tflops: float, folder: str) -> dict:
     model = SparseMaskedLM(hf_model, fast_encoder=not shards_parameters(accelerator))
     data = blocks(tokenizer, s["batch"] * accelerator.num_processes * s["steps"], s["seq"])
     flops = train_flops_per_token(hf_model.config, s["seq"], cfg.mlm_probability)
-    metrics = train(cfg, accelerator, model, data, MaskingCollator(tokenizer, seed=0), mlm_loss)
+    metrics = train(cfg, accelerator, model, data, LoopParts(MaskingCollator(tokenizer, seed=0), mlm_loss))
     tokens_per_second = metrics["train_tokens_per_second"]
     return {"preset": preset, "distributed_type": distributed_type(accelerator), "processes": accelerator.num_processes,
             "mixed_precision": accelerator.mixed_precision, "steps": s["steps"], "final_loss": metrics["train_loss"],
@@ -171,7 +172,7 @@ def part_parity(dry: bool, folder: str) -> dict:
     import torch
 
     from mlm.pretrain.masking import MaskingCollator
-    from mlm.core.loop import to_device
+    from mlm.core.sampling import to_device
     from mlm.pretrain.model import SparseMaskedLM, build_masked_lm
     from mlm.pretrain.run import mlm_loss
 

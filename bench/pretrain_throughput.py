@@ -280,7 +280,8 @@ def run_ours(blocks, tokenizer, seq_len: int, batch_size: int, steps: int, warmu
     import mlm.core.loop
     from mlm.pretrain.masking import MaskingCollator
     from mlm.core.config import TrainingConfig
-    from mlm.core.loop import make_accelerator, train
+    from mlm.core.accel import make_accelerator
+    from mlm.core.loop import LoopParts, train
     from mlm.pretrain.model import SparseMaskedLM, build_masked_lm
     from mlm.pretrain.run import mlm_loss
 
@@ -326,7 +327,7 @@ def run_ours(blocks, tokenizer, seq_len: int, batch_size: int, steps: int, warmu
     mlm.core.loop.micro_batches = timed_batches
     try:
         with _optimizer_clock(clock):
-            metrics = train(cfg, accelerator, model, blocks, collate, loss_fn)
+            metrics = train(cfg, accelerator, model, blocks, LoopParts(collate, loss_fn))
     finally:
         mlm.core.loop.micro_batches = original_batches
         shutil.rmtree(out, ignore_errors=True)

@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from mlm.core.loop import lockstep, rank_batches, to_device
+from mlm.core.sampling import lockstep, rank_batches, to_device
 
 
 def compute_outputs(task, model, features: list[dict], tokenizer, batch_size: int, accelerator=None) -> list:

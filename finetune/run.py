@@ -90,7 +90,8 @@ def main(cfg) -> dict:
     from finetune.inference import score
     from finetune.task import TASKS
     from mlm.core.hub import check_sources, tokenizer_source
-    from mlm.core.loop import check_metric, check_plan, make_accelerator, train
+    from mlm.core.loop import check_metric, check_plan, LoopParts, train
+    from mlm.core.accel import make_accelerator
     from mlm.core.run_dir import check_output_dir, run_directory
     from mlm.core.resume_settings import settings_of
     from mlm.core.run_files import write_run_files
@@ -141,8 +142,8 @@ def main(cfg) -> dict:
     lengths = [len(f["input_ids"]) for f in features["train"]] if cfg.group_by_length else None
     check_plan(cfg, accelerator, len(features["train"]))
     with run_directory(cfg, accelerator):  # the data is read and encoded: from here on output_dir is this run's
-        metrics = train(cfg, accelerator, model, features["train"], lambda b: task.collate(b, tokenizer), task.loss,
-                        evaluate, export, lengths=lengths)
+        parts = LoopParts(lambda b: task.collate(b, tokenizer), task.loss, evaluate, export, lengths=lengths)
+        metrics = train(cfg, accelerator, model, features["train"], parts)
 
         # The final (best) model on every evaluated split, with its predictions.
         final_model = accelerator.unwrap_model(model)

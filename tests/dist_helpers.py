@@ -171,7 +171,7 @@ def check_ok(result, output_dir, processes=2) -> dict:
 
 
 def _patched_cli(argv: list[str]) -> int:
-    import mlm.core.loop
+    import mlm.core.accel
     import mlm.pretrain.run as pretrain
     from mlm.cli import main
 
@@ -190,7 +190,7 @@ def _patched_cli(argv: list[str]) -> int:
         pretrain.mlm_loss = interrupting_loss
     if argv[0] == "--pretend_gpu":
         argv = argv[1:]
-        mlm.core.loop._has_device = lambda: True
+        mlm.core.accel._has_device = lambda: True
     return main(argv)
 
 

@@ -53,7 +53,7 @@ def test_pretrain_on_two_ranks_writes_everything_once(two_ranks):
 @pytest.mark.distributed
 def test_two_ranks_of_b_equal_one_process_of_2b(two_ranks, corpus, tmp_path, one_thread):
     from mlm.pretrain.masking import MaskingCollator
-    from mlm.core.loop import KeyedDataset, ShardedBatchSampler
+    from mlm.core.sampling import KeyedDataset, ShardedBatchSampler
     from mlm.core.hf import load_tokenizer
 
     out, result = two_ranks

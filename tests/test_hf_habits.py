@@ -9,7 +9,7 @@ from finetune.cls.config import Config as ClsConfig
 from mlm.cli import main as cli_main
 from mlm.core.config import TrainingConfig, parse_config
 from mlm.errors import ConfigError
-from mlm.core.loop import build_optimizer, build_scheduler
+from mlm.core.optim import build_optimizer, build_scheduler
 
 ROWS = [("great fun", "pos"), ("i love this movie", "pos"), ("a fun film", "pos"), ("great plot", "pos"),
         ("bad plot", "neg"), ("i hate this movie", "neg"), ("a boring film", "neg"), ("terrible movie", "neg")]

@@ -8,7 +8,9 @@ from torch import nn
 
 from mlm.core.config import TrainingConfig
 from mlm.errors import ConfigError, DataError
-from mlm.core.loop import ShardedBatchSampler, make_accelerator, rank_batches, shard_range, train
+from mlm.core.sampling import ShardedBatchSampler, rank_batches, shard_range
+from mlm.core.accel import make_accelerator
+from mlm.core.loop import LoopParts, train
 
 
 class Toy(nn.Module):
@@ -45,7 +47,7 @@ def run(tmp_path, name, loss_fn=squared_error, dropout=True, **overrides):
     model = Toy()
     if not dropout:
         model.lin[1].p = 0.0
-    metrics = train(cfg, make_accelerator(cfg), model, toy_data(), collate, loss_fn)
+    metrics = train(cfg, make_accelerator(cfg), model, toy_data(), LoopParts(collate, loss_fn))
     losses = [json.loads(l)["loss"] for l in open(tmp_path / name / "log.jsonl") if '"loss"' in l]
     return metrics, losses, model
 
@@ -127,7 +129,7 @@ def test_best_checkpoint_is_kept_and_restored(tmp_path):
                          save_total_limit=1, metric_for_best_model="score", early_stopping_patience=2,
                          disable_tqdm=True, logging_steps=1)
     model = Toy()
-    metrics = train(cfg, make_accelerator(cfg), model, toy_data(), collate, squared_error, evaluate)
+    metrics = train(cfg, make_accelerator(cfg), model, toy_data(), LoopParts(collate, squared_error, evaluate))
     # evaluations at steps 2, 4, 6, 8: best 0.9 at step 4, then two worse ones -> stop at step 8
     assert metrics["global_step"] == 8 and metrics["best_step"] == 4 and metrics["eval_score"] == 0.9
     kept = sorted(p.name for p in (tmp_path / "best" / "checkpoints").iterdir())
@@ -162,7 +164,7 @@ def test_sampler_shards_global_batches_and_short_last_batch():
 def test_deepspeed_launch_on_cpus_is_refused(monkeypatch):
     # accelerate drops DeepSpeed on CPUs and would train plain data parallel under a DeepSpeed launch config
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    monkeypatch.setattr("mlm.core.loop._has_device", lambda: False)
+    monkeypatch.setattr("mlm.core.accel._has_device", lambda: False)
     with pytest.raises(ConfigError, match="asks for DeepSpeed, which accelerate runs only on GPUs"):
         make_accelerator(TrainingConfig())
 
@@ -197,7 +199,7 @@ def test_parameter_sharding_launches_are_recognised():
 
     from accelerate.utils import DistributedType
 
-    from mlm.core.loop import shards_parameters
+    from mlm.core.accel import shards_parameters
 
     def acc(kind, stage=None):
         plugin = SimpleNamespace(zero_stage=stage) if stage else None

@@ -283,18 +283,20 @@ def test_a_bad_setting_is_refused_before_the_previous_run_is_touched(tmp_path):
         run(tmp_path, "run", overwrite_output_dir=True, global_batch_size=12)
     with pytest.raises(DataError, match="training data has 0 examples"):
         from mlm.core.config import TrainingConfig
-        from mlm.core.loop import make_accelerator, train
+        from mlm.core.accel import make_accelerator
+        from mlm.core.loop import LoopParts, train
         from test_loop import Toy, collate
 
         cfg = TrainingConfig(output_dir=str(tmp_path / "run"), overwrite_output_dir=True, disable_tqdm=True)
-        train(cfg, make_accelerator(cfg), Toy(), [], collate, squared_error)
+        train(cfg, make_accelerator(cfg), Toy(), [], LoopParts(collate, squared_error))
     assert sorted(os.listdir(tmp_path / "run")) == before and not old_runs(tmp_path, "run")
 
 
 def test_an_overwrite_that_fails_later_keeps_the_previous_run_aside(tmp_path):
     from mlm.core.config import TrainingConfig
     from mlm.errors import ConfigError
-    from mlm.core.loop import make_accelerator, train
+    from mlm.core.accel import make_accelerator
+    from mlm.core.loop import LoopParts, train
     from test_loop import Toy, collate, toy_data
 
     run(tmp_path, "run", max_steps=10)
@@ -302,7 +304,7 @@ def test_an_overwrite_that_fails_later_keeps_the_previous_run_aside(tmp_path):
     cfg = TrainingConfig(output_dir=str(tmp_path / "run"), overwrite_output_dir=True, max_steps=4, eval_steps=2,
                          metric_for_best_model="acuracy", disable_tqdm=True)  # the typo shows at the first evaluation
     with pytest.raises(ConfigError, match="metric_for_best_model: 'acuracy' is not among"):
-        train(cfg, make_accelerator(cfg), Toy(), toy_data(), collate, squared_error, lambda m: {"accuracy": 1.0})
+        train(cfg, make_accelerator(cfg), Toy(), toy_data(), LoopParts(collate, squared_error, lambda m: {"accuracy": 1.0}))
     [old] = old_runs(tmp_path, "run")
     assert (old / "metrics.json").read_text() == '{"old": 1}'
     assert sorted(os.listdir(old / "checkpoints")) == ["step-10"] and (old / "log.jsonl").exists()

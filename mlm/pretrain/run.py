@@ -174,7 +174,7 @@ EVAL_METRICS = ("loss", "perplexity", "masked_accuracy")
 
 def make_evaluate(valid_data, collate, batch_size: int, accelerator):
     """MLM loss, perplexity and masked-token accuracy on fixed validation masks (never (B, T, V) logits)."""
-    from mlm.core.loop import KeyedDataset, eval_batches
+    from mlm.core.sampling import KeyedDataset, eval_batches
 
     keyed = KeyedDataset(valid_data, epoch=0)  # example_id = index: the same masks at every evaluation
 
@@ -197,7 +197,8 @@ def make_evaluate(valid_data, collate, batch_size: int, accelerator):
 def main(cfg: PretrainConfig) -> dict:
     from mlm.pretrain.masking import MaskingCollator
     from mlm.pretrain.corpus import corpus_sources
-    from mlm.core.loop import check_metric, check_plan, make_accelerator, shards_parameters, train
+    from mlm.core.loop import check_metric, check_plan, LoopParts, train
+    from mlm.core.accel import make_accelerator, shards_parameters
     from mlm.pretrain.model import SparseMaskedLM, build_masked_lm, train_flops_per_token
     from mlm.core.hf import enable_activation_checkpointing
     from mlm.pretrain.packing import build_packed_dataset
@@ -271,7 +272,8 @@ def main(cfg: PretrainConfig) -> dict:
     with run_directory(cfg, accelerator):  # everything above is checked: from here on output_dir is this run's
         if accelerator.is_main_process and tokenizer_folder and tokenizer_folder != cfg.output_dir:
             _write_files(_folder_files(tokenizer_folder), cfg.output_dir)
-        metrics = train(cfg, accelerator, model, train_blocks, collate, mlm_loss, evaluate, export, flops_per_token=flops)
+        metrics = train(cfg, accelerator, model, train_blocks,
+                        LoopParts(collate, mlm_loss, evaluate, export, flops_per_token=flops))
         if "eval_loss" in metrics:
             metrics["perplexity"] = metrics["eval_perplexity"]
             metrics["masked_accuracy"] = metrics["eval_masked_accuracy"]
