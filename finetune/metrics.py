@@ -11,7 +11,7 @@ their scores here instead:
 * extractive QA: `normalize_answer`, `exact_match`, `f1`, `squad_scores`, identical to the official
   SQuAD v1.1 and v2.0 evaluation scripts.
 
-Every function returns plain Python floats / ints / dicts (JSON-able). Tests: tests/test_metrics.py.
+Every function returns plain Python floats / ints / dicts (JSON-able). Tests: tests/finetune/test_metrics.py.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ Why not call the layers' forward: two things only the caller knows.
   draws, 4 per draw, 3-4x faster; the drop probability is rounded to a multiple of 1/65536 (0.1 ->
   0.100006). On GPUs it is F.dropout.
 Row for row it is the arithmetic of transformers' BertLayer (post-LN, absolute positions), proven against
-BertForMaskedLM's loss and gradients in tests/test_model.py.
+BertForMaskedLM's loss and gradients in tests/pretrain/test_model.py.
 """
 from __future__ import annotations
 

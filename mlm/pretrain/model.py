@@ -128,7 +128,7 @@ class SparseMaskedLM(nn.Module):
     mlm to run the layers itself (mlm/pretrain/encoder.py, with a faster CPU dropout), so it needs standard BERT
     layers whose weights are whole on this process: parameter-sharding launches (FSDP, ZeRO-3) pass
     fast_encoder=False and get the model's own forward, as do other architectures.
-    The loss equals BertForMaskedLM's on the same weights and batch (tests/test_model.py).
+    The loss equals BertForMaskedLM's on the same weights and batch (tests/pretrain/test_model.py).
     """
 
     def __init__(self, hf_model, fast_encoder: bool = True):

@@ -14,7 +14,7 @@ import pytest
 from mlm.errors import ConfigError
 from mlm.core.hub import locate
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def closed_port() -> int:

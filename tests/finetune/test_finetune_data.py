@@ -17,7 +17,7 @@ from finetune.run import main as finetune_main, parse_finetune_args
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from finetune.cls import labels as cls_labels
 from mlm.core.config import load_recipe, parse_config
 from mlm.errors import ConfigError, DataError
 
-RECIPES = os.path.join(os.path.dirname(__file__), "..", "recipes", "finetune")
+RECIPES = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "finetune")
 
 
 def write(tmp_path, name: str, text: str) -> str:

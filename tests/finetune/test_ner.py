@@ -560,7 +560,7 @@ def test_config_checks_stride():
 
 @pytest.mark.parametrize("recipe", ["recipes/finetune/ner.yaml", "recipes/finetune/ner-tiny.yaml"])
 def test_recipes_load(recipe, tmp_path):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     # --data_dir as DATA= passes it (the recipe's own folder may be absent here).
     cfg = parse_config(ner.Config, ["--recipe", os.path.join(root, recipe), "--data_dir", str(tmp_path)])
     assert cfg.task == "ner" and cfg.train_file == os.path.join(str(tmp_path), "eng.train")

@@ -7,7 +7,7 @@ import pytest
 from finetune.run import parse_finetune_args
 from mlm.errors import ConfigError, DataError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.parametrize("recipe", ["ner.yaml", "qa.yaml"])

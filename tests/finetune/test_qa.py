@@ -16,7 +16,7 @@ from finetune.qa import windows as qa_windows
 from mlm.core.config import load_recipe, parse_config
 from mlm.errors import ConfigError, DataError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Every word is in the tiny vocabulary (tests/conftest.py), so one word = one token.
 CONTEXT = (
