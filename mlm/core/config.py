@@ -313,11 +313,3 @@ def _take_nulls(argv: list[str], optional: set[str]) -> tuple[list[str], dict]:
 
 def _given(argv: list[str], key: str) -> bool:
     return any(token == f"--{key}" or token.startswith(f"--{key}=") for token in argv)
-
-
-def print_help(cls, prog: str) -> None:
-    _Parser(cls, prog).parser.print_help()
-
-
-def config_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)

@@ -169,15 +169,6 @@ class SparseMaskedLM(nn.Module):
         return out
 
 
-def count_parameters(model, exclude_embeddings: bool = True) -> int:
-    """Parameters that cost FLOPs per token (token and position embeddings are lookups)."""
-    total = sum(p.numel() for p in model.parameters())
-    if exclude_embeddings:
-        emb = model.base_model.embeddings
-        total -= sum(p.numel() for n, p in emb.named_parameters() if n.endswith(("word_embeddings.weight", "position_embeddings.weight")))
-    return total
-
-
 def train_flops_per_token(config, seq_len: int, head_fraction: float, last_layer_fraction: float = 1.0) -> float:
     """Training FLOPs per token: 6N (encoder weights) + 12*L*S*h (attention scores and mixing)
     + f*6*h*(h+V) (the MLM head, run on a fraction f of the positions).
