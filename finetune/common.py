@@ -4,8 +4,32 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Optional
+
+import torch
 
 from mlm.errors import ConfigError
+
+
+def pad_batch(features: list[dict], tokenizer, sequence_pads: Optional[dict] = None, left: bool = False) -> dict:
+    """The model inputs of `features` padded to the longest one: input_ids with the tokenizer's pad id,
+    attention_mask with 0, token_type_ids with the tokenizer's pad token type, and each key of `sequence_pads`
+    (per-token labels) with its value; on the right, or the left. Keys the features lack are left out."""
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        raise ValueError("the tokenizer has no pad token")
+    pads = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0),
+            **(sequence_pads or {})}
+    longest = max(len(f["input_ids"]) for f in features)
+    batch = {}
+    for key, pad in pads.items():
+        if key in features[0]:
+            rows = []
+            for f in features:
+                fill = [pad] * (longest - len(f[key]))
+                rows.append(fill + list(f[key]) if left else list(f[key]) + fill)
+            batch[key] = torch.tensor(rows, dtype=torch.long)  # (B, T)
+    return batch
 
 
 def labels_from_id2label(hf_config: dict) -> list[str]:

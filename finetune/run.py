@@ -14,6 +14,7 @@ import json
 import os
 
 from mlm.core.config import parse_config, recipe_path
+from mlm.core.records import first_line
 from finetune.task import TASK_FILE
 from mlm.errors import ConfigError
 
@@ -67,14 +68,15 @@ def command(argv: list[str]) -> None:
 def load_backbone(task, cfg, labels, tokenizer_size: int):
     """The task model on the backbone: a new head on top of the pretrained encoder."""
     from mlm.errors import DataError
-    from mlm.core.hf import (check_checkpoint_dir, check_vocabulary, enable_activation_checkpointing, loading_kwargs, usable_positions)
+    from mlm.core.hf import (check_checkpoint_dir, check_vocabulary, enable_activation_checkpointing, loading_kwargs,
+                             usable_positions)
 
     check_checkpoint_dir(cfg.model_name_or_path, allow_pickle=cfg.allow_pickle_weights)
     try:
         model = task.AutoModel.from_pretrained(cfg.model_name_or_path, **task.model_kwargs(cfg, labels),
                                                **loading_kwargs(cfg.allow_pickle_weights))
     except (OSError, ValueError) as e:
-        raise DataError(f"model_name_or_path: cannot load {cfg.model_name_or_path}: {str(e).splitlines()[0]}") from None
+        raise DataError(f"model_name_or_path: cannot load {cfg.model_name_or_path}: {first_line(e)}") from None
     cfg.check_lengths(usable_positions(model.config, model))
     check_vocabulary(model.config, tokenizer_size)
     if cfg.gradient_checkpointing:

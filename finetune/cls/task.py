@@ -44,7 +44,7 @@ from finetune.cls.labels import _label_set, _regression_target, label_list, labe
 from finetune.cls.data import load_splits
 from finetune.cls.features import encode
 from finetune.cls.label_names import resolve_label_names
-from finetune.common import labels_from_id2label, no_official_format
+from finetune.common import labels_from_id2label, no_official_format, pad_batch
 from mlm.errors import ConfigError
 from finetune.cls.inputs import examples_from_file, examples_from_text, read_labelled
 
@@ -87,22 +87,7 @@ def collate(features: list[dict], tokenizer) -> dict[str, torch.Tensor]:
     """Pad to the longest feature in the batch with the tokenizer's pad id; labels keep their kind.
 
     labels: (B,) long for classes, (B,) float for regression, (B, C) float for multi-label."""
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        raise ValueError("the tokenizer has no pad token")
-    left = getattr(tokenizer, "padding_side", "right") == "left"
-    longest = max(len(f["input_ids"]) for f in features)
-
-    def padded(key: str, value: int) -> torch.Tensor:
-        rows = []
-        for f in features:
-            fill = [value] * (longest - len(f[key]))
-            rows.append(fill + list(f[key]) if left else list(f[key]) + fill)
-        return torch.tensor(rows, dtype=torch.long)  # (B, T)
-
-    batch = {"input_ids": padded("input_ids", pad_id), "attention_mask": padded("attention_mask", 0)}
-    if "token_type_ids" in features[0]:
-        batch["token_type_ids"] = padded("token_type_ids", getattr(tokenizer, "pad_token_type_id", 0))
+    batch = pad_batch(features, tokenizer, left=getattr(tokenizer, "padding_side", "right") == "left")
     with_labels = ["labels" in f for f in features]
     if any(with_labels):
         if not all(with_labels):

@@ -42,7 +42,7 @@ from mlm.errors import DataError
 from finetune.ner.config import AutoModel, Config, IGNORE, UNITS
 from finetune.ner.data import load_splits
 from finetune.ner.windows import encode
-from finetune.common import labels_from_id2label, no_class_names, no_official_format
+from finetune.common import labels_from_id2label, no_class_names, no_official_format, pad_batch
 from finetune.ner.inputs import examples_from_file, examples_from_text, read_labelled
 
 
@@ -79,15 +79,7 @@ def model_kwargs(cfg: Config, labels: list[str]) -> dict:
 
 def collate(features: list[dict], tokenizer) -> dict[str, torch.Tensor]:
     """Right-pad to the longest feature (outputs() relies on right padding); labels padded with -100."""
-    longest = max(len(f["input_ids"]) for f in features)
-    pads = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0,
-            "token_type_ids": tokenizer.pad_token_type_id, "labels": IGNORE}
-    batch = {}
-    for key, pad in pads.items():
-        if key in features[0]:
-            rows = [f[key] + [pad] * (longest - len(f[key])) for f in features]
-            batch[key] = torch.tensor(rows, dtype=torch.long)  # (B, T)
-    return batch
+    return pad_batch(features, tokenizer, {"labels": IGNORE})
 
 
 def _model_inputs(batch: dict) -> dict:

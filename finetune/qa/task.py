@@ -40,7 +40,7 @@ from finetune.qa.config import AutoModel, Config, IGNORE, UNITS
 from finetune.qa.data import _check_unique_ids, _example, align_answers, load_splits, read_file
 from finetune.qa.postprocess import predictions, write_squad_predictions
 from finetune.qa.windows import encode
-from finetune.common import no_class_names
+from finetune.common import no_class_names, pad_batch
 
 
 HAS_CLASSES = False  # two outputs per token (start, end), not one per label
@@ -69,13 +69,9 @@ def model_kwargs(cfg: Config, labels: list[str]) -> dict:
 
 
 def collate(features: list[dict], tokenizer) -> dict[str, torch.Tensor]:
-    """Pad to the longest feature in the batch (right side); labels when the features have them."""
-    length = max(len(f["input_ids"]) for f in features)
-    pads = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0, "token_type_ids": 0}
-    batch = {}
-    for key, pad in pads.items():
-        if key in features[0]:
-            batch[key] = torch.tensor([f[key] + [pad] * (length - len(f[key])) for f in features], dtype=torch.long)
+    """Pad to the longest feature in the batch (right side: windows.encode refuses left-padding tokenizers);
+    labels when the features have them."""
+    batch = pad_batch(features, tokenizer)
     for key in ("start_positions", "end_positions"):
         if key in features[0]:
             batch[key] = torch.tensor([f[key] for f in features], dtype=torch.long)

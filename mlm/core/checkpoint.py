@@ -24,6 +24,7 @@ import shutil
 from typing import Optional
 
 from mlm.core import safe_state
+from mlm.core.records import first_line
 from mlm.errors import ConfigError, DataError
 
 logger = logging.getLogger("mlm")
@@ -268,7 +269,7 @@ def load_checkpoint(accelerator, objects: tuple, path: str) -> dict:
         else:
             safe_state.load_training_state(path, accelerator.unwrap_model(model), optimizer, scheduler, rank)
     except Exception as e:  # missing files, another model's shapes: torch/safetensors raise many types
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise DataError(f"resume_from_checkpoint: cannot restore {path} ({reason[:300]}); was it written by this "
                         "model and settings? resume from an earlier checkpoint or start over") from None
     return state

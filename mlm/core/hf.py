@@ -10,6 +10,7 @@ import os
 from torch import nn
 
 from mlm.core.checkpoint import STATE_FILE
+from mlm.core.records import first_line
 from mlm.core.user_files import REEXPORT, check_weights, read_json
 from mlm.errors import ConfigError, DataError
 
@@ -116,7 +117,7 @@ def load_tokenizer(name_or_dir: str, field: str = "tokenizer_name"):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_dir)
     except Exception as e:  # OSError (not found / offline), ValueError (unknown class), ...
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        reason = first_line(e)[:200]
         where = name_or_dir if is_local else f"tokenizer {name_or_dir!r}"
         hint = f"; {REEXPORT} (a damaged tokenizer file?)" if is_local else ""
         raise DataError(f"{field}: {where}: cannot load the tokenizer ({reason}){hint}") from None

@@ -198,6 +198,12 @@ def require_columns(path: str, line: int, row: dict, columns: list[str]) -> None
 
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message for a one-line error, or its type's name when the message is
+    empty."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 # A longer text (one huge line) is tokenised in pieces of about this size: the tokenizer keeps ~100 bytes of
 # alignment per character of a text it encodes.
 PIECE_CHARS = 20_000

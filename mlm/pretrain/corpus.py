@@ -48,7 +48,7 @@ from typing import Iterator, Optional
 
 from mlm.errors import ConfigError, DataError
 from mlm.core.user_files import raw_lines
-from mlm.core.records import TABLE_SUFFIXES, iter_records
+from mlm.core.records import TABLE_SUFFIXES, first_line, iter_records
 
 DOCUMENT_SEPARATORS = ("blank_line", "line")
 MAX_DOCUMENT_CHARS = 1_000_000  # a longer run of lines is cut at a line break (bounds memory per document)
@@ -258,7 +258,7 @@ def _hub_corpora(name: str, config: Optional[str], text_column: str) -> tuple[Hu
 
         splits = datasets.load_dataset(name, config, streaming=True)
     except Exception as e:  # offline, unknown name, missing config...: all fixable by passing files
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        reason = first_line(e)[:200]
         raise DataError(
             f"dataset_name {name!r}: cannot load it from the Hugging Face hub ({reason}); "
             f"pass local files with train_file instead"

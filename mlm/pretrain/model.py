@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mlm.core.hf import check_checkpoint_dir, check_vocabulary, loading_kwargs, usable_positions
+from mlm.core.records import first_line
 from mlm.errors import ConfigError, DataError
 from mlm.pretrain.encoder import LaneDropout, bert_layer, bert_layers, gather_masked
 
@@ -76,7 +77,7 @@ def build_masked_lm(
                 model_name_or_path, config=config, attn_implementation=attn_implementation, output_loading_info=True,
                 **loading_kwargs(allow_pickle_weights))
         except (OSError, ValueError) as e:
-            raise DataError(f"model_name_or_path: cannot load {model_name_or_path}: {str(e).splitlines()[0]}") from None
+            raise DataError(f"model_name_or_path: cannot load {model_name_or_path}: {first_line(e)}") from None
         for name, value in shape.items():
             if getattr(model.config, name, value) != value:
                 raise ConfigError(f"{name}: {value}, but the checkpoint {model_name_or_path} has "
