@@ -186,6 +186,41 @@ class TrainingConfig:
 C = TypeVar("C")
 
 
+# `--help` sections, in this order: what the run reads and builds first, then how it trains. A field not named here
+# is a data field (the corpus, the task's files, columns, windows, masking).
+HELP_GROUPS = {
+    "model": ("model_name_or_path", "tokenizer_name", "vocab_size", "do_lower_case", "model_preset", "hidden_size",
+              "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_dropout_prob",
+              "attention_probs_dropout_prob", "allow_pickle_weights", "gradient_checkpointing"),
+    "optimisation": ("per_device_train_batch_size", "gradient_accumulation_steps", "global_batch_size", "learning_rate",
+                     "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim"),
+    "schedule": ("num_train_epochs", "max_steps", "warmup_ratio", "warmup_steps", "lr_scheduler_type", "seed"),
+    "evaluation": ("do_train", "do_eval", "do_predict", "per_device_eval_batch_size", "eval_strategy", "eval_steps",
+                   "max_eval_samples", "max_test_samples", "metric_for_best_model", "greater_is_better",
+                   "early_stopping_patience", "load_best_model_at_end"),
+    "checkpointing": ("output_dir", "overwrite_output_dir", "save_strategy", "save_steps", "save_total_limit",
+                      "resume_from_checkpoint", "push_to_hub", "hub_model_id", "hub_token"),
+    "runtime": ("mixed_precision", "fp16", "bf16", "torch_compile", "num_threads", "dataloader_num_workers", "ddp_timeout",
+                "logging_steps", "report_to", "run_name", "disable_tqdm"),
+}
+
+
+def _group_help(parser) -> None:
+    """Put each field's flag under its HELP_GROUPS section (data first), so --help reads data, model, then the
+    loop's settings; parsing is unchanged (argument groups only arrange the help)."""
+    section = {name: title for title, names in HELP_GROUPS.items() for name in names}
+    groups = {title: parser.add_argument_group(title) for title in ("data", *HELP_GROUPS)}
+    parser._action_groups.remove(groups["data"])  # data first, right after the general options
+    parser._action_groups.insert(2, groups["data"])
+    general = {"help", "recipe"}
+    for holder in parser._action_groups[:2]:
+        for action in list(holder._group_actions):
+            if action.dest in general:
+                continue
+            holder._group_actions.remove(action)
+            groups[section.get(action.dest, "data")]._group_actions.append(action)
+
+
 class _Parser:
     """HfArgumentParser whose errors become ConfigError (one line) instead of usage dumps."""
 
@@ -199,6 +234,7 @@ class _Parser:
         # No abbreviations: "--rec x" or "--learn 1" silently standing for another flag hides typos.
         self.parser = Strict(cls, prog=prog, description=(cls.__doc__ or "").strip(), allow_abbrev=False)
         self.parser.add_argument("--recipe", default=None, help="YAML file of field values; flags win over it.")
+        _group_help(self.parser)
 
 
 def load_recipe(path: str, cls) -> dict:

@@ -44,8 +44,10 @@ import platform
 import sys
 import sysconfig
 import warnings
-from typing import Iterator, Optional
+from dataclasses import dataclass
+from typing import Iterator, Literal, Optional
 
+from mlm.core.config import arg
 from mlm.errors import ConfigError, DataError
 from mlm.core.user_files import raw_lines
 from mlm.core.records import TABLE_SUFFIXES, first_line, iter_records
@@ -58,6 +60,22 @@ DEFAULT_MAX_CHARS_PER_SOURCE = 2_000_000
 DEFAULT_MIN_DOCSTRING_CHARS = 80
 DEFAULT_FORMAT_VERSION = 1  # bump when the extraction rules change: it is part of the fingerprint
 _SKIPPED_DIRS = {"test", "tests", "testing", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+
+
+@dataclass
+class CorpusArgs:
+    """Where the text comes from: the fields of `mlm pretrain` and `mlm tokenizer` that corpus_sources reads."""
+
+    train_file: Optional[str] = arg(
+        None, "Corpus: a file, a glob, or several separated by commas (.txt/.jsonl/.csv/.tsv/.parquet, .gz ok). "
+        "Empty: the embedded default corpus (docstrings of the Python standard library and installed packages)."
+    )
+    dataset_name: Optional[str] = arg(None, "A hub dataset name instead of files (needs network), e.g. wikitext.")
+    dataset_config_name: Optional[str] = arg(None, "Configuration of dataset_name, e.g. wikitext-103-raw-v1.")
+    text_column: str = arg("text", "Text column of .jsonl/.csv/.tsv/.parquet files and hub datasets.")
+    document_separator: Literal["blank_line", "line"] = arg(
+        "blank_line", ".txt files: documents are separated by blank lines, or one document per line."
+    )
 
 
 def _digest(*parts) -> str:

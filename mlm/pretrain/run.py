@@ -19,6 +19,7 @@ import torch
 from mlm.core.config import TrainingConfig, arg
 from mlm.errors import ConfigError
 from mlm.core.hub import check_sources, tokenizer_source
+from mlm.pretrain.corpus import CorpusArgs
 
 logger = logging.getLogger("mlm")
 
@@ -28,21 +29,11 @@ def default_cache_dir() -> str:
 
 
 @dataclass
-class PretrainConfig(TrainingConfig):
+class PretrainConfig(TrainingConfig, CorpusArgs):
     """Pretrain a BERT-style encoder with masked-language modelling; every field is also a --flag."""
 
     output_dir: str = arg("outputs/pretrain", "Where checkpoints, logs, metrics and the final model are written.")
-    train_file: Optional[str] = arg(
-        None, "Corpus: a file, a glob, or several separated by commas (.txt/.jsonl/.csv/.tsv/.parquet, .gz ok). "
-        "Empty: the embedded default corpus (docstrings of the Python standard library and installed packages)."
-    )
     validation_file: Optional[str] = arg(None, "Validation corpus (default: hold out validation_split_percentage).")
-    dataset_name: Optional[str] = arg(None, "A hub dataset name instead of files (needs network), e.g. wikitext.")
-    dataset_config_name: Optional[str] = arg(None, "Configuration of dataset_name, e.g. wikitext-103-raw-v1.")
-    text_column: str = arg("text", "Text column of .jsonl/.csv/.tsv/.parquet files and hub datasets.")
-    document_separator: Literal["blank_line", "line"] = arg(
-        "blank_line", ".txt files: documents are separated by blank lines, or one document per line."
-    )
     validation_split_percentage: float = arg(5.0, "Percent of documents held out for validation (no validation_file).")
     cache_dir: Optional[str] = arg(None, "Cache of packed token arrays and trained tokenizers ($MLM_CACHE_DIR or ~/.cache/mlm).")
     tokenizer_name: Optional[str] = arg(None, "Existing tokenizer dir/name; default: train a WordPiece tokenizer.")

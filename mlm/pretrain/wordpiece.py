@@ -18,10 +18,11 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Literal, Optional
+from typing import Iterable, Iterator
 
 from mlm.core.config import arg
 from mlm.core.hf import load_tokenizer
+from mlm.pretrain.corpus import CorpusArgs
 from mlm.errors import ConfigError, DataError
 
 logger = logging.getLogger("mlm")
@@ -122,15 +123,10 @@ def _save(tokenizer, output_dir: str, lowercase: bool) -> None:
 
 
 @dataclass
-class TokenizerConfig:
+class TokenizerConfig(CorpusArgs):
     """Train a WordPiece tokenizer with BERT's special tokens; every field is also a --flag."""
 
     output_dir: str = arg("outputs/tokenizer", "Directory to save the tokenizer to.")
-    train_file: Optional[str] = arg(None, "Corpus files (glob / comma list); empty: the embedded default corpus.")
-    dataset_name: Optional[str] = arg(None, "A hub dataset name instead of files (needs network).")
-    dataset_config_name: Optional[str] = arg(None, "Configuration of dataset_name.")
-    text_column: str = arg("text", "Text column of .jsonl/.csv/.tsv/.parquet files and hub datasets.")
-    document_separator: Literal["blank_line", "line"] = arg("blank_line", ".txt files: blank-line or line documents.")
     vocab_size: int = arg(30522, "Vocabulary size, special tokens included.")
     do_lower_case: bool = arg(True, "Lower-case and strip accents.")
     min_frequency: int = arg(2, "Minimum count for a merge/word piece.")
