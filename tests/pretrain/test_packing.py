@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 
-from mlm.pretrain import packing
+from mlm.pretrain import fast_encode, packing
 from mlm.pretrain.corpus import FileCorpus, corpus_sources
 from mlm.errors import ConfigError, DataError
 from mlm.pretrain.packing import build_packed_dataset
@@ -261,7 +261,7 @@ def _cased_tokenizer():
 @pytest.mark.parametrize("cased", [False, True])
 def test_ascii_shortcut_gives_the_tokenizer_s_own_ids(tiny_tokenizer, cased):
     tok = _cased_tokenizer() if cased else tiny_tokenizer
-    encoder = packing._Encoder(tok, np.uint16)
+    encoder = fast_encode._Encoder(tok, np.uint16)
     assert encoder.plain is not None and encoder.lowercase is (not cased)
     lengths, tokens = encoder._with_shortcut(TRICKY)
     expected = [token_ids(tok, t) for t in TRICKY]
@@ -271,15 +271,15 @@ def test_ascii_shortcut_gives_the_tokenizer_s_own_ids(tiny_tokenizer, cased):
 
 def test_split_plain_cuts_only_at_ascii_whitespace():
     text = "ab cé d\u3000e f\tgü\nh"
-    pieces = packing._split_plain(text)
+    pieces = fast_encode._split_plain(text)
     assert "".join(pieces) == text
     assert pieces == ["ab ", "cé", " ", "d\u3000e", " f\t", "gü", "\nh"]
 
 
 def test_ascii_shortcut_is_dropped_when_it_disagrees(tiny_tokenizer, monkeypatch, caplog):
     # a broken splitter that calls everything plain: "é" would skip accent stripping and become [UNK]
-    monkeypatch.setattr(packing, "_split_plain", lambda text: [text])
-    encoder = packing._Encoder(tiny_tokenizer, np.uint16)
+    monkeypatch.setattr(fast_encode, "_split_plain", lambda text: [text])
+    encoder = fast_encode._Encoder(tiny_tokenizer, np.uint16)
     texts = ["the movie", "the café"]
     with caplog.at_level(logging.WARNING, logger="mlm"):
         lengths, tokens = encoder(texts)
