@@ -19,6 +19,7 @@ from typing import Literal, Optional, TypeVar
 
 import yaml
 
+from mlm.core.budget import BUDGET_SCHEDULES, parse_duration
 from mlm.errors import ConfigError
 
 
@@ -60,6 +61,11 @@ class TrainingConfig:
     max_grad_norm: float = arg(1.0, "Gradient clipping norm (0 disables clipping).")
     num_train_epochs: float = arg(3.0, "Epochs over the training data (ignored when max_steps > 0).")
     max_steps: int = arg(-1, "Total optimizer steps; overrides num_train_epochs when > 0.")
+    max_time: Optional[str] = arg(
+        None, "Wall-clock training budget, e.g. 90s, 15m, 2h, 1h30m: the learning-rate schedule (warmup and decay) "
+        "runs on the fraction of the budget used, and the run stops when it is spent, then evaluates, checkpoints "
+        "and exports. It ends earlier only at max_steps (num_train_epochs is then ignored). The clock counts "
+        "evaluations and checkpoints and survives a resume.")
     warmup_ratio: Optional[float] = arg(None, "Fraction of steps with linear warmup (exclusive with warmup_steps).")
     warmup_steps: Optional[int] = arg(None, "Steps of linear warmup (exclusive with warmup_ratio).")
     lr_scheduler_type: Literal[SCHEDULERS] = arg(
@@ -72,10 +78,14 @@ class TrainingConfig:
         None, "When to evaluate during training: steps (every eval_steps), epoch, or no (only at the end). "
         "Default: steps when eval_steps is set, else epoch. Alias --evaluation_strategy.",
         aliases=["--evaluation_strategy"])
-    eval_steps: Optional[int] = arg(None, "Evaluate every N steps (default: once per epoch and at the end).")
+    eval_steps: Optional[float] = arg(
+        None, "Evaluate every N steps, or with a value below 1 at every such fraction of the run (of the max_time "
+        "budget when set), as Trainer (default: once per epoch and at the end).")
     save_strategy: Optional[Literal["no", "steps", "epoch"]] = arg(
         None, "When to write checkpoints: steps (every save_steps), epoch, or no. Default: at every evaluation.")
-    save_steps: Optional[int] = arg(None, "Checkpoint every N steps (default: at every evaluation).")
+    save_steps: Optional[float] = arg(
+        None, "Checkpoint every N steps, or with a value below 1 at every such fraction of the run (of the max_time "
+        "budget when set) (default: at every evaluation).")
     save_total_limit: int = arg(2, "Keep the last N checkpoints (the best one is kept in addition).")
     resume_from_checkpoint: Optional[str] = arg(None, "A checkpoints/step-N directory, or 'latest' in output_dir.")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = arg(
@@ -119,7 +129,13 @@ class TrainingConfig:
                      "logging_steps", "save_total_limit"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_steps", "save_steps", "global_batch_size", "early_stopping_patience", "num_threads"):
+        for name in ("eval_steps", "save_steps"):  # N steps, or a fraction of the run (Trainer's meaning)
+            value = getattr(self, name)
+            if value is not None and not (0 < value < 1 or (value >= 1 and float(value).is_integer())):
+                raise ConfigError(f"{name}: must be a whole number of steps >= 1 or a fraction in (0, 1), got {value}")
+            if value is not None and value >= 1:
+                setattr(self, name, int(value))  # "500" parses as 500.0: keep a step count an int
+        for name in ("global_batch_size", "early_stopping_patience", "num_threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {value}")
@@ -127,6 +143,13 @@ class TrainingConfig:
             raise ConfigError("warmup_ratio and warmup_steps are both set: choose one")
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_time is not None:
+            self.time_budget()  # a bad duration fails here, naming the key
+            if self.warmup_steps is not None:
+                raise ConfigError("warmup_steps: with max_time the warmup is a fraction of the budget: use warmup_ratio")
+            if self.lr_scheduler_type not in BUDGET_SCHEDULES:
+                raise ConfigError(f"lr_scheduler_type: {self.lr_scheduler_type!r} has no time-budget form (with "
+                                  f"max_time choose from {', '.join(BUDGET_SCHEDULES)})")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ConfigError("max_steps and num_train_epochs are both <= 0: nothing to train")
         if not 0 < self.learning_rate < math.inf:
@@ -166,6 +189,10 @@ class TrainingConfig:
             raise ConfigError("metric_for_best_model needs evaluations and checkpoints during training: it cannot go "
                               "with eval_strategy no, save_strategy no or without --do_eval")
 
+    def time_budget(self) -> Optional[float]:
+        """max_time in seconds, or None without a budget."""
+        return None if self.max_time is None else parse_duration(self.max_time, "max_time")
+
     def evaluates(self) -> bool:
         """Whether the run evaluates at all (--do_* flags may leave evaluation out)."""
         return self.do_eval is not False
@@ -194,7 +221,7 @@ HELP_GROUPS = {
               "attention_probs_dropout_prob", "allow_pickle_weights", "gradient_checkpointing"),
     "optimisation": ("per_device_train_batch_size", "gradient_accumulation_steps", "global_batch_size", "learning_rate",
                      "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim"),
-    "schedule": ("num_train_epochs", "max_steps", "warmup_ratio", "warmup_steps", "lr_scheduler_type", "seed"),
+    "schedule": ("num_train_epochs", "max_steps", "max_time", "warmup_ratio", "warmup_steps", "lr_scheduler_type", "seed"),
     "evaluation": ("do_train", "do_eval", "do_predict", "per_device_eval_batch_size", "eval_strategy", "eval_steps",
                    "max_eval_samples", "max_test_samples", "metric_for_best_model", "greater_is_better",
                    "early_stopping_patience", "load_best_model_at_end"),

@@ -15,6 +15,7 @@ just (epoch, batch index).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -40,6 +41,7 @@ from mlm.core.sampling import ShardedBatchSampler, micro_batches, to_device
 from mlm.core.signals import Preempted, StopRequest
 
 
+UNBOUNDED = 2**62  # the steps of a run that only its time budget ends
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -67,6 +69,7 @@ class TrainState:
     examples: int = 0
     train_seconds: float = 0.0
     loss_sum: float = 0.0  # of each step's mean loss: train_loss is the run's average step loss, as Trainer's
+    elapsed: float = 0.0  # the budget clock: the loop's wall time, evaluations and checkpoints included
     best_metric: Optional[float] = None
     best_step: Optional[int] = None
     best_metrics: Optional[dict] = None
@@ -80,6 +83,8 @@ def plan_steps(cfg: TrainingConfig, batches_per_epoch: int, accumulation: int) -
     steps_per_epoch = max(1, batches_per_epoch // accumulation)
     if cfg.max_steps > 0:
         return cfg.max_steps, steps_per_epoch
+    if cfg.max_time is not None:  # the budget ends the run
+        return UNBOUNDED, steps_per_epoch
     return max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch)), steps_per_epoch
 
 
@@ -101,7 +106,7 @@ def train(cfg: TrainingConfig, accelerator, model: torch.nn.Module, train_data, 
     # From here on SIGTERM / SIGUSR1 / the launcher's death are recorded: the loop saves at its next step and stops.
     with run_directory(cfg, accelerator) as resume, StopRequest() as preemption:
         run = _Run(cfg, accelerator, resume, preemption, model, train_data, parts)
-        while run.state.step < run.total_steps and not run.stop:
+        while not run.finished() and not run.stop:
             run.step()
             pause = time.perf_counter()  # evaluation and checkpoint time is not training throughput
             run.maybe_evaluate_and_save()
@@ -120,7 +125,9 @@ class _Run:
         self.sampler = ShardedBatchSampler(len(train_data), cfg.per_device_train_batch_size, accelerator.process_index,
                                            world, cfg.seed, True, parts.lengths)
         self.total_steps, steps_per_epoch = plan_steps(cfg, len(self.sampler), self.accumulation)
-        self.eval_every, self.save_every = _eval_and_save_intervals(cfg, parts.evaluate is not None, steps_per_epoch)
+        self.budget = cfg.time_budget()  # seconds, or None
+        self.eval_every, self.save_every = _eval_and_save_intervals(cfg, parts.evaluate is not None, steps_per_epoch,
+                                                                    self.total_steps)
 
         optimizer = build_optimizer(model, cfg)
         self.scheduler = build_scheduler(optimizer, cfg, self.total_steps)
@@ -134,8 +141,8 @@ class _Run:
         self.run_log = RunLog(cfg.output_dir, accelerator.is_main_process, accelerator, resume_step=self.state.step)
         self.global_batch = cfg.per_device_train_batch_size * world * self.accumulation
         logger.info(
-            "training %d steps on %d processes (%s): %d sequences, global batch %d = %d per device x %d processes x "
-            "%d accumulation; %d steps per epoch", self.total_steps, world, distributed_type(accelerator),
+            "training %s on %d processes (%s): %d sequences, global batch %d = %d per device x %d processes x "
+            "%d accumulation; %d steps per epoch", _length(cfg, self.total_steps), world, distributed_type(accelerator),
             len(train_data), self.global_batch, cfg.per_device_train_batch_size, world, self.accumulation,
             steps_per_epoch,
         )
@@ -144,11 +151,32 @@ class _Run:
                                     cfg.dataloader_num_workers)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
-        self.progress = _progress_bar(cfg, accelerator, self.total_steps, self.state.step)
+        self.progress = _progress_bar(cfg, accelerator, None if self.total_steps == UNBOUNDED else self.total_steps,
+                                      self.state.step)
         # loss sum, count, tokens, examples since the last log record
         self.interval = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
         self.interval_start, self.last_eval_step, self.last_metrics = time.perf_counter(), None, None
         self.stop = self.preempted = False
+        # The budget clock: the loop's wall time (evaluations and checkpoints included), continued by a resume.
+        self.clock_start = time.perf_counter() - self.state.elapsed
+        self.progress_before = self.progress_now = self._progress()
+
+    def _progress(self) -> float:
+        """How much of the run is done, in [0, 1]: steps of max_steps, or with a budget the larger of that and the
+        time spent of the budget. The budget's learning-rate curve and fractional eval/save intervals run on it."""
+        steps = self.state.step / self.total_steps if self.budget is None or self.cfg.max_steps > 0 else 0.0
+        return min(1.0, max(steps, self.state.elapsed / self.budget if self.budget else 0.0))
+
+    def finished(self) -> bool:
+        return self.state.step >= self.total_steps or (self.budget is not None and self.state.elapsed >= self.budget)
+
+    def _due(self, every) -> bool:
+        """Whether an evaluation or checkpoint interval (steps, or a fraction of the budget) ends at this step."""
+        if every is None:
+            return False
+        if isinstance(every, float):
+            return math.floor(self.progress_now / every) > math.floor(self.progress_before / every)
+        return self.state.step % every == 0
 
     def step(self) -> None:
         """One optimizer step over `accumulation` micro-batches, gradients normalised by the step's global count of
@@ -156,7 +184,8 @@ class _Run:
         cfg, accelerator, model, state = self.cfg, self.accelerator, self.model, self.state
         model.train()
         step_start = time.perf_counter()
-        local = torch.zeros(5, dtype=torch.float64, device=accelerator.device)  # + [4]: stop requested
+        # loss sum, count, tokens, examples, [4] stop requested, [5] the budget clock (rank 0's: all ranks agree)
+        local = torch.zeros(6, dtype=torch.float64, device=accelerator.device)
         for micro in range(self.accumulation):
             epoch, position, batch = next(self.stream)
             batch = to_device(batch, accelerator.device)
@@ -171,8 +200,10 @@ class _Run:
                     accelerator.backward(loss_sum / cfg.per_device_train_batch_size)
             local[:4] += torch.stack([loss_sum.detach().double(), count.double(), *_batch_counts(batch)])
         local[4] = self.preemption.requested()
+        if accelerator.is_main_process:
+            local[5] = time.perf_counter() - self.clock_start
         totals = accelerator.reduce(local, reduction="sum")
-        loss_total, targets, tokens, examples, stop_votes = totals.tolist()  # the step's one read of its counters
+        loss_total, targets, tokens, examples, stop_votes, elapsed = totals.tolist()  # the step's one read
         self.preempted = stop_votes > 0  # on any rank: all stop at this step
         scale = cfg.per_device_train_batch_size * self.world / targets if targets > 0 else 0.0
         grads = [p.grad for p in self.params if p.grad is not None] if not self.deepspeed else []
@@ -180,10 +211,14 @@ class _Run:
             torch._foreach_mul_(grads, scale)
         grad_norm = accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
         self.optimizer.step()
+        state.step += 1
+        state.elapsed = elapsed
+        self.progress_before, self.progress_now = self.progress_now, self._progress()
+        if self.budget is not None:
+            self.scheduler.lr_lambdas[0].progress = self.progress_now  # the rate for the next step
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-        state.step += 1
         state.epoch, state.position = epoch, position
         state.tokens += int(tokens)
         state.examples += int(examples)
@@ -191,7 +226,7 @@ class _Run:
         state.loss_sum += loss_total / targets if targets > 0 else 0.0
         self.interval += totals[:4]
         self.progress.update(1)
-        if state.step % cfg.logging_steps == 0 or state.step == self.total_steps:
+        if state.step % cfg.logging_steps == 0 or self.finished():
             self.log(grad_norm)
 
     def log(self, grad_norm) -> None:
@@ -208,6 +243,8 @@ class _Run:
         }
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
+        if self.budget is not None:
+            record["elapsed_s"] = round(self.state.elapsed, 2)
         if flops_per_token:
             record["tflops"] = record["tokens_per_second"] * flops_per_token / 1e12
             # tokens_per_second counts every rank's tokens; peak_flops is one device's
@@ -222,12 +259,12 @@ class _Run:
     def maybe_evaluate_and_save(self) -> None:
         """Evaluate, track the best model and early stopping, and checkpoint when due; stop when preempted."""
         state, cfg = self.state, self.cfg
-        if self.parts.evaluate is not None and (_due(state.step, self.eval_every) or state.step == self.total_steps):
-            self.last_metrics = _evaluate(self.parts.evaluate, self.model, state, self.run_log)
+        last = self.finished()
+        if self.parts.evaluate is not None and (self._due(self.eval_every) or last):
+            self.last_metrics = _evaluate(self.parts.evaluate, self.model, state, self.run_log, self.budget)
             self.last_eval_step = state.step
             self.stop = _update_best(cfg, state, self.last_metrics)
-        if self.save_every and (state.step % self.save_every == 0 or state.step == self.total_steps or self.stop) \
-                or self.preempted:
+        if self.save_every and (self._due(self.save_every) or last or self.stop) or self.preempted:
             _save(cfg, self.accelerator, self.objects, state, self.parts.export)
         if self.preempted:
             self.progress.close()
@@ -240,7 +277,7 @@ class _Run:
             logger.info("early stopping at step %d: no improvement of %s in %d evaluations",
                         state.step, cfg.metric_for_best_model, cfg.early_stopping_patience)
         if self.parts.evaluate is not None and self.last_eval_step != state.step:
-            self.last_metrics = _evaluate(self.parts.evaluate, model, state, self.run_log)
+            self.last_metrics = _evaluate(self.parts.evaluate, model, state, self.run_log, self.budget)
         use_best = bool(cfg.metric_for_best_model and cfg.load_best_model_at_end and state.best_step is not None)
         if use_best and state.best_step != state.step:
             logger.info("restoring the best checkpoint (step %d, %s = %.4f)", state.best_step,
@@ -260,6 +297,8 @@ class _Run:
             "num_processes": self.world,
             "distributed_type": distributed_type(accelerator),
         })
+        if self.budget is not None:
+            final.update({"max_time_s": self.budget, "elapsed_s": round(state.elapsed, 2)})
         if self.parts.export is not None:
             accelerator.wait_for_everyone()
             state_dict = accelerator.get_state_dict(model)  # every rank takes part (FSDP gathers shards here)
@@ -272,20 +311,29 @@ class _Run:
         return final
 
 
-def _eval_and_save_intervals(cfg: TrainingConfig, has_evaluate: bool, steps_per_epoch: int):
-    """(steps between evaluations, steps between checkpoints); with metric_for_best_model a checkpoint is saved
-    at every evaluation, so the best one exists."""
-    eval_every = _interval(cfg.eval_strategy, cfg.eval_steps, steps_per_epoch)
+def _eval_and_save_intervals(cfg: TrainingConfig, has_evaluate: bool, steps_per_epoch: int, total_steps: int):
+    """(between evaluations, between checkpoints): a number of steps, or with a budget a fraction of it (a float);
+    with metric_for_best_model a checkpoint is saved at every evaluation, so the best one exists."""
+    interval = functools.partial(_interval, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                                 budget=cfg.max_time is not None)
+    eval_every = interval(cfg.eval_strategy, cfg.eval_steps)
     select_best = bool(cfg.metric_for_best_model and has_evaluate)
     if cfg.metric_for_best_model and not has_evaluate:
         logger.warning("metric_for_best_model %s: there is no validation data, so no evaluation, best-model choice "
                        "or early stopping", cfg.metric_for_best_model)
     elif select_best and cfg.save_steps and cfg.save_steps != eval_every:
-        logger.warning("save_steps %d ignored: with metric_for_best_model a checkpoint is saved at every evaluation "
-                       "(eval_steps %d), so the best one exists", cfg.save_steps, eval_every)
-    save_every = eval_every if select_best else _interval(cfg.save_strategy, cfg.save_steps or eval_every,
-                                                          steps_per_epoch)
+        logger.warning("save_steps %s ignored: with metric_for_best_model a checkpoint is saved at every evaluation "
+                       "(eval_steps %s), so the best one exists", cfg.save_steps, eval_every)
+    save_every = eval_every if select_best else interval(cfg.save_strategy, cfg.save_steps or eval_every)
     return eval_every, save_every
+
+
+def _length(cfg: TrainingConfig, total_steps: int) -> str:
+    """The run's length, for the log: its steps, its budget, or both."""
+    steps = f"{total_steps} steps"
+    if cfg.max_time is None:
+        return steps
+    return f"for {cfg.max_time}" + (f" (at most {steps})" if total_steps != UNBOUNDED else "")
 
 
 def _resume_state(accelerator, objects: tuple, resume: Optional[str], world: int, total_steps: int) -> TrainState:
@@ -305,13 +353,13 @@ def _peak_flops(accelerator) -> float:
     return peak
 
 
-def _due(step: int, every: Optional[int]) -> bool:
-    return every is not None and step % every == 0
-
-
-def _interval(strategy: Optional[str], steps: Optional[int], steps_per_epoch: int) -> Optional[int]:
-    """Steps between evaluations or saves: none for "no", an epoch for "epoch", else `steps` (default an epoch)."""
-    return {"no": None, "epoch": steps_per_epoch}.get(strategy, steps or steps_per_epoch)
+def _interval(strategy: Optional[str], steps, steps_per_epoch: int, total_steps: int, budget: bool):
+    """Steps between evaluations or saves: none for "no", an epoch for "epoch", else `steps` (default an epoch);
+    `steps` below 1 is a fraction of the run: of the budget when there is one (kept a float), else of its steps."""
+    every = {"no": None, "epoch": steps_per_epoch}.get(strategy, steps or steps_per_epoch)
+    if every is None or every >= 1:
+        return None if every is None else int(every)
+    return float(every) if budget else max(1, math.ceil(every * total_steps))
 
 
 def _epochs_done(state: TrainState, batches_per_epoch: int) -> float:
@@ -326,7 +374,7 @@ def _batch_counts(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens.double().to(ids.device), torch.tensor(float(ids.shape[0]), dtype=torch.float64, device=ids.device)
 
 
-def _evaluate(evaluate, model, state: TrainState, run_log: RunLog) -> dict:
+def _evaluate(evaluate, model, state: TrainState, run_log: RunLog, budget: Optional[float] = None) -> dict:
     start = time.perf_counter()
     # DDP's first forward after a training step broadcasts buffers: a collective, which deadlocks when the
     # ranks run different numbers of evaluation batches (e.g. fewer examples than processes). Every rank
@@ -341,7 +389,7 @@ def _evaluate(evaluate, model, state: TrainState, run_log: RunLog) -> dict:
     metrics = {k if k.startswith("eval_") else f"eval_{k}": v for k, v in raw.items()}
     metrics["eval_runtime"] = round(time.perf_counter() - start, 3)
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    run_log.log({"step": state.step, **flat})
+    run_log.log({"step": state.step, **flat, **({"elapsed_s": round(state.elapsed, 2)} if budget else {})})
     shown = ", ".join(f"{k[5:]} {v:.4f}" for k, v in flat.items() if k != "eval_runtime")
     logger.info("eval at step %d: %s", state.step, shown)
     return metrics

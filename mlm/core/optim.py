@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import torch
 
+from mlm.core.budget import budget_scheduler
 from mlm.core.config import TrainingConfig
 from mlm.core.runlog import logger
 
@@ -32,8 +33,12 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.
 
 
 def build_scheduler(optimizer, cfg: TrainingConfig, total_steps: int):
-    """Linear warmup, then linear / cosine decay to 0, or constant."""
+    """Linear warmup, then linear / cosine decay to 0, or constant; with max_time, the same shapes on the fraction
+    of the budget used (mlm.core.budget)."""
     from transformers import get_scheduler
+
+    if cfg.max_time is not None:
+        return budget_scheduler(optimizer, cfg.lr_scheduler_type, cfg.warmup_ratio or 0.0)
 
     if cfg.warmup_steps is not None:
         warmup = cfg.warmup_steps

@@ -22,7 +22,8 @@ def tiny_args(corpus, output_dir, cache, **extra):
     args.update(extra)
     argv = []
     for key, value in args.items():
-        argv += [f"--{key}", str(value)]
+        if value is not None:  # None: leave the field at its default
+            argv += [f"--{key}", str(value)]
     return parse_config(PretrainConfig, argv)
 
 
@@ -202,3 +203,71 @@ def test_continued_pretraining_of_other_families(sentence_corpus, tmp_path, tiny
     assert math.isfinite(metrics["eval_loss"])
     reloaded = AutoModelForMaskedLM.from_pretrained(out)
     assert reloaded.config.model_type == family
+
+
+def test_a_time_budget_ends_the_run_with_its_schedule_finished_and_a_valid_export(sentence_corpus, tmp_path):
+    """--max_time 20s: no step count is given; the run stops at the budget, its learning rate has decayed to 0
+    at the last step, the fractional eval/save intervals fire on the clock, and the export loads."""
+    out = tmp_path / "budget"
+    metrics = main(tiny_args(sentence_corpus, out, tmp_path / "cache", max_steps=-1, max_time="20s",
+                             warmup_steps=None, warmup_ratio=0.1, eval_steps=0.25, save_steps=0.5,
+                             save_total_limit=5, logging_steps=5))
+    assert 20 <= metrics["elapsed_s"] < 35 and metrics["max_time_s"] == 20
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert steps[-1]["step"] == metrics["global_step"] > 20  # a tiny model does many steps in 20 s
+    assert steps[-1]["learning_rate"] == 0.0  # the linear decay ends with the budget
+    assert max(r["learning_rate"] for r in steps) > 2e-3  # and it did warm up to (near) the peak 3e-3
+    evals = [r for r in records if "eval_loss" in r]
+    assert 4 <= len(evals) <= 5 and all(math.isfinite(r["eval_loss"]) for r in evals)
+    assert [round(r["elapsed_s"] / 5) for r in evals[:3]] == [1, 2, 3]  # every quarter of the budget
+    saved = sorted(int(p.name.split("-")[1]) for p in (out / "checkpoints").iterdir())
+    assert len(saved) in (2, 3) and saved[-1] == metrics["global_step"]
+
+    from transformers import AutoModelForMaskedLM
+
+    assert AutoModelForMaskedLM.from_pretrained(out).config.num_hidden_layers == 2
+
+
+def test_a_budget_is_resumed_with_its_clock(sentence_corpus, tmp_path, monkeypatch):
+    """The clock is training state: a run stopped half-way and resumed continues its budget, not a new one."""
+    import time
+
+    import mlm.pretrain.run as pretrain
+
+    args = dict(max_steps=-1, max_time="8s", warmup_steps=None, eval_steps=0.25, save_steps=0.25, logging_steps=1)
+    real_loss, start = pretrain.mlm_loss, time.perf_counter()
+
+    def interrupt_after_five_seconds(model, batch):
+        if time.perf_counter() - start > 5:
+            raise KeyboardInterrupt
+        return real_loss(model, batch)
+
+    monkeypatch.setattr(pretrain, "mlm_loss", interrupt_after_five_seconds)
+    with pytest.raises(KeyboardInterrupt):
+        main(tiny_args(sentence_corpus, tmp_path / "budget", tmp_path / "cache", **args))
+    monkeypatch.setattr(pretrain, "mlm_loss", real_loss)
+    out = tmp_path / "budget"
+    latest = max((out / "checkpoints").iterdir(), key=lambda p: int(p.name.split("-")[1]))
+    saved = json.loads((latest / "mlm_state.json").read_text())
+    assert 2 <= saved["elapsed"] < 5
+
+    metrics = main(tiny_args(sentence_corpus, out, tmp_path / "cache", resume_from_checkpoint="latest", **args))
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    after = [r for r in records if "loss" in r and r["step"] > saved["step"]]
+    assert after[0]["elapsed_s"] > saved["elapsed"]  # the clock went on from the checkpoint's reading
+    assert metrics["elapsed_s"] >= 8 and metrics["global_step"] == after[-1]["step"]
+    assert after[-1]["learning_rate"] == 0.0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max_time", "15 minutes"], "^max_time: '15 minutes' is not a duration"),
+    (["--max_time", "15m", "--warmup_steps", "10"], "^warmup_steps: with max_time"),
+    (["--max_time", "15m", "--lr_scheduler_type", "polynomial"], "^lr_scheduler_type: 'polynomial' has no time-budget"),
+    (["--eval_steps", "1.5"], "^eval_steps: must be a whole number of steps >= 1 or a fraction"),
+])
+def test_bad_budget_settings_are_refused_in_one_line(flags, message):
+    from mlm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        parse_config(PretrainConfig, flags)

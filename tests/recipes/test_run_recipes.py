@@ -24,6 +24,8 @@ OUTPUTS = ("config.json", "model.safetensors", "tokenizer.json", "metrics.json",
 
 # Shapes the full recipes are run at here (seconds on 2 CPU cores); everything else is the recipe's own.
 PRETRAIN_SHAPES = {
+    "budget-15m.yaml": [],  # --max_steps 6 ends them before their budget
+    "budget-1h.yaml": [],
     "demo.yaml": [],
     "wikitext2.yaml": [],
     "wikitext103.yaml": ["--dataset_name", "null", "--dataset_config_name", "null",  # files instead of the hub

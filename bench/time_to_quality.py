@@ -1,0 +1,253 @@
+#!/usr/bin/env python
+"""The best encoder per CPU-hour: our budget recipe against the stock Hugging Face path, at the same wall time.
+
+    python bench/time_to_quality.py                        # 15-minute budget: ~1 h on 2 cores
+    python bench/time_to_quality.py --budget 1h --recipe recipes/pretrain/budget-1h.yaml
+    python bench/time_to_quality.py --quick                # ~3 min smoke run, same code path
+
+Both sides pretrain on WikiText-2 train with the same WordPiece tokenizer (16k, trained on it) and the same
+model shape (the recipe's), one after the other, each stopped at the same training wall time:
+- stock: `BertForMaskedLM` + `DataCollatorForLanguageModeling` + `Trainer`, the HF example defaults (lr 5e-5,
+  15% masks, dropout 0.1, linear decay over 3 epochs, no warmup), 128-token blocks grouped as `run_mlm.py`
+  does, the recipe's batch size; a callback stops it when the budget is spent;
+- ours: `mlm pretrain --recipe RECIPE --max_time BUDGET` (the schedule runs on the fraction of the budget used).
+Each side is snapshotted at every tenth of its budget (the time to write a snapshot counts in its budget).
+Every snapshot and both final models are scored by the same function, `mlm.pretrain.fixed_mask_eval.evaluate_folder`:
+masked-LM loss on WikiText-2 test with one fixed, seeded set of 15% masks. Downstream, each final backbone is
+fine-tuned by `mlm finetune` with the same settings on SST-2 (dev accuracy) and CoNLL-2003 (dev F1); a TF-IDF +
+logistic-regression baseline is fitted on the same SST-2 rows.
+
+Writes bench/results/time_to_quality.json (--quick: time_to_quality_quick.json) and a plot of common-eval loss
+against training time beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+import finetune_quality  # noqa: E402  (finetune_run, tfidf_baseline, the from-scratch fine-tuning settings)
+
+VOCAB = 16000
+SNAPSHOTS = 10  # snapshots per side, at every tenth of the budget
+SEQ = 128
+FINETUNE = {  # the same for both backbones: the from-scratch settings of bench/finetune_quality.py
+    "full": {"cls": finetune_quality.SETTINGS["full"]["cls"]["demo"], "ner": finetune_quality.SETTINGS["full"]["ner"]["demo"]},
+    "quick": {"cls": finetune_quality.SETTINGS["quick"]["cls"]["demo"], "ner": finetune_quality.SETTINGS["quick"]["ner"]["demo"]},
+}
+
+
+def parse_seconds(text: str) -> float:
+    from mlm.core.budget import parse_duration
+
+    return parse_duration(text, "--budget")
+
+
+def recipe_settings(path: str) -> dict:
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+# ------------------------------------------------------------------------------------------- stock side
+
+
+def child_stock(spec_path: str) -> None:
+    """Runs in its own process: the stock Trainer pretraining, stopped at spec['budget_s'] of training time."""
+    import torch
+    from transformers import (BertForMaskedLM, DataCollatorForLanguageModeling, Trainer, TrainerCallback,
+                              TrainingArguments)
+
+    from mlm.pretrain.model import preset_config
+    from mlm.core.hf import load_tokenizer
+
+    with open(spec_path) as f:
+        spec = json.load(f)
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(spec["tokenizer_dir"])
+    with open(spec["train_file"], encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    ids: list[int] = []
+    for start in range(0, len(lines), 1000):  # run_mlm.py: tokenize each line with specials, then group_texts
+        for row in tokenizer(lines[start:start + 1000])["input_ids"]:
+            ids.extend(row)
+    blocks = [{"input_ids": ids[i:i + SEQ]} for i in range(0, len(ids) - SEQ + 1, SEQ)]
+    config = preset_config(spec["preset"], len(tokenizer), max(512, SEQ), **spec["shape"])  # dropout 0.1 default
+    model = BertForMaskedLM(config)
+    budget, out = spec["budget_s"], spec["output_dir"]
+    snapshots = []
+
+    class Budget(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            elapsed = time.perf_counter() - self.start
+            if elapsed >= budget * (len(snapshots) + 1) / SNAPSHOTS and len(snapshots) < SNAPSHOTS - 1:
+                folder = os.path.join(out, f"snapshot-{state.global_step}")
+                model.save_pretrained(folder)
+                tokenizer.save_pretrained(folder)
+                snapshots.append({"step": state.global_step, "train_seconds": round(elapsed, 1), "folder": folder})
+            if elapsed >= budget:
+                control.should_training_stop = True
+            self.elapsed = elapsed
+
+    callback = Budget()
+    args = TrainingArguments(output_dir=os.path.join(out, "trainer"), per_device_train_batch_size=spec["batch_size"],
+                             learning_rate=5e-5, num_train_epochs=3, lr_scheduler_type="linear", warmup_steps=0,
+                             weight_decay=0.0, seed=0, logging_steps=50, save_strategy="no", report_to="none",
+                             use_cpu=True, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=blocks, callbacks=[callback],
+                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15))
+    trainer.train()
+    final = os.path.join(out, "final")
+    model.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    step = trainer.state.global_step
+    snapshots.append({"step": step, "train_seconds": round(callback.elapsed, 1), "folder": final})
+    common.child_result({"steps": step, "train_tokens": step * spec["batch_size"] * SEQ,
+                         "train_seconds": round(callback.elapsed, 1), "snapshots": snapshots, "final": final,
+                         "blocks": len(blocks)})
+
+
+def run_stock(tokenizer_dir: str, train_file: str, recipe: dict, budget_s: float, out: str) -> dict:
+    shape = {k: recipe[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+             if recipe.get(k) is not None}
+    spec = {"tokenizer_dir": tokenizer_dir, "train_file": train_file, "preset": recipe.get("model_preset", "mini"),
+            "shape": shape, "batch_size": recipe.get("per_device_train_batch_size", 32), "budget_s": budget_s,
+            "output_dir": out}
+    os.makedirs(out, exist_ok=True)
+    spec_path = os.path.join(out, "spec.json")
+    with open(spec_path, "w") as f:
+        json.dump(spec, f)
+    result = common.run_child([os.path.abspath(__file__), "--child-stock", spec_path], timeout=budget_s * 3 + 1800)
+    result["command"] = "Trainer(BertForMaskedLM, DataCollatorForLanguageModeling(0.15)), lr 5e-5, linear, 3 epochs, " \
+                        f"batch {spec['batch_size']}, stopped at {budget_s:.0f} s"
+    return result
+
+
+# --------------------------------------------------------------------------------------------- our side
+
+
+def run_ours(tokenizer_dir: str, recipe_path: str, budget_s: float, out: str) -> dict:
+    flags = {"recipe": recipe_path, "train_file": common.wikitext2_file("train"),
+             "validation_file": common.wikitext2_file("valid"), "tokenizer_name": tokenizer_dir, "output_dir": out,
+             "overwrite_output_dir": "true", "max_time": f"{budget_s:g}s", "eval_steps": 1 / SNAPSHOTS,
+             "save_steps": 1 / SNAPSHOTS, "save_total_limit": SNAPSHOTS + 1, "disable_tqdm": "true", "seed": 0}
+    command = [sys.executable, "-m", "mlm", "pretrain", *[x for k, v in flags.items() for x in (f"--{k}", str(v))]]
+    with open(out + ".log", "w") as log:
+        code = subprocess.call(command, cwd=common.REPO, stdout=log, stderr=subprocess.STDOUT)
+    if code != 0:
+        raise RuntimeError(f"ours failed (exit {code}), log {out}.log")
+    with open(os.path.join(out, "metrics.json")) as f:
+        metrics = json.load(f)
+    snapshots = []
+    with open(os.path.join(out, "log.jsonl")) as f:  # the checkpoints, with the budget clock at each
+        for line in f:
+            record = json.loads(line)
+            folder = os.path.join(out, "checkpoints", f"step-{record['step']}")
+            if "eval_loss" in record and os.path.isdir(folder) and record["step"] != metrics["global_step"]:
+                snapshots.append({"step": record["step"], "train_seconds": record.get("elapsed_s"), "folder": folder})
+    snapshots.append({"step": metrics["global_step"], "train_seconds": metrics.get("train_runtime"), "folder": out})
+    return {"steps": metrics["global_step"], "train_tokens": metrics.get("train_tokens"),
+            "train_seconds": metrics.get("train_runtime"), "snapshots": snapshots, "final": out,
+            "command": shlex.join(["python", *command[1:]])}
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def plot(sides: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, side in sides.items():
+        points = [(s["train_seconds"] / 60, s["common_eval_mlm_loss"]) for s in side["snapshots"]]
+        ax.plot(*zip(*points), marker="o", label=name)
+    ax.set_xlabel("training time (minutes)")
+    ax.set_ylabel("masked-LM loss, WikiText-2 test, fixed 15% masks")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", default="15m", help="training wall time per side: 90s, 15m, 1h")
+    parser.add_argument("--recipe", default=os.path.join("recipes", "pretrain", "budget-15m.yaml"))
+    parser.add_argument("--quick", action="store_true", help="a 40 s budget, small fine-tuning subsets")
+    parser.add_argument("--eval_blocks", type=int, default=None, help="score only the first N test blocks")
+    parser.add_argument("--child-stock", dest="child_stock")
+    args = parser.parse_args(argv)
+    if args.child_stock:
+        child_stock(args.child_stock)
+        return 0
+    from mlm.pretrain.fixed_mask_eval import evaluate_folder
+
+    mode = "quick" if args.quick else "full"
+    budget_s = 40.0 if args.quick else parse_seconds(args.budget)
+    eval_blocks = args.eval_blocks or (100 if args.quick else None)
+    train, test = common.wikitext2_file("train"), common.wikitext2_file("test")
+    data = common.data_dir()
+    if not train or not os.path.isdir(os.path.join(data, "sst2")):
+        print("WikiText-2 / SST-2 not found (set MLM_DATA_DIR)", file=sys.stderr)
+        return 2
+    path = os.path.join(common.RESULTS_DIR, "time_to_quality_quick.json" if args.quick else "time_to_quality.json")
+    recipe = recipe_settings(os.path.join(common.REPO, args.recipe))
+    _, tokenizer_dir = common.wordpiece_tokenizer(train, VOCAB)
+    scratch = common.scratch_dir("ttq-")
+    result = {"command": "python bench/time_to_quality.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+              "machine": {**common.machine_info(), "matmul_peak_gflops": round(common.matmul_peak_gflops(), 1)},
+              "recipe": args.recipe, "budget_s": budget_s, "vocab_size": VOCAB, "corpus": train, "eval_text": test,
+              "finetune_settings": FINETUNE[mode]}
+
+    sides = {}
+    common.log(f"stock side: {budget_s:.0f} s")
+    sides["stock"] = run_stock(tokenizer_dir, train, recipe, budget_s, os.path.join(scratch, "stock"))
+    common.log(f"our side: {budget_s:.0f} s")
+    sides["ours"] = run_ours(tokenizer_dir, args.recipe, budget_s, os.path.join(scratch, "ours"))
+    for name, side in sides.items():
+        for snapshot in side["snapshots"]:
+            snapshot["common_eval_mlm_loss"] = round(evaluate_folder(snapshot["folder"], test,
+                                                                     max_blocks=eval_blocks)["mlm_loss"], 4)
+        common.log(f"{name}: {side['steps']} steps, common eval loss {side['snapshots'][-1]['common_eval_mlm_loss']}")
+    for name, side in sides.items():
+        downstream = {}
+        for task in ("cls", "ner"):
+            downstream[task] = finetune_quality.finetune_run(task, name, side["final"], data, FINETUNE[mode][task],
+                                                             scratch, timeout=7200, threads=None)
+        metrics = {t: d.get("metrics", {}) for t, d in downstream.items()}
+        result[name] = {
+            "budget_s": budget_s, "train_tokens": side["train_tokens"],
+            "common_eval_mlm_loss": side["snapshots"][-1]["common_eval_mlm_loss"],
+            "sst2_dev_accuracy": metrics["cls"].get("eval_accuracy"), "conll_dev_f1": metrics["ner"].get("eval_f1"),
+        }
+        result.setdefault("details", {})[name] = {"steps": side["steps"], "train_seconds": side["train_seconds"],
+                                                  "command": side["command"], "snapshots": side["snapshots"],
+                                                  "finetune": downstream}
+        common.write_json(path, result)
+    n_rows = FINETUNE[mode]["cls"].get("max_train_samples")
+    tfidf = finetune_quality.tfidf_baseline(data, n_rows)
+    result["tfidf_sst2_dev_accuracy"] = tfidf["metrics"]["eval_accuracy"]
+    result["machine"]["load_average_at_end"] = common.load_average()
+    common.write_json(path, result)
+    plot(sides, path.replace(".json", ".png"))
+    for name in sides:
+        print(name, json.dumps(result[name]))
+    print("tfidf_sst2_dev_accuracy", result["tfidf_sst2_dev_accuracy"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
