@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 from mlm.core.config import TrainingConfig, arg
+from mlm.core.distill import DistillConfig
 from mlm.errors import ConfigError
 
 
 @dataclass
-class FinetuneConfig(TrainingConfig):
+class FinetuneConfig(DistillConfig, TrainingConfig):
     """Fine-tune a pretrained encoder on a task; every field is also a --flag."""
 
     task: str = arg("cls", "Task: cls (sequence classification), ner (token classification) or qa (extractive QA).")

@@ -88,6 +88,7 @@ def main(cfg) -> dict:
     import torch
 
     from finetune.common import write_predictions
+    from finetune.distill import task_loss
     from finetune.config import is_test_split
     from finetune.inference import score
     from finetune.task import TASKS
@@ -98,6 +99,7 @@ def main(cfg) -> dict:
     from mlm.core.resume_settings import settings_of
     from mlm.core.run_files import write_run_files
     from mlm.core.runlog import logger, plot_losses, write_json
+    from mlm.core.distill import keep_layers, layer_indices
     from mlm.core.hf import fit_tokenizer_to_model, load_tokenizer
 
     task = TASKS[cfg.task]
@@ -117,8 +119,9 @@ def main(cfg) -> dict:
                 ", ".join(labels[:20]) + (" ..." if len(labels) > 20 else "") if labels else "-")
 
     tokenizer = load_tokenizer(*tokenizer_source(cfg))
-    model = load_backbone(task, cfg, labels, len(tokenizer))
+    model = keep_layers(load_backbone(task, cfg, labels, len(tokenizer)), layer_indices(cfg.student_layers))
     fit_tokenizer_to_model(tokenizer, model)
+    loss_fn = task_loss(task, cfg, labels, tokenizer, accelerator)  # task.loss, or with --teacher the distillation mix
     features = {
         split: task.encode(examples, tokenizer, cfg, labels, with_labels=split in ("train", "validation"))
         for split, examples in splits.items()
@@ -144,7 +147,7 @@ def main(cfg) -> dict:
     lengths = [len(f["input_ids"]) for f in features["train"]] if cfg.group_by_length else None
     check_plan(cfg, accelerator, len(features["train"]))
     with run_directory(cfg, accelerator):  # the data is read and encoded: from here on output_dir is this run's
-        parts = LoopParts(lambda b: task.collate(b, tokenizer), task.loss, evaluate, export, lengths=lengths)
+        parts = LoopParts(lambda b: task.collate(b, tokenizer), loss_fn, evaluate, export, lengths=lengths)
         metrics = train(cfg, accelerator, model, features["train"], parts)
 
         # The final (best) model on every evaluated split, with its predictions.

@@ -227,6 +227,7 @@ HELP_GROUPS = {
                    "early_stopping_patience", "load_best_model_at_end"),
     "checkpointing": ("output_dir", "overwrite_output_dir", "save_strategy", "save_steps", "save_total_limit",
                       "resume_from_checkpoint", "push_to_hub", "hub_model_id", "hub_token"),
+    "distillation": ("teacher", "distill_alpha", "temperature", "student_layers", "cosine_weight"),
     "runtime": ("mixed_precision", "fp16", "bf16", "torch_compile", "num_threads", "dataloader_num_workers", "ddp_timeout",
                 "logging_steps", "report_to", "run_name", "disable_tqdm"),
 }

@@ -164,7 +164,8 @@ class SparseMaskedLM(nn.Module):
         logits = logits.reshape(-1, logits.size(-1))
         loss_sum = nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
         valid = labels != -100
-        out = {"loss_sum": loss_sum, "count": valid.sum()}
+        # logits (B*K, V) and hidden (B, K, H) are there anyway: distillation compares them with a teacher's
+        out = {"loss_sum": loss_sum, "count": valid.sum(), "logits": logits, "hidden": hidden}
         if not self.training:  # accuracy is an evaluation metric: no argmax over B*K*V in training steps
             out["correct"] = ((logits.argmax(-1) == labels) & valid).sum()
         return out

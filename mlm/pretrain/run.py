@@ -20,6 +20,7 @@ from mlm.core.config import TrainingConfig, arg
 from mlm.errors import ConfigError
 from mlm.core.hub import check_sources, tokenizer_source
 from mlm.pretrain.corpus import CorpusArgs
+from mlm.pretrain.distill import PretrainDistillConfig
 
 logger = logging.getLogger("mlm")
 
@@ -29,7 +30,7 @@ def default_cache_dir() -> str:
 
 
 @dataclass
-class PretrainConfig(TrainingConfig, CorpusArgs):
+class PretrainConfig(PretrainDistillConfig, TrainingConfig, CorpusArgs):
     """Pretrain a BERT-style encoder with masked-language modelling; every field is also a --flag."""
 
     output_dir: str = arg("outputs/pretrain", "Where checkpoints, logs, metrics and the final model are written.")
@@ -191,7 +192,9 @@ def main(cfg: PretrainConfig) -> dict:
     from mlm.core.loop import check_metric, check_plan, LoopParts, train
     from mlm.core.accel import make_accelerator, shards_parameters
     from mlm.pretrain.model import SparseMaskedLM, build_masked_lm, train_flops_per_token
+    from mlm.core.distill import keep_layers, layer_indices
     from mlm.core.hf import enable_activation_checkpointing
+    from mlm.pretrain.distill import pretraining_loss
     from mlm.pretrain.packing import build_packed_dataset
     from mlm.core.run_dir import check_output_dir, run_directory
     from mlm.core.run_files import write_run_files
@@ -218,6 +221,8 @@ def main(cfg: PretrainConfig) -> dict:
         hidden_dropout_prob=cfg.hidden_dropout_prob, attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
         allow_pickle_weights=cfg.allow_pickle_weights,
     )
+    hf_model = keep_layers(hf_model, layer_indices(cfg.student_layers))
+    loss_fn = pretraining_loss(cfg, tokenizer, hf_model, accelerator, mlm_loss)  # with --teacher: distillation
     with accelerator.main_process_first():  # rank 0 tokenises and packs; the others then hit the cache
         train_blocks, valid_blocks = build_packed_dataset(
             train_corpus, valid_corpus, tokenizer, cfg.max_seq_length, cfg.cache_dir or default_cache_dir(),
@@ -264,7 +269,7 @@ def main(cfg: PretrainConfig) -> dict:
         if accelerator.is_main_process and tokenizer_folder and tokenizer_folder != cfg.output_dir:
             _write_files(_folder_files(tokenizer_folder), cfg.output_dir)
         metrics = train(cfg, accelerator, model, train_blocks,
-                        LoopParts(collate, mlm_loss, evaluate, export, flops_per_token=flops))
+                        LoopParts(collate, loss_fn, evaluate, export, flops_per_token=flops))
         if "eval_loss" in metrics:
             metrics["perplexity"] = metrics["eval_perplexity"]
             metrics["masked_accuracy"] = metrics["eval_masked_accuracy"]
