@@ -221,7 +221,7 @@ def describe_subset(task: str, settings: dict, counts: dict) -> str:
 
 
 def finetune_run(task: str, backbone: str, model_path: str, data_dir: str, settings: dict, work_dir: str,
-                 timeout: int, threads: int | None) -> dict:
+                 timeout: int, threads: int | None, core: int | None = None) -> dict:
     """One `mlm finetune` run in a subprocess; its metrics.json and log, condensed."""
     output_dir = os.path.join(work_dir, f"{task}-{backbone}")
     args = {"recipe": os.path.join("recipes", "finetune", f"{task}.yaml"), "data_dir": os.path.join(data_dir, DATA[task]["dir"]),
@@ -244,7 +244,8 @@ def finetune_run(task: str, backbone: str, model_path: str, data_dir: str, setti
     start = time.perf_counter()
     try:
         with open(log_path, "w", encoding="utf-8") as log:
-            proc = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+            proc = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
+                                  preexec_fn=None if core is None else lambda: os.sched_setaffinity(0, {core}))
         code = proc.returncode
     except subprocess.TimeoutExpired:
         code = "timeout"

@@ -23,6 +23,8 @@ against training time beside it.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import functools
 import json
 import os
 import shlex
@@ -70,6 +72,9 @@ def child_stock(spec_path: str) -> None:
 
     with open(spec_path) as f:
         spec = json.load(f)
+    if spec.get("core") is not None:  # --parallel: this side owns one core
+        os.sched_setaffinity(0, {spec["core"]})
+        torch.set_num_threads(1)
     torch.manual_seed(0)
     tokenizer = load_tokenizer(spec["tokenizer_dir"])
     with open(spec["train_file"], encoding="utf-8") as f:
@@ -117,12 +122,12 @@ def child_stock(spec_path: str) -> None:
                          "blocks": len(blocks)})
 
 
-def run_stock(tokenizer_dir: str, train_file: str, recipe: dict, budget_s: float, out: str) -> dict:
+def run_stock(tokenizer_dir: str, train_file: str, recipe: dict, budget_s: float, out: str, core=None) -> dict:
     shape = {k: recipe[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
              if recipe.get(k) is not None}
     spec = {"tokenizer_dir": tokenizer_dir, "train_file": train_file, "preset": recipe.get("model_preset", "mini"),
             "shape": shape, "batch_size": recipe.get("per_device_train_batch_size", 32), "budget_s": budget_s,
-            "output_dir": out}
+            "output_dir": out, "core": core}
     os.makedirs(out, exist_ok=True)
     spec_path = os.path.join(out, "spec.json")
     with open(spec_path, "w") as f:
@@ -136,32 +141,56 @@ def run_stock(tokenizer_dir: str, train_file: str, recipe: dict, budget_s: float
 # --------------------------------------------------------------------------------------------- our side
 
 
-def run_ours(tokenizer_dir: str, recipe_path: str, budget_s: float, out: str) -> dict:
+def run_ours(tokenizer_dir: str, recipe_path: str, budget_s: float, out: str, core=None) -> dict:
+    """`mlm pretrain` with the budget; a checkpoint (a model folder) at every tenth of it, no evaluation until the
+    end (the run's own evaluations would spend budget the stock side does not spend)."""
     flags = {"recipe": recipe_path, "train_file": common.wikitext2_file("train"),
              "validation_file": common.wikitext2_file("valid"), "tokenizer_name": tokenizer_dir, "output_dir": out,
-             "overwrite_output_dir": "true", "max_time": f"{budget_s:g}s", "eval_steps": 1 / SNAPSHOTS,
-             "save_steps": 1 / SNAPSHOTS, "save_total_limit": SNAPSHOTS + 1, "disable_tqdm": "true", "seed": 0}
+             "overwrite_output_dir": "true", "max_time": f"{budget_s:g}s", "eval_strategy": "no",
+             "save_steps": 1 / SNAPSHOTS, "save_total_limit": SNAPSHOTS + 1, "max_eval_samples": 256,
+             "disable_tqdm": "true", "seed": 0}
+    if core is not None:
+        flags["num_threads"] = 1
     command = [sys.executable, "-m", "mlm", "pretrain", *[x for k, v in flags.items() for x in (f"--{k}", str(v))]]
     with open(out + ".log", "w") as log:
-        code = subprocess.call(command, cwd=common.REPO, stdout=log, stderr=subprocess.STDOUT)
+        code = subprocess.call(command, cwd=common.REPO, stdout=log, stderr=subprocess.STDOUT,
+                               preexec_fn=None if core is None else lambda: os.sched_setaffinity(0, {core}))
     if code != 0:
         raise RuntimeError(f"ours failed (exit {code}), log {out}.log")
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = json.load(f)
     snapshots = []
-    with open(os.path.join(out, "log.jsonl")) as f:  # the checkpoints, with the budget clock at each
-        for line in f:
-            record = json.loads(line)
-            folder = os.path.join(out, "checkpoints", f"step-{record['step']}")
-            if "eval_loss" in record and os.path.isdir(folder) and record["step"] != metrics["global_step"]:
-                snapshots.append({"step": record["step"], "train_seconds": record.get("elapsed_s"), "folder": folder})
-    snapshots.append({"step": metrics["global_step"], "train_seconds": metrics.get("train_runtime"), "folder": out})
+    folder = os.path.join(out, "checkpoints")
+    for name in sorted(os.listdir(folder), key=lambda n: int(n.split("-")[1])):  # step-N, with the clock at N
+        with open(os.path.join(folder, name, "mlm_state.json")) as f:
+            state = json.load(f)
+        if state["step"] != metrics["global_step"]:
+            snapshots.append({"step": state["step"], "train_seconds": round(state["elapsed"], 1),
+                              "folder": os.path.join(folder, name)})
+    snapshots.append({"step": metrics["global_step"], "train_seconds": metrics["elapsed_s"], "folder": out})
     return {"steps": metrics["global_step"], "train_tokens": metrics.get("train_tokens"),
-            "train_seconds": metrics.get("train_runtime"), "snapshots": snapshots, "final": out,
+            "train_seconds": metrics["elapsed_s"], "snapshots": snapshots, "final": out,
             "command": shlex.join(["python", *command[1:]])}
 
 
 # ------------------------------------------------------------------------------------------------- main
+
+
+def in_turn_or_together(jobs: dict, parallel: bool, what: str) -> dict:
+    """Each job(core) one after the other (core None: every core), or together, job i pinned to core i."""
+    common.log(what + (": the sides together, a core each" if parallel else ": one side after the other"))
+    if not parallel:
+        return {name: job(None) for name, job in jobs.items()}
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        futures = {name: pool.submit(job, core) for core, (name, job) in enumerate(jobs.items())}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def finetune_both(name: str, backbone: str, data: str, settings: dict, scratch: str, core=None) -> dict:
+    """SST-2 and CoNLL-2003 fine-tuning of one backbone (pinned to `core` with one thread when given)."""
+    return {task: finetune_quality.finetune_run(task, name, backbone, data, settings[task], scratch, timeout=7200,
+                                                threads=None if core is None else 1, core=core)
+            for task in ("cls", "ner")}
 
 
 def plot(sides: dict, path: str) -> None:
@@ -187,6 +216,10 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", default="15m", help="training wall time per side: 90s, 15m, 1h")
     parser.add_argument("--recipe", default=os.path.join("recipes", "pretrain", "budget-15m.yaml"))
     parser.add_argument("--quick", action="store_true", help="a 40 s budget, small fine-tuning subsets")
+    parser.add_argument("--parallel", action="store_true",
+                        help="run the two sides at the same time, each pinned to its own core with one thread: on a "
+                        "machine shared with other work both then see the same conditions (default: one after the "
+                        "other, each with every core)")
     parser.add_argument("--eval_blocks", type=int, default=None, help="score only the first N test blocks")
     parser.add_argument("--child-stock", dest="child_stock")
     args = parser.parse_args(argv)
@@ -212,21 +245,20 @@ def main(argv=None) -> int:
               "recipe": args.recipe, "budget_s": budget_s, "vocab_size": VOCAB, "corpus": train, "eval_text": test,
               "finetune_settings": FINETUNE[mode]}
 
-    sides = {}
-    common.log(f"stock side: {budget_s:.0f} s")
-    sides["stock"] = run_stock(tokenizer_dir, train, recipe, budget_s, os.path.join(scratch, "stock"))
-    common.log(f"our side: {budget_s:.0f} s")
-    sides["ours"] = run_ours(tokenizer_dir, args.recipe, budget_s, os.path.join(scratch, "ours"))
+    result["parallel"] = args.parallel
+    jobs = {"stock": lambda core: run_stock(tokenizer_dir, train, recipe, budget_s, os.path.join(scratch, "stock"), core),
+            "ours": lambda core: run_ours(tokenizer_dir, args.recipe, budget_s, os.path.join(scratch, "ours"), core)}
+    sides = in_turn_or_together(jobs, args.parallel, f"pretraining, {budget_s:.0f} s each")
     for name, side in sides.items():
         for snapshot in side["snapshots"]:
             snapshot["common_eval_mlm_loss"] = round(evaluate_folder(snapshot["folder"], test,
                                                                      max_blocks=eval_blocks)["mlm_loss"], 4)
         common.log(f"{name}: {side['steps']} steps, common eval loss {side['snapshots'][-1]['common_eval_mlm_loss']}")
+    # Fine-tuning is step-based (its scores do not depend on the machine's speed): with --parallel, side by side.
+    tuned = in_turn_or_together({name: functools.partial(finetune_both, name, side["final"], data, FINETUNE[mode], scratch)
+                                 for name, side in sides.items()}, args.parallel, "fine-tuning")
     for name, side in sides.items():
-        downstream = {}
-        for task in ("cls", "ner"):
-            downstream[task] = finetune_quality.finetune_run(task, name, side["final"], data, FINETUNE[mode][task],
-                                                             scratch, timeout=7200, threads=None)
+        downstream = tuned[name]
         metrics = {t: d.get("metrics", {}) for t, d in downstream.items()}
         result[name] = {
             "budget_s": budget_s, "train_tokens": side["train_tokens"],
