@@ -143,7 +143,7 @@ def pretrain_args(corpus, output_dir, **extra) -> list[str]:
                 per_device_eval_batch_size=16, max_steps=20, logging_steps=1, eval_steps=10, save_steps=10,
                 learning_rate=3e-3, warmup_steps=2, disable_tqdm="true", validation_split_percentage=10)
     args.update(extra)
-    return ["pretrain"] + [x for k, v in args.items() for x in (f"--{k}", str(v))]
+    return ["pretrain"] + [x for k, v in args.items() if v is not None for x in (f"--{k}", str(v))]
 
 
 def records(output_dir) -> list[dict]:

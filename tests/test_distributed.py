@@ -115,6 +115,20 @@ def test_interrupted_two_rank_run_resumes_exactly(two_ranks, corpus, tmp_path):
 
 
 @pytest.mark.distributed
+def test_a_time_budget_stops_every_rank_at_the_same_step(corpus, tmp_path):
+    """Rank 0's clock, read in the step's one reduction, decides for all: a rank that stopped alone would leave the
+    other waiting in its next collective (the launch would time out), and the run ends with one export."""
+    out = tmp_path / "budget"
+    result = launch(pretrain_args(corpus, out, max_steps=-1, max_time="8s", warmup_steps=None, eval_steps=0.5,
+                                  save_steps=0.5))
+    check_ok(result, out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2 and 8 <= metrics["elapsed_s"] < 20
+    steps = [r for r in records(out) if "loss" in r]
+    assert steps[-1]["step"] == metrics["global_step"] and steps[-1]["learning_rate"] == 0.0
+
+
+@pytest.mark.distributed
 def test_resuming_with_another_number_of_processes_is_refused(two_ranks, corpus, tmp_path, capsys, one_thread):
     out, result = two_ranks
     check_ok(result, out)
