@@ -161,7 +161,7 @@ def measure_task(task: str, model_dir: str, n_inputs: int, arms: dict, threads: 
     from mlm.core.hf import load_tokenizer
 
     task_mod, cfg, labels = load_task(model_dir)
-    examples = task_mod.load_splits(cfg)["validation"][:n_inputs]
+    examples = task_mod.load_splits(cfg)[0]["validation"][:n_inputs]
     tokenizer = load_tokenizer(model_dir)
     start = time.perf_counter()
     features = task_mod.encode(examples, tokenizer, cfg, labels, with_labels=False)

@@ -10,7 +10,6 @@ and `checkpoints/step-N/`.
 """
 from __future__ import annotations
 
-import json
 import os
 
 from mlm.core.config import parse_config, recipe_path
@@ -95,7 +94,7 @@ def main(cfg) -> dict:
     from mlm.core.loop import check_metric, check_plan, LoopParts, train
     from mlm.core.accel import make_accelerator
     from mlm.core.run_dir import check_output_dir, run_directory
-    from mlm.core.resume_settings import settings_of
+    from finetune.saved import SavedTask
     from mlm.core.run_files import write_run_files
     from mlm.core.runlog import logger, plot_losses, write_json
     from mlm.core.hf import fit_tokenizer_to_model, load_tokenizer
@@ -105,7 +104,10 @@ def main(cfg) -> dict:
     check_output_dir(cfg)  # before reading and encoding the data
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
-    splits = task.load_splits(cfg)
+    splits, found = task.load_splits(cfg)
+    if found:  # the run's settings: the user's, with what the data resolved (the user's cfg stays as parsed)
+        logger.info("from the data: %s", ", ".join(f"{k} {v!r}" for k, v in found.items()))
+        cfg = cfg.with_values(found)
     labels = task.label_list(splits["train"], cfg)  # from the whole training split, before any sampling
     if cfg.max_train_samples is not None:
         splits["train"] = splits["train"][: cfg.max_train_samples]
@@ -136,8 +138,7 @@ def main(cfg) -> dict:
     def export(model, state_dict, output_dir):
         model.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(output_dir)
-        with open(os.path.join(output_dir, TASK_FILE), "w", encoding="utf-8") as f:
-            json.dump({"task": cfg.task, "labels": labels, "config": settings_of(cfg)}, f, indent=2)
+        SavedTask.of_run(cfg, labels).write(os.path.join(output_dir, TASK_FILE))
 
     logger.info("encoded: %s", ", ".join(f"{split} {len(splits[split])} {task.UNITS[0]} -> {len(f)} {task.UNITS[1]}"
                                        for split, f in features.items()))

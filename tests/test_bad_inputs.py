@@ -312,6 +312,15 @@ TASK_FILE_EDITS = {
     "labels-edited": (json.dumps({"task": "cls", "labels": ["only"], "config": {}}),
                       r"mlm_task.json: key 'labels': 1 names, but the model has 2 classes"),
     "not-utf8": (b"\xff\xfe{}", r"mlm_task.json:1: not valid UTF-8"),
+    "missing-task": (json.dumps({"labels": ["neg", "pos"], "config": {}}), r"mlm_task.json: key 'task': missing"),
+    "setting-of-another-type": (json.dumps({"task": "cls", "labels": ["neg", "pos"], "config": {"max_seq_length": "64"}}),
+                                r"mlm_task.json: key 'config.max_seq_length': '64', expected int; re-export"),
+    "setting-not-a-choice": (json.dumps({"task": "cls", "labels": ["neg", "pos"], "config": {"problem_type": "ordinal"}}),
+                             r"mlm_task.json: key 'config.problem_type': 'ordinal', expected one of 'auto', "),
+    "setting-out-of-range": (json.dumps({"task": "cls", "labels": ["neg", "pos"], "config": {"max_seq_length": 4}}),
+                             r"mlm_task.json: key 'config': max_seq_length: must be >= 8, got 4; re-export"),
+    "labels-not-names": (json.dumps({"task": "cls", "labels": [0, 1], "config": {}}),
+                         r"mlm_task.json: key 'labels': expected a list of names"),
 }
 
 
