@@ -14,7 +14,7 @@
    length-sorted batches, forward, post-processing) over all inputs, for every arm (fp32, int8, ...) and
    thread count, interleaved: repeat r runs every arm at every thread count once before repeat r + 1, so
    all arms see the same machine load. One warm-up pass per arm and thread count is not counted.
-4. Metrics: task.metrics on the predictions of each arm (finetune/metrics.py underneath).
+4. Metrics: task.metrics on the predictions of each arm (finetune/metrics/ underneath).
 """
 from __future__ import annotations
 

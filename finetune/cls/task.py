@@ -192,7 +192,7 @@ def _gold(value, kind: str, cfg: Config, where: str):
 
 def metrics(examples: list[dict], predictions: list[dict], cfg: Config, labels: list[str]) -> dict:
     """Task scores over the predictions that have a gold label; {} for an unlabeled (test) split."""
-    from finetune.metrics import classification_metrics, multilabel_metrics, regression_metrics
+    from finetune.metrics.classification import classification_metrics, multilabel_metrics, regression_metrics
 
     scored = [p for p in predictions if "gold" in p]
     if not scored:

@@ -134,7 +134,7 @@ def test_ner_learns_entities_and_predicts_char_spans(tmp_path, tiny_bert_dir, ca
     entities = json.loads(captured.out)["entities"]
     assert [(e["type"], e["start"], e["end"], e["text"]) for e in entities] == [("PER", 0, 4, "John"), ("LOC", 14, 19, "Paris")]
 
-    from finetune.metrics import to_iob2
+    from finetune.ner.tags import to_iob2
 
     # mlm evaluate on two files of other layouts, with known scores: the training sentences in IOB2 JSON lines
     # (all right), and a CoNLL file whose gold misses Paris (2 entities predicted, 1 gold: P 0.5, R 1, F1 2/3).
