@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from mlm.core.config import parse_config, recipe_path
+from mlm.core.config import parse_config, read_recipe, recipe_path
 from mlm.core.records import first_line
 from finetune.task import TASK_FILE
 from mlm.errors import ConfigError
@@ -31,16 +31,12 @@ def task_name_from_args(argv: list[str]) -> str | None:
 
 
 def _recipe_task(path: str) -> str | None:
-    import yaml
-
     if not os.path.isfile(path):
         raise ConfigError(f"--recipe: {path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f)
-        except (yaml.YAMLError, UnicodeDecodeError):
-            return None  # parse_config reports the error with its line
-    return data.get("task") if isinstance(data, dict) else None
+    try:
+        return read_recipe(path).get("task")
+    except ConfigError:
+        return None  # parse_config reports the error with its line
 
 
 def parse_finetune_args(argv: list[str]):
@@ -65,14 +61,15 @@ def command(argv: list[str]) -> None:
 
 
 def load_backbone(task, cfg, labels, tokenizer_size: int):
-    """The task model on the backbone: a new head on top of the pretrained encoder."""
+    """The task model on the backbone: a new head on top of the pretrained encoder (whose folder main's
+    check_sources checked)."""
     from mlm.errors import DataError
-    from mlm.core.hf import (check_checkpoint_dir, check_vocabulary, enable_activation_checkpointing, loading_kwargs,
-                             usable_positions)
+    from mlm.core.hf import check_vocabulary, enable_activation_checkpointing, loading_kwargs, usable_positions
+    from mlm.core.hub import locate
 
-    check_checkpoint_dir(cfg.model_name_or_path, allow_pickle=cfg.allow_pickle_weights)
+    path = locate(cfg.model_name_or_path, "model_name_or_path")
     try:
-        model = task.AutoModel.from_pretrained(cfg.model_name_or_path, **task.model_kwargs(cfg, labels),
+        model = task.AutoModel.from_pretrained(path, **task.model_kwargs(cfg, labels),
                                                **loading_kwargs(cfg.allow_pickle_weights))
     except (OSError, ValueError) as e:
         raise DataError(f"model_name_or_path: cannot load {cfg.model_name_or_path}: {first_line(e)}") from None

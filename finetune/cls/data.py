@@ -8,7 +8,7 @@ from finetune.cls.columns import column_name, column_spec, detect_header, is_ind
 from finetune.config import is_test_split
 from finetune.cls.label_names import resolve_label_names
 from mlm.errors import ConfigError, DataError
-from mlm.core.records import file_format, first_line, first_row, iter_records, require_columns
+from mlm.core.records import file_format, first_row, iter_records, require_columns
 from finetune.cls.config import Config, NO_PAIR, PAIR_COLUMNS, TEXT_COLUMN_CANDIDATES, logger
 from finetune.cls.labels import _class_names, _normalise_labels, label_name, problem_type, resolve_problem_type, sort_labels
 
@@ -173,13 +173,9 @@ def _example(row: dict, columns, where: str, path: str, line: int, label_require
 
 def _load_hub(cfg: Config) -> dict[str, list[dict]]:
     """A hub dataset through datasets.load_dataset; ClassLabel ids become their names."""
-    import datasets
+    from mlm.core.hub import load_hub_dataset
 
-    try:
-        data = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name)
-    except Exception as e:  # network, unknown name, bad config: all one line for the user
-        message = first_line(e)
-        raise DataError(f"{cfg.dataset_name}: could not load the dataset ({message})") from None
+    data = load_hub_dataset(cfg.dataset_name, cfg.dataset_config_name)
     splits = {}
     # MNLI names its dev split validation_matched; a few community datasets use "dev".
     for split, candidates in (("train", ("train",)), ("validation", ("validation", "validation_matched", "dev")),

@@ -167,12 +167,9 @@ def _check_word_list(where: str, key: str, value, words: bool = False) -> None:
 
 
 def _load_hub(cfg: Config) -> dict[str, list[dict]]:
-    import datasets
+    from mlm.core.hub import load_hub_dataset
 
-    try:
-        dataset = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name)
-    except Exception as e:  # offline, unknown name, bad config: one line for the user
-        raise DataError(f"{cfg.dataset_name}: could not load the dataset ({type(e).__name__}: {e})") from None
+    dataset = load_hub_dataset(cfg.dataset_name, cfg.dataset_config_name)
     splits = {}
     for split in SPLITS:
         if split not in dataset:

@@ -150,12 +150,9 @@ def _answers(raw, where: str, qid: str) -> dict:
 
 def _load_hub(cfg: Config) -> dict[str, list[dict]]:
     """A hub dataset with SQuAD columns (id, title, context, question, answers)."""
-    import datasets
+    from mlm.core.hub import load_hub_dataset
 
-    try:
-        ds = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name)
-    except Exception as e:  # offline, unknown name, ...: several exception types
-        raise DataError(f"dataset_name: cannot load {cfg.dataset_name!r} ({type(e).__name__}: {e})") from None
+    ds = load_hub_dataset(cfg.dataset_name, cfg.dataset_config_name)
     splits = {}
     for split in ("train", "validation", "test"):
         if split in ds:
