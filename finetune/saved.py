@@ -5,7 +5,9 @@
 `mlm finetune` writes it from the run's settings: the user's config with what reading the data found (text
 columns, problem type, v2 mode; see each task's load_splits). `mlm predict` and `mlm evaluate` read it with
 `SavedTask.from_json`, which checks every key and the type of every setting, and `SavedTask.config` gives the
-task's Config, checked by its __post_init__. Anything wrong is a one-line DataError naming the file and the key.
+task's Config, checked by its __post_init__. Anything wrong is a one-line DataError naming the file and the key;
+a training-loop setting (mlm.core.config.TrainingConfig) that an older version wrote with another value (e.g. a
+report_to choice since dropped) is left at its default instead, as prediction never reads those.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import typing
 from dataclasses import dataclass
 from typing import Optional
 
+from mlm.core.config import TrainingConfig
 from mlm.errors import ConfigError, DataError
 from mlm.core.user_files import read_json
 
@@ -64,14 +67,19 @@ class SavedTask:
                             f"{HINT}")
         config = TASKS[saved["task"]].Config
         hints = typing.get_type_hints(config)
+        loop_fields = {f.name for f in dataclasses.fields(TrainingConfig)}
+        settings = dict(saved["config"])
         for field in dataclasses.fields(config):
-            if field.name in saved["config"] and not _of_type(saved["config"][field.name], hints[field.name]):
-                raise DataError(f"{path}: key 'config.{field.name}': {saved['config'][field.name]!r}, expected "
+            if field.name in settings and not _of_type(settings[field.name], hints[field.name]):
+                if field.name in loop_fields:  # a training-loop setting, which prediction never reads: a choice
+                    del settings[field.name]   # an older version offered (a dropped tracker) is not damage
+                    continue
+                raise DataError(f"{path}: key 'config.{field.name}': {settings[field.name]!r}, expected "
                                 f"{_describe(hints[field.name])}; {HINT}")
         if saved["config"].get("task", saved["task"]) != saved["task"]:
             raise DataError(f"{path}: key 'config.task': {saved['config']['task']!r}, but key 'task' is "
                             f"{saved['task']!r}; {HINT}")
-        return cls(saved["task"], tuple(saved["labels"]), saved["config"], path)
+        return cls(saved["task"], tuple(saved["labels"]), settings, path)
 
     def config(self):
         """The task's Config holding these settings (defaults for missing ones, unknown ones from another version

@@ -324,6 +324,21 @@ TASK_FILE_EDITS = {
 }
 
 
+def test_a_task_file_of_an_older_version_still_loads(tmp_path, earlier):
+    """Keys this version does not know are dropped, and so are training-loop values it no longer offers (prediction
+    never reads them); the settings prediction uses come back as written."""
+    from finetune.predict import load_task
+
+    model = tmp_path / "model"
+    shutil.copytree(earlier, model, ignore=shutil.ignore_patterns("checkpoints"))
+    saved = json.loads((model / "mlm_task.json").read_text())
+    saved["config"].update(report_to="comet_ml", an_old_setting=1, max_seq_length=32)
+    write(model, "mlm_task.json", json.dumps(saved))
+    _, cfg, labels = load_task(str(model))
+    assert cfg.report_to == "none" and not hasattr(cfg, "an_old_setting") and cfg.max_seq_length == 32
+    assert labels == saved["labels"] and cfg.problem_type == saved["config"]["problem_type"]
+
+
 @pytest.mark.parametrize("edit", list(TASK_FILE_EDITS))
 def test_a_damaged_task_file_is_one_line(edit, tmp_path, earlier, capsys):
     content, message = TASK_FILE_EDITS[edit]
