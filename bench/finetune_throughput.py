@@ -270,7 +270,8 @@ def child_stock(spec: dict, gate) -> dict:
     task_name = spec["task"]
     task = TASKS[task_name]
     cfg = parse_finetune_args(spec["argv"])
-    splits = task.load_splits(cfg)
+    splits, found = task.load_splits(cfg)
+    cfg = cfg.with_values(found)
     if task_name == "cls":
         labels = sorted({str(ex["label"]) for ex in splits["train"]})  # run_glue: sorted label names
     elif task_name == "ner":

@@ -35,7 +35,7 @@ def main(argv=None) -> dict:
     task, cfg, labels = load_task(args.model)
     if cfg.task != "qa":
         raise SystemExit(f"--model: {args.model} is a {cfg.task} model, not qa")
-    examples = task.load_splits(cfg)["validation"][: args.max_examples]
+    examples = task.load_splits(cfg)[0]["validation"][: args.max_examples]
     tokenizer, model = load_tokenizer(args.model, field="--model"), load_model(task, args.model, quantize=False)
     fit_tokenizer_to_model(tokenizer, model)
     features = task.encode(examples, tokenizer, cfg, labels, with_labels=False)

@@ -14,7 +14,7 @@
    length-sorted batches, forward, post-processing) over all inputs, for every arm (fp32, int8, ...) and
    thread count, interleaved: repeat r runs every arm at every thread count once before repeat r + 1, so
    all arms see the same machine load. One warm-up pass per arm and thread count is not counted.
-4. Metrics: task.metrics on the predictions of each arm (finetune/metrics.py underneath).
+4. Metrics: task.metrics on the predictions of each arm (finetune/metrics/ underneath).
 """
 from __future__ import annotations
 
@@ -161,7 +161,7 @@ def measure_task(task: str, model_dir: str, n_inputs: int, arms: dict, threads: 
     from mlm.core.hf import load_tokenizer
 
     task_mod, cfg, labels = load_task(model_dir)
-    examples = task_mod.load_splits(cfg)["validation"][:n_inputs]
+    examples = task_mod.load_splits(cfg)[0]["validation"][:n_inputs]
     tokenizer = load_tokenizer(model_dir)
     start = time.perf_counter()
     features = task_mod.encode(examples, tokenizer, cfg, labels, with_labels=False)

@@ -42,7 +42,7 @@ def no_official_format(records: list[dict], folder: str, name: str) -> None:
     """write_official of a task whose prediction records are the only format."""
 
 
-def no_class_names(cfg, labels: list[str], value: str) -> list[str]:
+def no_class_names(cfg, labels: list[str], value: str) -> tuple[list[str], dict]:
     """rename_classes of a task whose classes cannot be renamed."""
     raise ConfigError("--label_names: only a cls model with classes has labels to name")
 

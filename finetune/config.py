@@ -1,13 +1,20 @@
 """Fields shared by every fine-tuning task; each task module subclasses FinetuneConfig with its own."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Optional
 
 from mlm.core.config import TrainingConfig, arg
 from mlm.core.distill import DistillConfig
 from mlm.errors import ConfigError
+
+# Set while a Config is built from a model's saved settings (`for_model`): prediction reads no training data, so
+# the checks and the data_dir resolution of the training files are left out (the saved paths are resolved already).
+_FOR_MODEL: ContextVar[bool] = ContextVar("for_model", default=False)
 
 
 @dataclass
@@ -54,11 +61,38 @@ class FinetuneConfig(DistillConfig, TrainingConfig):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         self.check_lengths()
+        if _FOR_MODEL.get():
+            return
         self.resolve_data_files()
         if self.dataset_name is None and self.train_file is None:
             raise ConfigError(
                 "no training data: set --train_file PATH (and --validation_file PATH), or --dataset_name NAME when online"
             )
+
+    @classmethod
+    def for_model(cls, settings: dict):
+        """The Config of a trained model from its saved settings (mlm_task.json's "config", or the defaults of a
+        model without one): defaults for the missing fields, unknown ones (from another version) dropped, every
+        check of __post_init__ run except those about the training files, which `mlm predict` does not read."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        token = _FOR_MODEL.set(True)
+        try:
+            return cls(**{k: v for k, v in settings.items() if k in names})
+        finally:
+            _FOR_MODEL.reset(token)
+
+    def with_values(self, values: dict):
+        """These settings with `values` in place: what reading the data found (load_splits' second value: a
+        resolved problem type, text columns, v2 mode), or `mlm predict`'s flags. A new Config, this one unchanged;
+        __post_init__ is not run again (it would resolve data_dir twice): the callers check what they set."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"not settings of {type(self).__name__}: {', '.join(unknown)}")
+        resolved = copy.copy(self)
+        for name, value in values.items():
+            setattr(resolved, name, value)
+        return resolved
 
     def resolve_data_files(self) -> None:
         """Put data_dir in front of the file names that are relative to it: plain names such as `eng.train`, not
@@ -94,7 +128,8 @@ class FinetuneConfig(DistillConfig, TrainingConfig):
 
     def check_lengths(self, max_positions: Optional[int] = None) -> None:
         """max_seq_length (and the task's window fields, in subclasses) usable together, and within a model's
-        max_positions. Run by __post_init__, once the model is loaded, and by `mlm predict` after its overrides."""
+        max_positions. Run by __post_init__, once the model is loaded, and by `mlm predict` after its overrides; it
+        changes nothing (a derived default is set once, in __post_init__)."""
         if self.max_seq_length < 8:
             raise ConfigError(f"max_seq_length: must be >= 8, got {self.max_seq_length}")
         if max_positions is not None and self.max_seq_length > max_positions:

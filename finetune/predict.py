@@ -10,7 +10,6 @@ The task comes from the checkpoint (mlm_task.json, or config.json's architecture
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -67,50 +66,25 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
 
 def load_task(model_dir: str, max_positions: Optional[int] = None):
     """(task module, task Config with the run's settings, label names) for a checkpoint directory."""
+    from finetune.saved import SavedTask
     from finetune.task import TASK_FILE, TASKS, task_of_architectures
 
     if max_positions is None:
         max_positions = checkpoint_positions(model_dir)
 
+    config = read_json(os.path.join(model_dir, "config.json"), hint=REEXPORT)
     task_file = os.path.join(model_dir, TASK_FILE)
     if os.path.isfile(task_file):
-        saved = read_task_file(task_file, model_dir)
-        task = TASKS[saved["task"]]
-        return task, saved_config(task, saved["config"]), saved["labels"]
-    config = read_json(os.path.join(model_dir, "config.json"), hint=REEXPORT)
+        saved = SavedTask.from_json(task_file, classes=len(config.get("id2label") or {}))
+        return TASKS[saved.task], saved.config(), list(saved.labels)
     name = task_of_architectures(config.get("architectures"))
     if name is None:
         raise DataError(f"--model: {model_dir} is not a fine-tuned task checkpoint (no {TASK_FILE}, no known "
                         "architecture)")
     task = TASKS[name]
     settings, labels = task.settings_from_hf(config)
-    cfg = saved_config(task, {"task": name, **settings})
-    fit_windows(task, cfg, max_positions)
-    return task, cfg, labels
-
-
-def read_task_file(path: str, model_dir: str) -> dict:
-    """mlm_task.json as `mlm finetune` writes it: {"task": a task name, "labels": [names, one per class of the
-    model in model_dir], "config": {settings}}; a damaged or hand-edited one is a DataError naming the file and
-    the key."""
-    from finetune.task import TASKS
-
-    hint = "re-export the model with mlm finetune, or delete the file to read the task from config.json"
-    saved = read_json(path, hint=hint)
-    if not isinstance(saved, dict):
-        raise DataError(f"{path}: expected a JSON object with task, labels and config; {hint}")
-    for key, kind in (("task", str), ("labels", list), ("config", dict)):
-        if not isinstance(saved.get(key), kind):
-            problem = "missing" if key not in saved else f"a {type(saved[key]).__name__}, expected a {kind.__name__}"
-            raise DataError(f"{path}: key {key!r}: {problem}; {hint}")
-    if saved["task"] not in TASKS:
-        raise DataError(f"{path}: key 'task': unknown task {saved['task']!r} (choose from {', '.join(TASKS)}); {hint}")
-    # An edited list would rename classes, or drop some, silently (QA has no classes: its 2 outputs are spans).
-    classes = len(read_json(os.path.join(model_dir, "config.json"), hint=REEXPORT).get("id2label") or {})
-    if TASKS[saved["task"]].HAS_CLASSES and classes and len(saved["labels"]) != classes:
-        raise DataError(f"{path}: key 'labels': {len(saved['labels'])} names, but the model has {classes} classes; "
-                        f"{hint}")
-    return saved
+    cfg = task.Config.for_model({"task": name, **settings})
+    return task, cfg.with_values(fitted_lengths(task, cfg, max_positions)), labels
 
 
 def checkpoint_positions(model_dir: str, allow_pickle: bool = False) -> int:
@@ -123,35 +97,26 @@ def checkpoint_positions(model_dir: str, allow_pickle: bool = False) -> int:
     return usable_positions(transformers.AutoConfig.from_pretrained(model_dir))
 
 
-def saved_config(task, settings: dict):
-    """The task's Config holding a run's settings (defaults for the missing ones; unknown ones from another
-    version dropped). __post_init__ is skipped: it checks training data, which prediction has none of."""
-    fields = {f.name: f.default for f in dataclasses.fields(task.Config)}
-    cfg = object.__new__(task.Config)
-    cfg.__dict__.update({**fields, **{k: v for k, v in settings.items() if k in fields}})
-    return cfg
-
-
-def fit_windows(task, cfg, max_positions: int) -> None:
+def fitted_lengths(task, cfg, max_positions: int) -> dict:
     """Default lengths for a checkpoint without mlm's settings, shrunk in proportion to fit its positions
     (the QA defaults 384/128/64 become 128/42/21 on a 128-position model): max_seq_length and the task's
-    LENGTH_FIELDS."""
+    LENGTH_FIELDS, as {field: value} ({} when they fit)."""
     if cfg.max_seq_length <= max_positions:
-        return
-    for name in task.LENGTH_FIELDS:
-        if getattr(cfg, name, None) is not None:
-            setattr(cfg, name, max(1, getattr(cfg, name) * max_positions // cfg.max_seq_length))
-    cfg.max_seq_length = max_positions
+        return {}
+    fitted = {name: max(1, getattr(cfg, name) * max_positions // cfg.max_seq_length)
+              for name in task.LENGTH_FIELDS if getattr(cfg, name, None) is not None}
+    return {**fitted, "max_seq_length": max_positions}
 
 
-def apply_flags(cfg, args) -> None:
-    """--max_seq_length and the cls table flags override the run's settings."""
+def flag_values(cfg, args) -> dict:
+    """The run's settings that --max_seq_length and the cls table flags override, as {field: value}."""
+    values = {}
     if args.max_seq_length is not None:
-        cfg.max_seq_length = args.max_seq_length
+        values["max_seq_length"] = args.max_seq_length
     if args.align_to_words is not None:
         if not hasattr(cfg, "align_to_words"):
             raise ConfigError("--align_to_words: only qa models predict spans")
-        cfg.align_to_words = args.align_to_words == "true"
+        values["align_to_words"] = args.align_to_words == "true"
     for name in ("text_column", "text_pair_column", "label_column", "no_header"):
         if getattr(args, name) is None:
             continue
@@ -159,7 +124,8 @@ def apply_flags(cfg, args) -> None:
             raise ConfigError(f"--{name}: only the cls task reads table columns")
         if name == "text_pair_column" and cfg.text_pair_column == "none":
             raise ConfigError("--text_pair_column: this model classifies single texts, not pairs")
-        setattr(cfg, name, getattr(args, name) == "true" if name == "no_header" else getattr(args, name))
+        values[name] = getattr(args, name) == "true" if name == "no_header" else getattr(args, name)
+    return values
 
 
 def check_lengths(cfg, max_positions: int, args) -> None:
@@ -243,9 +209,10 @@ def load_settings(args):
             raise ConfigError(f"--{name}: must be >= 1, got {getattr(args, name)}")
     positions = checkpoint_positions(args.model, args.allow_pickle_weights)
     task, cfg, labels = load_task(args.model, positions)
-    apply_flags(cfg, args)
+    cfg = cfg.with_values(flag_values(cfg, args))  # checked below, the errors naming the flags
     if args.label_names is not None:
-        labels = task.rename_classes(cfg, labels, args.label_names)
+        labels, values = task.rename_classes(cfg, labels, args.label_names)
+        cfg = cfg.with_values(values)
     check_lengths(cfg, positions, args)
     return task, cfg, labels
 

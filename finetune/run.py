@@ -10,10 +10,9 @@ and `checkpoints/step-N/`.
 """
 from __future__ import annotations
 
-import json
 import os
 
-from mlm.core.config import parse_config, recipe_path
+from mlm.core.config import parse_config, read_recipe, recipe_path
 from mlm.core.records import first_line
 from finetune.task import TASK_FILE
 from mlm.errors import ConfigError
@@ -32,16 +31,12 @@ def task_name_from_args(argv: list[str]) -> str | None:
 
 
 def _recipe_task(path: str) -> str | None:
-    import yaml
-
     if not os.path.isfile(path):
         raise ConfigError(f"--recipe: {path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f)
-        except (yaml.YAMLError, UnicodeDecodeError):
-            return None  # parse_config reports the error with its line
-    return data.get("task") if isinstance(data, dict) else None
+    try:
+        return read_recipe(path).get("task")
+    except ConfigError:
+        return None  # parse_config reports the error with its line
 
 
 def parse_finetune_args(argv: list[str]):
@@ -66,14 +61,15 @@ def command(argv: list[str]) -> None:
 
 
 def load_backbone(task, cfg, labels, tokenizer_size: int):
-    """The task model on the backbone: a new head on top of the pretrained encoder."""
+    """The task model on the backbone: a new head on top of the pretrained encoder (whose folder main's
+    check_sources checked)."""
     from mlm.errors import DataError
-    from mlm.core.hf import (check_checkpoint_dir, check_vocabulary, enable_activation_checkpointing, loading_kwargs,
-                             usable_positions)
+    from mlm.core.hf import check_vocabulary, enable_activation_checkpointing, loading_kwargs, usable_positions
+    from mlm.core.hub import locate
 
-    check_checkpoint_dir(cfg.model_name_or_path, allow_pickle=cfg.allow_pickle_weights)
+    path = locate(cfg.model_name_or_path, "model_name_or_path")
     try:
-        model = task.AutoModel.from_pretrained(cfg.model_name_or_path, **task.model_kwargs(cfg, labels),
+        model = task.AutoModel.from_pretrained(path, **task.model_kwargs(cfg, labels),
                                                **loading_kwargs(cfg.allow_pickle_weights))
     except (OSError, ValueError) as e:
         raise DataError(f"model_name_or_path: cannot load {cfg.model_name_or_path}: {first_line(e)}") from None
@@ -96,7 +92,7 @@ def main(cfg) -> dict:
     from mlm.core.loop import check_metric, check_plan, LoopParts, train
     from mlm.core.accel import make_accelerator
     from mlm.core.run_dir import check_output_dir, run_directory
-    from mlm.core.resume_settings import settings_of
+    from finetune.saved import SavedTask
     from mlm.core.run_files import write_run_files
     from mlm.core.runlog import logger, plot_losses, write_json
     from mlm.core.distill import keep_layers, layer_indices
@@ -107,7 +103,10 @@ def main(cfg) -> dict:
     check_output_dir(cfg)  # before reading and encoding the data
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
-    splits = task.load_splits(cfg)
+    splits, found = task.load_splits(cfg)
+    if found:  # the run's settings: the user's, with what the data resolved (the user's cfg stays as parsed)
+        logger.info("from the data: %s", ", ".join(f"{k} {v!r}" for k, v in found.items()))
+        cfg = cfg.with_values(found)
     labels = task.label_list(splits["train"], cfg)  # from the whole training split, before any sampling
     if cfg.max_train_samples is not None:
         splits["train"] = splits["train"][: cfg.max_train_samples]
@@ -139,8 +138,7 @@ def main(cfg) -> dict:
     def export(model, state_dict, output_dir):
         model.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(output_dir)
-        with open(os.path.join(output_dir, TASK_FILE), "w", encoding="utf-8") as f:
-            json.dump({"task": cfg.task, "labels": labels, "config": settings_of(cfg)}, f, indent=2)
+        SavedTask.of_run(cfg, labels).write(os.path.join(output_dir, TASK_FILE))
 
     logger.info("encoded: %s", ", ".join(f"{split} {len(splits[split])} {task.UNITS[0]} -> {len(f)} {task.UNITS[1]}"
                                        for split, f in features.items()))

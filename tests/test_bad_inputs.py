@@ -312,7 +312,31 @@ TASK_FILE_EDITS = {
     "labels-edited": (json.dumps({"task": "cls", "labels": ["only"], "config": {}}),
                       r"mlm_task.json: key 'labels': 1 names, but the model has 2 classes"),
     "not-utf8": (b"\xff\xfe{}", r"mlm_task.json:1: not valid UTF-8"),
+    "missing-task": (json.dumps({"labels": ["neg", "pos"], "config": {}}), r"mlm_task.json: key 'task': missing"),
+    "setting-of-another-type": (json.dumps({"task": "cls", "labels": ["neg", "pos"], "config": {"max_seq_length": "64"}}),
+                                r"mlm_task.json: key 'config.max_seq_length': '64', expected int; re-export"),
+    "setting-not-a-choice": (json.dumps({"task": "cls", "labels": ["neg", "pos"], "config": {"problem_type": "ordinal"}}),
+                             r"mlm_task.json: key 'config.problem_type': 'ordinal', expected one of 'auto', "),
+    "setting-out-of-range": (json.dumps({"task": "cls", "labels": ["neg", "pos"], "config": {"max_seq_length": 4}}),
+                             r"mlm_task.json: key 'config': max_seq_length: must be >= 8, got 4; re-export"),
+    "labels-not-names": (json.dumps({"task": "cls", "labels": [0, 1], "config": {}}),
+                         r"mlm_task.json: key 'labels': expected a list of names"),
 }
+
+
+def test_a_task_file_of_an_older_version_still_loads(tmp_path, earlier):
+    """Keys this version does not know are dropped, and so are training-loop values it no longer offers (prediction
+    never reads them); the settings prediction uses come back as written."""
+    from finetune.predict import load_task
+
+    model = tmp_path / "model"
+    shutil.copytree(earlier, model, ignore=shutil.ignore_patterns("checkpoints"))
+    saved = json.loads((model / "mlm_task.json").read_text())
+    saved["config"].update(report_to="comet_ml", an_old_setting=1, max_seq_length=32)
+    write(model, "mlm_task.json", json.dumps(saved))
+    _, cfg, labels = load_task(str(model))
+    assert cfg.report_to == "none" and not hasattr(cfg, "an_old_setting") and cfg.max_seq_length == 32
+    assert labels == saved["labels"] and cfg.problem_type == saved["config"]["problem_type"]
 
 
 @pytest.mark.parametrize("edit", list(TASK_FILE_EDITS))

@@ -202,7 +202,8 @@ def test_finetune_on_two_ranks_evaluates_every_example_once(tmp_path, tiny_bert_
 
     # The same final model evaluated by one process, without an accelerator.
     cfg = parse_config(task.Config, [str(a) for a in argv])
-    splits = task.load_splits(cfg)
+    splits, found = task.load_splits(cfg)
+    cfg = cfg.with_values(found)
     labels = task.label_list(splits["train"], cfg)
     tokenizer = load_tokenizer(str(out))
     model = task.AutoModel.from_pretrained(str(out)).eval()

@@ -8,25 +8,31 @@ from finetune.cls.columns import column_name, column_spec, detect_header, is_ind
 from finetune.config import is_test_split
 from finetune.cls.label_names import resolve_label_names
 from mlm.errors import ConfigError, DataError
-from mlm.core.records import file_format, first_line, first_row, iter_records, require_columns
+from mlm.core.records import file_format, first_row, iter_records, require_columns
 from finetune.cls.config import Config, NO_PAIR, PAIR_COLUMNS, TEXT_COLUMN_CANDIDATES, logger
 from finetune.cls.labels import _class_names, _normalise_labels, label_name, problem_type, resolve_problem_type, sort_labels
 
 
-def load_splits(cfg: Config) -> dict[str, list[dict]]:
-    """Raw examples of train / validation / test, labels normalised for the resolved problem type."""
-    splits = _load_hub(cfg) if cfg.dataset_name else _load_files(cfg)
+# The settings that reading the data resolves when the config leaves them "auto" / unset; load_splits returns them.
+FOUND = ("problem_type", "text_column", "text_pair_column", "label_names")
+
+
+def load_splits(cfg: Config) -> tuple[dict[str, list[dict]], dict]:
+    """(raw examples of train / validation / test, labels normalised for the resolved problem type; the settings
+    the data resolved: {name: value} of the FOUND fields that differ from cfg). cfg is not changed."""
+    work = cfg.with_values({})  # a copy: the columns chosen for the first file are the ones read in the others
+    splits = _load_hub(work) if work.dataset_name else _load_files(work)
     if not splits.get("train"):
-        raise DataError(f"{cfg.dataset_name or cfg.train_file}: no training split")
-    resolved = resolve_problem_type(splits["train"], cfg)
-    if cfg.problem_type == "auto":
+        raise DataError(f"{work.dataset_name or work.train_file}: no training split")
+    resolved = resolve_problem_type(splits["train"], work)
+    if work.problem_type == "auto":
         logger.info("problem_type auto -> %s (from the training labels)", resolved)
-    cfg.problem_type = resolved
+    work.problem_type = resolved
     for examples in splits.values():
-        _normalise_labels(examples, cfg)
-    if cfg.label_names is not None:
-        name_classes(splits, cfg)
-    return splits
+        _normalise_labels(examples, work)
+    if work.label_names is not None:
+        name_classes(splits, work)
+    return splits, {name: getattr(work, name) for name in FOUND if getattr(work, name) != getattr(cfg, name)}
 
 
 def name_classes(splits: dict[str, list[dict]], cfg: Config) -> None:
@@ -91,8 +97,8 @@ def has_header(path: str, cfg: Config) -> bool:
 def resolve_columns(names: list[str], cfg: Config, label_required: bool, where: str, header_line: bool = False):
     """([text columns], [text pair columns] or None, label column or None) among the data's columns `names`.
 
-    Side effect: what was chosen automatically is written to cfg, so the other splits, the saved run config
-    and `mlm predict` read the same kind of input: single texts as text_pair_column 'none' (the text column
+    What was chosen automatically is written to cfg (load_splits' working copy, whose changes it returns), so
+    the other splits, the saved run config and `mlm predict` read the same kind of input: single texts as text_pair_column 'none' (the text column
     itself is still found per file: SST-2's "sentence" in one file, "text" in another), pairs as both columns.
     """
     available = ", ".join(map(str, names))
@@ -167,13 +173,9 @@ def _example(row: dict, columns, where: str, path: str, line: int, label_require
 
 def _load_hub(cfg: Config) -> dict[str, list[dict]]:
     """A hub dataset through datasets.load_dataset; ClassLabel ids become their names."""
-    import datasets
+    from mlm.core.hub import load_hub_dataset
 
-    try:
-        data = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name)
-    except Exception as e:  # network, unknown name, bad config: all one line for the user
-        message = first_line(e)
-        raise DataError(f"{cfg.dataset_name}: could not load the dataset ({message})") from None
+    data = load_hub_dataset(cfg.dataset_name, cfg.dataset_config_name)
     splits = {}
     # MNLI names its dev split validation_matched; a few community datasets use "dev".
     for split, candidates in (("train", ("train",)), ("validation", ("validation", "validation_matched", "dev")),

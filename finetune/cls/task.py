@@ -30,7 +30,7 @@ blank labels: it then gets predictions and no metrics.
 
 Every example is a plain dict {"text", "text_pair"?, "label"?, "_where": "path:line"}; `load_splits`
 normalises labels (class names as strings, floats for regression, lists of names for multi-label)
-and fixes cfg.problem_type to the resolved type, so the saved run config records it.
+and returns the resolved problem type (and columns) beside the examples, so the saved run config records it.
 """
 from __future__ import annotations
 
@@ -62,15 +62,16 @@ def settings_from_hf(hf_config: dict) -> tuple[dict, list[str]]:
     return settings, labels_from_id2label(hf_config)
 
 
-def rename_classes(cfg: Config, labels: list[str], value: str) -> list[str]:
-    """--label_names: the model's classes (in id order) under new names; cfg.label_names then maps the data's
-    labels (as trained on, or the model's class names) to them, for gold labels read from --input tables."""
+def rename_classes(cfg: Config, labels: list[str], value: str) -> tuple[list[str], dict]:
+    """--label_names: (the model's classes (in id order) under new names, {"label_names": JSON mapping the data's
+    labels (as trained on, or the model's class names) to them}, the setting that renames gold labels read from
+    --input tables)."""
     if problem_type(cfg, labels) == "regression":
         raise ConfigError("--label_names: only a cls model with classes has labels to name")
     mapping = resolve_label_names(value, labels, key=label_name)
     trained = json.loads(cfg.label_names) if cfg.label_names else {}
-    cfg.label_names = json.dumps({**mapping, **{raw: mapping.get(name, name) for raw, name in trained.items()}})
-    return [mapping[label] for label in labels]
+    names = json.dumps({**mapping, **{raw: mapping.get(name, name) for raw, name in trained.items()}})
+    return [mapping[label] for label in labels], {"label_names": names}
 
 
 def model_kwargs(cfg: Config, labels: list[str]) -> dict:
@@ -191,7 +192,7 @@ def _gold(value, kind: str, cfg: Config, where: str):
 
 def metrics(examples: list[dict], predictions: list[dict], cfg: Config, labels: list[str]) -> dict:
     """Task scores over the predictions that have a gold label; {} for an unlabeled (test) split."""
-    from finetune.metrics import classification_metrics, multilabel_metrics, regression_metrics
+    from finetune.metrics.classification import classification_metrics, multilabel_metrics, regression_metrics
 
     scored = [p for p in predictions if "gold" in p]
     if not scored:

@@ -67,10 +67,13 @@ class Config(FinetuneConfig):
     )
     text_key: str = arg("text", "`mlm predict --input FILE.jsonl`: field holding raw text (split into words here).")
 
+    def __post_init__(self):
+        if self.stride is None:  # the default, derived once here so that it always fits max_seq_length
+            self.stride = min(32, self.max_seq_length // 4)
+        super().__post_init__()
+
     def check_lengths(self, max_positions: Optional[int] = None) -> None:
         super().check_lengths(max_positions)
-        if self.stride is None:  # the default, resolved here so that it always fits max_seq_length
-            self.stride = min(32, self.max_seq_length // 4)
         if self.stride < 0:
             raise ConfigError(f"stride: must be >= 0, got {self.stride}")
         # Overlap at most half a window, so every window moves on by at least half a window of new words.

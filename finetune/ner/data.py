@@ -13,7 +13,7 @@ from finetune.ner.config import Config, DOCSTART, NOT_CONLL, RECORD_SUFFIXES, SP
 from finetune.ner.tags import _convert_to_iob2
 
 
-def load_splits(cfg: Config) -> dict[str, list[dict]]:
+def load_splits(cfg: Config) -> tuple[dict[str, list[dict]], dict]:
     """{"train": [...], "validation": [...], "test": [...]} for the configured splits.
 
     Each example: {"tokens": [str], "tags": [IOB2 str], "_where": "path:line", "_lines": [line per word]}.
@@ -23,7 +23,7 @@ def load_splits(cfg: Config) -> dict[str, list[dict]]:
     else:
         # A test file may hold words only (no gold): it is predicted, not scored.
         splits = {split: read_file(path, cfg, tags_required=not is_test_split(split)) for split, path in cfg.data_files()}
-    return splits  # max_train_samples / max_eval_samples are applied by finetune/run.py
+    return splits, {}  # nothing resolved from the data; max_train_samples / max_eval_samples: finetune/run.py
 
 
 def read_file(path: str, cfg: Config, tags_required: bool = True) -> list[dict]:
@@ -167,12 +167,9 @@ def _check_word_list(where: str, key: str, value, words: bool = False) -> None:
 
 
 def _load_hub(cfg: Config) -> dict[str, list[dict]]:
-    import datasets
+    from mlm.core.hub import load_hub_dataset
 
-    try:
-        dataset = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name)
-    except Exception as e:  # offline, unknown name, bad config: one line for the user
-        raise DataError(f"{cfg.dataset_name}: could not load the dataset ({type(e).__name__}: {e})") from None
+    dataset = load_hub_dataset(cfg.dataset_name, cfg.dataset_config_name)
     splits = {}
     for split in SPLITS:
         if split not in dataset:

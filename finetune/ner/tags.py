@@ -1,10 +1,13 @@
 """Tag schemes: detect IOB1 / IOB2 / IOBES / BILOU / IO per file and convert every sentence to IOB2, with
-one-line errors for transitions a scheme does not allow."""
+one-line errors for transitions a scheme does not allow; `convert_tags` (and `to_iob2`, `iobes_to_iob2`) rewrite a
+sentence's tags in another scheme, its chunks (as conlleval reads them: finetune/metrics/conlleval.chunks) kept."""
 from __future__ import annotations
 
 import re
 
-from finetune.metrics import chunks, convert_tags
+from typing import Sequence
+
+from finetune.metrics.conlleval import chunks
 from mlm.errors import DataError
 from finetune.ner.config import logger
 
@@ -118,3 +121,56 @@ def _word_where(example: dict, i: int) -> str:
 
 
 _TAG_RE = re.compile(r"O|[%s]-\S+" % "".join(sorted(set("".join(SCHEME_PREFIXES.values())))))
+
+
+# The NER task stores every dataset as IOB2 internally.
+SCHEMES_FROM = ("io", "iob1", "iob2", "iobes", "bilou")
+SCHEMES_TO = ("iob1", "iob2", "iobes")
+
+
+def convert_tags(tags: Sequence[str], scheme_from: str = "iob1", scheme_to: str = "iob2") -> list[str]:
+    """Rewrite ONE sentence's tags into another scheme without changing its chunks.
+
+    The tags are read with `chunks` (which understands IOB1, IOB2, IOBES and BILOU alike, so for
+    those `scheme_from` only documents the input) and written back in `scheme_to`:
+      iob2: B- on the first token of every chunk, I- on the rest;
+      iob1: I- on the first token unless the previous token ends a chunk of the same type;
+      iobes: S- for one-token chunks, else B-, I-..., E-.
+    scheme_from="io" reads bare labels ("PER PER O LOC") as I-PER I-PER O I-LOC, so a run of one
+    label is one entity. (conlleval's -r option instead makes every bare token its own chunk.)
+    Because the chunks are unchanged, entity_scores gives the same entity scores before and after.
+    """
+    if scheme_from not in SCHEMES_FROM:
+        raise ValueError(f"unknown tag scheme {scheme_from!r}; expected one of {SCHEMES_FROM}")
+    if scheme_to not in SCHEMES_TO:
+        raise ValueError(f"cannot write tag scheme {scheme_to!r}; expected one of {SCHEMES_TO}")
+    tags = list(tags)
+    if scheme_from == "io":
+        tags = [t if t == "O" or t.startswith("I-") else f"I-{t}" for t in tags]
+
+    out = ["O"] * len(tags)
+    prev_end, prev_type = -1, None  # the chunk just written, for IOB1's B- rule
+    for type_, start, end in chunks(tags):
+        suffix = f"-{type_}" if type_ else ""  # a chunk with an empty type is written as a bare prefix
+        first = "B"
+        if scheme_to == "iob1" and not (prev_end == start and prev_type == type_):
+            first = "I"
+        for i in range(start, end):
+            out[i] = ("I" if i > start else first) + suffix
+        if scheme_to == "iobes":
+            if end - start == 1:
+                out[start] = "S" + suffix
+            else:
+                out[end - 1] = "E" + suffix
+        prev_end, prev_type = end, type_
+    return out
+
+
+def to_iob2(tags: Sequence[str]) -> list[str]:
+    """IOB1 (or already IOB2) tags of one sentence -> IOB2: every chunk starts with B-."""
+    return convert_tags(tags, "iob1", "iob2")
+
+
+def iobes_to_iob2(tags: Sequence[str]) -> list[str]:
+    """IOBES (or BILOU) tags of one sentence -> IOB2: S- becomes B-, E- becomes I-."""
+    return convert_tags(tags, "iobes", "iob2")

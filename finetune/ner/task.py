@@ -37,7 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from finetune.metrics import chunks, entity_scores, to_iob2
+from finetune.metrics.conlleval import chunks, entity_scores
+from finetune.ner.tags import to_iob2
 from mlm.errors import DataError
 from finetune.ner.config import AutoModel, Config, IGNORE, UNITS
 from finetune.ner.data import load_splits

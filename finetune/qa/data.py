@@ -13,11 +13,11 @@ from mlm.core.user_files import parse_json, read_text, require_file
 from finetune.qa.config import Config, SHOW_IDS, logger, parse_split_articles
 
 
-def load_splits(cfg: Config) -> dict[str, list[dict]]:
-    """Raw examples of the configured splits, validated, answer offsets checked, v2 mode resolved.
+def load_splits(cfg: Config) -> tuple[dict[str, list[dict]], dict]:
+    """(raw examples of the configured splits, validated, answer offsets checked; the settings the data resolved).
 
-    Side effect: cfg.version_2_with_negative is set to True/False when it was None (auto), so the
-    saved run config and `mlm predict` make the same choice as training.
+    The second value is {"version_2_with_negative": True/False} when cfg leaves it None (auto), else {}: the
+    runner records it, so the saved run config and `mlm predict` make the same choice as training.
     """
     if cfg.dataset_name is not None and cfg.train_file is None:
         splits = _load_hub(cfg)
@@ -30,8 +30,8 @@ def load_splits(cfg: Config) -> dict[str, list[dict]]:
     for split, examples in splits.items():
         _check_unique_ids(examples)
         splits[split] = align_answers(examples, split)
-    _resolve_version_2(cfg, splits)
-    return splits
+    version_2 = _resolve_version_2(cfg, splits)
+    return splits, ({} if version_2 == cfg.version_2_with_negative else {"version_2_with_negative": version_2})
 
 
 def read_file(path: str, require_answers: bool = True) -> list[dict]:
@@ -150,12 +150,9 @@ def _answers(raw, where: str, qid: str) -> dict:
 
 def _load_hub(cfg: Config) -> dict[str, list[dict]]:
     """A hub dataset with SQuAD columns (id, title, context, question, answers)."""
-    import datasets
+    from mlm.core.hub import load_hub_dataset
 
-    try:
-        ds = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name)
-    except Exception as e:  # offline, unknown name, ...: several exception types
-        raise DataError(f"dataset_name: cannot load {cfg.dataset_name!r} ({type(e).__name__}: {e})") from None
+    ds = load_hub_dataset(cfg.dataset_name, cfg.dataset_config_name)
     splits = {}
     for split in ("train", "validation", "test"):
         if split in ds:
@@ -255,11 +252,11 @@ def _some(ids: list[str]) -> str:
     return ", ".join(unique[:SHOW_IDS]) + (", ..." if len(unique) > SHOW_IDS else "")
 
 
-def _resolve_version_2(cfg: Config, splits: dict[str, list[dict]]) -> None:
+def _resolve_version_2(cfg: Config, splits: dict[str, list[dict]]) -> bool:
+    """cfg.version_2_with_negative, or when None (auto) whether some question has no answer."""
     unanswerable = [ex for examples in splits.values() for ex in examples
                     if not ex["answers"]["text"] and not ex.get("_unlabelled")]
     if cfg.version_2_with_negative is None:
-        cfg.version_2_with_negative = bool(unanswerable)
         if unanswerable:  # a warning: one stray empty answer in v1 data changes training and scoring
             logger.warning("version_2_with_negative: on, %d questions have no answer (first: %s id %s); set it to "
                            "false to refuse such data", len(unanswerable), unanswerable[0]["_where"],
@@ -269,3 +266,4 @@ def _resolve_version_2(cfg: Config, splits: dict[str, list[dict]]) -> None:
             f"version_2_with_negative: false, but the data has {len(unanswerable)} questions without an answer "
             f"(first: {unanswerable[0]['_where']} id {unanswerable[0]['id']}); set it to true or leave it unset"
         )
+    return bool(unanswerable) if cfg.version_2_with_negative is None else cfg.version_2_with_negative

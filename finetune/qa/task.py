@@ -121,7 +121,7 @@ def outputs_of(logits: tuple[torch.Tensor, torch.Tensor], batch: dict) -> list[t
 
 def metrics(examples: list[dict], predictions: list[dict], cfg: Config, labels: list[str]) -> dict:
     """Official SQuAD exact_match and f1 (0-100); HasAns_/NoAns_ breakdowns in v2 mode."""
-    from finetune.metrics import squad_scores
+    from finetune.metrics.squad import squad_scores
 
     gold = {ex["id"]: list(ex["answers"]["text"]) for ex in examples if not ex.get("_unlabelled")}
     if not gold:

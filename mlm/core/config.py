@@ -265,8 +265,8 @@ class _Parser:
         _group_help(self.parser)
 
 
-def load_recipe(path: str, cls) -> dict:
-    """Read a recipe with safe YAML and reject keys the config does not have."""
+def read_recipe(path: str) -> dict:
+    """A recipe file as a mapping (safe YAML); ConfigError naming the file (and line) when it cannot be one."""
     if not os.path.isfile(path):
         raise ConfigError(f"--recipe: {path}: file not found")
     try:
@@ -282,6 +282,12 @@ def load_recipe(path: str, cls) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of field: value")
+    return data
+
+
+def load_recipe(path: str, cls) -> dict:
+    """Read a recipe with safe YAML and reject keys the config does not have."""
+    data = read_recipe(path)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in data.items():
         if key not in fields:

@@ -101,15 +101,29 @@ def _in_hub_cache(repo_id: str) -> Optional[str]:
     return None
 
 
+def load_hub_dataset(name: str, config: Optional[str] = None, streaming: bool = False):
+    """datasets.load_dataset(name, config), streamed when `streaming`: the one hub loader of the task data and the
+    pretraining corpus. Whatever stops it (offline, an unknown name, a missing config, ...) is one DataError line."""
+    from mlm.core.records import first_line
+    from mlm.errors import DataError
+
+    try:
+        import datasets
+
+        return datasets.load_dataset(name, config, streaming=True) if streaming else datasets.load_dataset(name, config)
+    except Exception as e:  # several exception types, all fixable by passing files
+        raise DataError(f"dataset_name {name!r}: cannot load it from the Hugging Face hub ({first_line(e)[:200]}); "
+                        "pass local files with train_file instead") from None
+
+
 def check_sources(cfg) -> None:
-    """Locate the model and tokenizer a run's config names, check a local model folder's files
-    (mlm.pretrain.model.check_checkpoint_dir), and check the hub for --push_to_hub, before any data is read or any folder
+    """Locate the tokenizer a run's config names, locate the model and check a local model folder's files
+    (mlm.core.hf.check_checkpoint_dir), and check the hub for --push_to_hub, before any data is read or any folder
     written."""
     from mlm.core.hf import check_checkpoint_dir
 
-    for field in ("model_name_or_path", "tokenizer_name"):
-        if getattr(cfg, field, None):
-            locate(getattr(cfg, field), field)
+    if getattr(cfg, "tokenizer_name", None):
+        locate(cfg.tokenizer_name, "tokenizer_name")
     if getattr(cfg, "model_name_or_path", None):
         check_checkpoint_dir(cfg.model_name_or_path, allow_pickle=getattr(cfg, "allow_pickle_weights", False))
     check_push(cfg)

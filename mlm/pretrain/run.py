@@ -18,7 +18,7 @@ import torch
 
 from mlm.core.config import TrainingConfig, arg
 from mlm.errors import ConfigError
-from mlm.core.hub import check_sources, tokenizer_source
+from mlm.core.hub import check_sources
 from mlm.pretrain.corpus import CorpusArgs
 from mlm.pretrain.distill import PretrainDistillConfig
 
@@ -74,84 +74,6 @@ class PretrainConfig(PretrainDistillConfig, TrainingConfig, CorpusArgs):
             raise ConfigError(f"validation_split_percentage: must be in [0, 100), got {self.validation_split_percentage}")
 
 
-def prepare_tokenizer(cfg: PretrainConfig, train_corpus, accelerator):
-    """An existing tokenizer, the checkpoint's, or a WordPiece trained on the corpus (cached by fingerprint).
-
-    WordPiece training is not reproducible (tokenizers breaks ties between equally frequent pairs in hash order),
-    so a trained tokenizer is decided once: rank 0 makes it and sends its files to the other ranks, which may be
-    on nodes with caches of their own. Returns (tokenizer, the folder of a trained one or None): main() copies
-    that folder into output_dir once it holds it, where a resumed run reads it back instead of the cache.
-    """
-    from mlm.core.hf import load_tokenizer
-
-    if cfg.tokenizer_name or cfg.model_name_or_path:
-        return load_tokenizer(*tokenizer_source(cfg)), None
-    files = folder = None
-    if accelerator.is_main_process:
-        if cfg.resume_from_checkpoint and os.path.isfile(os.path.join(cfg.output_dir, "tokenizer.json")):
-            logger.info("tokenizer: the run's own, from %s", cfg.output_dir)
-            folder = cfg.output_dir
-        else:
-            folder = _cached_wordpiece(cfg, train_corpus)
-        files = _folder_files(folder)
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        files = broadcast_object_list([files])[0]
-    if not accelerator.is_main_process:
-        folder = _publish_files(files, os.path.join(cfg.cache_dir or default_cache_dir(), "tokenizers"))
-    return load_tokenizer(folder), folder
-
-
-def _cached_wordpiece(cfg: PretrainConfig, train_corpus) -> str:
-    """The folder of a WordPiece trained on the corpus, from the cache or trained into it."""
-    import hashlib
-
-    from mlm.core.fsutil import publish_folder
-    from mlm.pretrain.wordpiece import train_wordpiece
-
-    key = f"{train_corpus.fingerprint()}|{cfg.vocab_size}|{cfg.do_lower_case}"
-    path = os.path.join(cfg.cache_dir or default_cache_dir(), "tokenizers", hashlib.sha256(key.encode()).hexdigest()[:16])
-    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
-        tmp = path + f".tmp{os.getpid()}"
-        train_wordpiece(train_corpus.documents(), tmp, vocab_size=cfg.vocab_size, lowercase=cfg.do_lower_case)
-        publish_folder(tmp, path, "tokenizer.json")
-    return path
-
-
-def _folder_files(folder: str) -> dict[str, bytes]:
-    from mlm.pretrain.wordpiece import TOKENIZER_FILES
-
-    names = [n for n in sorted(os.listdir(folder)) if n in TOKENIZER_FILES]
-    files = {}
-    for name in names:
-        with open(os.path.join(folder, name), "rb") as f:
-            files[name] = f.read()
-    return files
-
-
-def _publish_files(files: dict[str, bytes], cache: str) -> str:
-    """Rank 0's tokenizer files in a folder named by their content (so any number of runs can share it)."""
-    import hashlib
-
-    from mlm.core.fsutil import publish_folder
-
-    digest = hashlib.sha256(b"".join(name.encode() + data for name, data in sorted(files.items()))).hexdigest()[:16]
-    path = os.path.join(cache, f"from-rank0-{digest}")
-    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
-        tmp = path + f".tmp{os.getpid()}"
-        _write_files(files, tmp)
-        publish_folder(tmp, path, "tokenizer.json")
-    return path
-
-
-def _write_files(files: dict[str, bytes], folder: str) -> None:
-    os.makedirs(folder, exist_ok=True)
-    for name, data in files.items():
-        with open(os.path.join(folder, name), "wb") as f:
-            f.write(data)
-
-
 def mlm_loss(model, batch):
     """(sum of token losses, number of masked tokens) for the shared loop."""
     out = model(
@@ -196,6 +118,7 @@ def main(cfg: PretrainConfig) -> dict:
     from mlm.core.hf import enable_activation_checkpointing
     from mlm.pretrain.distill import pretraining_loss
     from mlm.pretrain.packing import build_packed_dataset
+    from mlm.pretrain.wordpiece import copy_tokenizer, prepare_tokenizer
     from mlm.core.run_dir import check_output_dir, run_directory
     from mlm.core.run_files import write_run_files
     from mlm.core.runlog import plot_losses, write_json
@@ -213,7 +136,7 @@ def main(cfg: PretrainConfig) -> dict:
         document_separator=cfg.document_separator,
     )
     logger.info("corpus: %s", train_corpus.description)
-    tokenizer, tokenizer_folder = prepare_tokenizer(cfg, train_corpus, accelerator)
+    tokenizer, tokenizer_folder = prepare_tokenizer(cfg, train_corpus, accelerator, cache)
     hf_model = build_masked_lm(
         cfg.model_name_or_path, cfg.model_preset, len(tokenizer), cfg.max_seq_length,
         hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
@@ -267,7 +190,7 @@ def main(cfg: PretrainConfig) -> dict:
     check_plan(cfg, accelerator, len(train_blocks))
     with run_directory(cfg, accelerator):  # everything above is checked: from here on output_dir is this run's
         if accelerator.is_main_process and tokenizer_folder and tokenizer_folder != cfg.output_dir:
-            _write_files(_folder_files(tokenizer_folder), cfg.output_dir)
+            copy_tokenizer(tokenizer_folder, cfg.output_dir)
         metrics = train(cfg, accelerator, model, train_blocks,
                         LoopParts(collate, loss_fn, evaluate, export, flops_per_token=flops))
         if "eval_loss" in metrics:

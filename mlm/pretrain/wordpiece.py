@@ -122,6 +122,93 @@ def _save(tokenizer, output_dir: str, lowercase: bool) -> None:
         f.writelines(token + "\n" for token, _ in vocab)
 
 
+# ------------------------------------------------------------------------------------ the pretraining run's tokenizer
+
+
+def prepare_tokenizer(cfg, train_corpus, accelerator, cache: str):
+    """An existing tokenizer, the checkpoint's, or a WordPiece trained on the corpus (cached by fingerprint).
+
+    WordPiece training is not reproducible (tokenizers breaks ties between equally frequent pairs in hash order),
+    so a trained tokenizer is decided once: rank 0 makes it and sends its files to the other ranks, which may be
+    on nodes with caches of their own. Returns (tokenizer, the folder of a trained one or None): main() copies
+    that folder into output_dir once it holds it, where a resumed run reads it back instead of the cache.
+    `cfg` is a PretrainConfig; `cache` the run's cache folder (tokenizers go to its tokenizers/).
+    """
+    from mlm.core.hub import tokenizer_source
+
+    if cfg.tokenizer_name or cfg.model_name_or_path:
+        return load_tokenizer(*tokenizer_source(cfg)), None
+    files = folder = None
+    if accelerator.is_main_process:
+        if cfg.resume_from_checkpoint and os.path.isfile(os.path.join(cfg.output_dir, "tokenizer.json")):
+            logger.info("tokenizer: the run's own, from %s", cfg.output_dir)
+            folder = cfg.output_dir
+        else:
+            folder = _cached_wordpiece(cfg, train_corpus, cache)
+        files = _folder_files(folder)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        files = broadcast_object_list([files])[0]
+    if not accelerator.is_main_process:
+        folder = _publish_files(files, os.path.join(cache, "tokenizers"))
+    return load_tokenizer(folder), folder
+
+
+def _cached_wordpiece(cfg, train_corpus, cache: str) -> str:
+    """The folder of a WordPiece trained on the corpus, from the cache or trained into it."""
+    import hashlib
+
+    from mlm.core.fsutil import publish_folder
+
+    key = f"{train_corpus.fingerprint()}|{cfg.vocab_size}|{cfg.do_lower_case}"
+    path = os.path.join(cache, "tokenizers", hashlib.sha256(key.encode()).hexdigest()[:16])
+    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        tmp = path + f".tmp{os.getpid()}"
+        train_wordpiece(train_corpus.documents(), tmp, vocab_size=cfg.vocab_size, lowercase=cfg.do_lower_case)
+        publish_folder(tmp, path, "tokenizer.json")
+    return path
+
+
+def copy_tokenizer(folder: str, output_dir: str) -> None:
+    """The tokenizer files of `folder` (a trained one in the cache) written into the run's output_dir."""
+    _write_files(_folder_files(folder), output_dir)
+
+
+def _folder_files(folder: str) -> dict[str, bytes]:
+    names = [n for n in sorted(os.listdir(folder)) if n in TOKENIZER_FILES]
+    files = {}
+    for name in names:
+        with open(os.path.join(folder, name), "rb") as f:
+            files[name] = f.read()
+    return files
+
+
+def _publish_files(files: dict[str, bytes], cache: str) -> str:
+    """Rank 0's tokenizer files in a folder named by their content (so any number of runs can share it)."""
+    import hashlib
+
+    from mlm.core.fsutil import publish_folder
+
+    digest = hashlib.sha256(b"".join(name.encode() + data for name, data in sorted(files.items()))).hexdigest()[:16]
+    path = os.path.join(cache, f"from-rank0-{digest}")
+    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        tmp = path + f".tmp{os.getpid()}"
+        _write_files(files, tmp)
+        publish_folder(tmp, path, "tokenizer.json")
+    return path
+
+
+def _write_files(files: dict[str, bytes], folder: str) -> None:
+    os.makedirs(folder, exist_ok=True)
+    for name, data in files.items():
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(data)
+
+
+# ------------------------------------------------------------------------------------------- `mlm tokenizer`
+
+
 @dataclass
 class TokenizerConfig(CorpusArgs):
     """Train a WordPiece tokenizer with BERT's special tokens; every field is also a --flag."""

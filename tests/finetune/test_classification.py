@@ -49,8 +49,9 @@ def tiny_model(tiny_bert_dir):
 def test_string_labels_are_sorted_and_named_in_the_model_kwargs(tmp_path):
     train = write(tmp_path, "train.tsv", "sentence\tlabel\ngood fun\tpos\nboring\tneg\ngreat\tpos\n")
     cfg = config(train)
-    splits = cls.load_splits(cfg)
-    assert cfg.problem_type == "single_label"  # auto, resolved and written back
+    splits, found = cls.load_splits(cfg)
+    cfg = cfg.with_values(found)
+    assert cfg.problem_type == "single_label"  # auto, resolved by load_splits, recorded by the runner
     labels = cls.label_list(splits["train"], cfg)
     assert labels == ["neg", "pos"]
     assert cls.model_kwargs(cfg, labels) == {
@@ -66,7 +67,8 @@ def test_integer_labels_sort_numerically_and_ints_equal_their_strings(tmp_path):
     rows = [{"text": "a", "label": 10}, {"text": "b", "label": 2}, {"text": "c", "label": 1.0}, {"text": "d", "label": 0}]
     train = write(tmp_path, "train.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     cfg = config(train)
-    splits = cls.load_splits(cfg)
+    splits, found = cls.load_splits(cfg)
+    cfg = cfg.with_values(found)
     assert cfg.problem_type == "single_label"  # integer-valued numbers are classes, not scores
     assert cls.label_list(splits["train"], cfg) == ["0", "1", "2", "10"]  # not "10" before "2"
     assert [ex["label"] for ex in splits["train"]] == ["10", "2", "1", "0"]
@@ -78,7 +80,8 @@ def test_integral_float_strings_are_their_integer_class(tmp_path):
     # pandas writes an integer label column with a NaN in it as 1.0, 0.0: the same classes as 1 and 0
     train = write(tmp_path, "train.csv", "text,label\na,1.0\nb,0.0\nc,1\nd,0\ne,-1.00\n")
     cfg = config(train)
-    splits = cls.load_splits(cfg)
+    splits, found = cls.load_splits(cfg)
+    cfg = cfg.with_values(found)
     assert cls.label_list(splits["train"], cfg) == ["-1", "0", "1"]
     assert [cls.label_name(v) for v in ("2.5", "1e3", "v1.0", " 3. ")] == ["2.5", "1e3", "v1.0", "3"]
 
@@ -87,7 +90,8 @@ def test_label_unseen_in_training_names_file_and_line(tmp_path, tiny_tokenizer):
     train = write(tmp_path, "train.tsv", "sentence\tlabel\ngood\tpos\nbad\tneg\n")
     dev = write(tmp_path, "dev.tsv", "sentence\tlabel\ngreat\tpos\nit is ok\tneutral\n")
     cfg = config(train, validation_file=dev)
-    splits = cls.load_splits(cfg)
+    splits, found = cls.load_splits(cfg)
+    cfg = cfg.with_values(found)
     labels = cls.label_list(splits["train"], cfg)
     # run.py encodes evaluation splits without labels: the check must still fire there.
     with pytest.raises(DataError, match=rf"^{dev}:3: label 'neutral' does not occur in the training data"):
@@ -97,7 +101,8 @@ def test_label_unseen_in_training_names_file_and_line(tmp_path, tiny_tokenizer):
 def test_regression_is_detected_from_fractional_targets(tmp_path, tiny_tokenizer):
     train = write(tmp_path, "train.csv", "sentence1,sentence2,label\na,b,3.8\nc,d,0\ne,f,5\n")
     cfg = config(train)
-    splits = cls.load_splits(cfg)
+    splits, found = cls.load_splits(cfg)
+    cfg = cfg.with_values(found)
     assert cfg.problem_type == "regression"
     assert splits["train"][0]["text_pair"] == "b"  # sentence1 + sentence2 read as a pair
     labels = cls.label_list(splits["train"], cfg)
@@ -113,7 +118,8 @@ def test_regression_is_detected_from_fractional_targets(tmp_path, tiny_tokenizer
 def test_integer_scores_need_an_explicit_regression_problem_type(tmp_path):
     train = write(tmp_path, "train.tsv", "text\tlabel\na\t1\nb\t5\n")
     cfg = config(train, problem_type="regression")
-    splits = cls.load_splits(cfg)
+    splits, found = cls.load_splits(cfg)
+    cfg = cfg.with_values(found)
     assert [ex["label"] for ex in splits["train"]] == [1.0, 5.0]
     assert cls.label_list(splits["train"], cfg) == ["score"]
 
@@ -122,7 +128,8 @@ def test_multi_label_from_json_lists_and_from_separated_strings(tmp_path, tiny_t
     rows = [{"text": "a", "label": ["sports", "politics"]}, {"text": "b", "label": []}, {"text": "c", "label": ["arts"]}]
     train = write(tmp_path, "train.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     cfg = config(train)
-    splits = cls.load_splits(cfg)
+    splits, found = cls.load_splits(cfg)
+    cfg = cfg.with_values(found)
     assert cfg.problem_type == "multi_label"
     labels = cls.label_list(splits["train"], cfg)
     assert labels == ["arts", "politics", "sports"]
@@ -134,7 +141,8 @@ def test_multi_label_from_json_lists_and_from_separated_strings(tmp_path, tiny_t
 
     csv_train = write(tmp_path, "tags.csv", "text,label\na,sports|politics\nb,arts| sports |arts\n")
     cfg = config(csv_train, label_separator="|")
-    splits = cls.load_splits(cfg)
+    splits, found = cls.load_splits(cfg)
+    cfg = cfg.with_values(found)
     assert cfg.problem_type == "multi_label"
     assert [ex["label"] for ex in splits["train"]] == [["sports", "politics"], ["arts", "sports"]]
 
@@ -149,7 +157,7 @@ def test_missing_text_column_names_file_line_and_columns(tmp_path):
         cls.load_splits(config(train))
     with pytest.raises(DataError, match=rf"^{train}:1: missing text column 'body' \(columns: review, label\)"):
         cls.load_splits(config(train, text_column="body"))
-    assert cls.load_splits(config(train, text_column="review"))["train"][0]["text"] == "good"
+    assert cls.load_splits(config(train, text_column="review"))[0]["train"][0]["text"] == "good"
 
 
 def test_missing_label_column_in_training_data(tmp_path):
@@ -168,7 +176,8 @@ def test_test_split_without_labels_is_allowed(tmp_path, tiny_tokenizer, tiny_mod
     train = write(tmp_path, "train.tsv", "sentence\tlabel\ngood\tpos\nbad\tneg\n")
     test = write(tmp_path, "test.tsv", "index\tsentence\n0\tthe plot\n1\tthe acting\n")
     cfg = config(train, test_file=test)
-    splits = cls.load_splits(cfg)
+    splits, found = cls.load_splits(cfg)
+    cfg = cfg.with_values(found)
     assert splits["test"] == [{"text": "the plot", "_where": f"{test}:2"}, {"text": "the acting", "_where": f"{test}:3"}]
     labels = cls.label_list(splits["train"], cfg)
     features = cls.encode(splits["test"], tiny_tokenizer, cfg, labels, with_labels=True)
@@ -179,7 +188,7 @@ def test_test_split_without_labels_is_allowed(tmp_path, tiny_tokenizer, tiny_mod
     assert cls.metrics(splits["test"], records, cfg, labels) == {}  # predictions only
     # a test file with a blank label column (a Kaggle-style template) is unlabelled too
     blank = write(tmp_path, "blank.csv", "sentence,label\nthe plot,\nthe acting,pos\n")
-    rows = cls.load_splits(config(train, test_file=blank))["test"]
+    rows = cls.load_splits(config(train, test_file=blank))[0]["test"]
     assert "label" not in rows[0] and rows[1]["label"] == "pos"
 
 
@@ -203,7 +212,7 @@ def test_tab_separated_file_read_as_csv_suggests_the_delimiter(tmp_path):
                                         r"set --delimiter tab"):
         cls.load_splits(config(train))
     # ... and the suggested flag reads it.
-    assert cls.load_splits(config(train, delimiter="tab"))["train"][0] == {
+    assert cls.load_splits(config(train, delimiter="tab"))[0]["train"][0] == {
         "text": "good fun", "label": "1", "_where": f"{train}:2"}
 
 
@@ -415,7 +424,8 @@ def test_hub_dataset_class_label_ids_become_names(monkeypatch):
     })
     monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None: data)
     cfg = cls.Config(dataset_name="glue", dataset_config_name="sst2")
-    splits = cls.load_splits(cfg)
+    splits, found = cls.load_splits(cfg)
+    cfg = cfg.with_values(found)
     assert splits["train"] == [{"text": "good", "label": "positive", "_where": "glue[train]:1"},
                                {"text": "bad", "label": "negative", "_where": "glue[train]:2"}]
     assert splits["test"] == [{"text": "plot", "_where": "glue[test]:1"}]
@@ -432,9 +442,11 @@ def test_hub_dataset_class_label_ids_become_names(monkeypatch):
 def test_pair_layouts_are_read_as_pairs_and_the_choice_is_saved(tmp_path, header, flags, text, pair):
     values = ",".join("x" if c != "label" else "1" for c in header.split(","))
     cfg = config(write(tmp_path, "train.csv", f"{header}\n{values}\n"), **flags)
-    (example,) = cls.load_splits(cfg)["train"]
+    splits, found = cls.load_splits(cfg)
+    (example,) = splits["train"]
     assert example.get("text_pair") == ("x" if pair else None)
-    # written back, so validation files, mlm_task.json and `mlm predict` read the same kind of input
+    # returned and recorded, so validation files, mlm_task.json and `mlm predict` read the same kind of input
+    cfg = cfg.with_values(found)
     assert cfg.text_pair_column == (pair or cls_config.NO_PAIR) and cls_inputs.is_pair_model(cfg) is (pair is not None)
     assert cfg.text_column == (text if pair or "text_column" in flags else None)  # single: found per file
 
@@ -442,7 +454,8 @@ def test_pair_layouts_are_read_as_pairs_and_the_choice_is_saved(tmp_path, header
 def test_single_text_files_may_name_their_text_column_differently(tmp_path):
     cfg = config(write(tmp_path, "train.csv", "text,label\ngood,pos\nbad,neg\n"),
                  validation_file=write(tmp_path, "dev.tsv", "sentence\tlabel\nfun\tpos\n"))
-    splits = cls.load_splits(cfg)
+    splits, found = cls.load_splits(cfg)
+    cfg = cfg.with_values(found)
     assert splits["validation"][0]["text"] == "fun" and cfg.text_pair_column == cls_config.NO_PAIR
     (ex,) = cls.examples_from_file(write(tmp_path, "in.jsonl", '{"sentence": "x"}\n'), cfg)  # predict, too
     assert ex["text"] == "x"
@@ -515,7 +528,8 @@ def test_sst2_counts_and_labels(data_dir, tiny_tokenizer):
     folder = os.path.join(data_dir, "sst2")
     cfg = config(os.path.join(folder, "train.tsv"), validation_file=os.path.join(folder, "dev.tsv"),
                  test_file=os.path.join(folder, "test.tsv"), max_seq_length=64)
-    splits = cls.load_splits(cfg)
+    splits, found = cls.load_splits(cfg)
+    cfg = cfg.with_values(found)
     assert {k: len(v) for k, v in splits.items()} == {"train": 67_349, "validation": 872, "test": 1_821}
     labels = cls.label_list(splits["train"], cfg)
     assert labels == ["0", "1"] and cfg.problem_type == "single_label"

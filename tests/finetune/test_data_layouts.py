@@ -54,7 +54,8 @@ def cls_splits(train: str, **fields):
     from finetune.cls import task as cls
 
     cfg = cls.Config(train_file=train, **fields)
-    return cls.load_splits(cfg), cfg
+    splits, found = cls.load_splits(cfg)
+    return splits, cfg.with_values(found)
 
 
 def test_headerless_tsv_by_position_the_number_in_line_1_tells(tmp_path, mlm_log):

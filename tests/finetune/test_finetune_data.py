@@ -85,7 +85,7 @@ def test_conll2003_minilm_short_run_finds_entities(data_dir, minilm_dir, tmp_pat
     # lr 4e-4: high for BERT, but 40 steps at 5e-5 barely leave the all-O solution (dev F1 0.26 at 1e-4).
     # Measured (seeds 0 / 1 / 2): dev F1 0.457 / 0.538 / 0.524, test F1 0.550 / 0.576 / 0.654, ~40 s.
     # The floor 0.30 keeps >0.15 of margin and is far above what misaligned tags give (~0).
-    from finetune.metrics import entity_scores
+    from finetune.metrics.conlleval import entity_scores
 
     out = tmp_path / "ner"
     cfg, metrics = run(

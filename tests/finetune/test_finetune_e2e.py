@@ -31,6 +31,20 @@ def common(tmp_path, backbone, name, **extra):
     return [x for kv in args.items() for x in kv]
 
 
+def saved_settings_round_trip(out, **resolved):
+    """mlm_task.json holds the run's settings with what the data resolved, and `mlm predict` loads them back as
+    the task's Config: the same settings, nothing lost or changed on the way."""
+    from finetune.predict import load_task
+    from finetune.saved import SavedTask
+    from mlm.core.resume_settings import settings_of
+
+    saved = SavedTask.from_json(str(out / "mlm_task.json"))
+    task, cfg, labels = load_task(str(out))
+    assert type(cfg) is task.Config and labels == list(saved.labels)
+    assert {k: saved.settings[k] for k in resolved} == resolved and {k: getattr(cfg, k) for k in resolved} == resolved
+    assert settings_of(cfg) == saved.settings
+
+
 @pytest.fixture
 def sentiment_files(tmp_path):
     train = tmp_path / "train.csv"
@@ -54,6 +68,7 @@ def test_classification_fits_separable_data_and_predicts(tmp_path, tiny_bert_dir
     preds = [json.loads(l) for l in (out / "predictions" / "validation.jsonl").read_text().splitlines()]
     assert len(preds) == 20 and all(p["label"] == p["gold"] for p in preds)
     assert (out / "predictions" / "test.jsonl").exists()
+    saved_settings_round_trip(out, problem_type="single_label", text_pair_column="none")
 
     code, captured = run_cli(capsys, "predict", "--model", out, "--text", "a great fun movie")
     assert code == 0
@@ -112,13 +127,14 @@ def test_ner_learns_entities_and_predicts_char_spans(tmp_path, tiny_bert_dir, ca
                       *common(tmp_path, tiny_bert_dir, "ner", **{"--num_train_epochs": 15, "--eval_steps": 25}))
     assert code == 0
     out = tmp_path / "ner"
+    saved_settings_round_trip(out, stride=32)  # the default, derived from max_seq_length 128 when parsed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval_f1"] == 1.0 and set(metrics["eval_per_type"]) == {"LOC", "ORG", "PER"}
     code, captured = run_cli(capsys, "predict", "--model", out, "--text", "John  visited Paris")
     entities = json.loads(captured.out)["entities"]
     assert [(e["type"], e["start"], e["end"], e["text"]) for e in entities] == [("PER", 0, 4, "John"), ("LOC", 14, 19, "Paris")]
 
-    from finetune.metrics import to_iob2
+    from finetune.ner.tags import to_iob2
 
     # mlm evaluate on two files of other layouts, with known scores: the training sentences in IOB2 JSON lines
     # (all right), and a CoNLL file whose gold misses Paris (2 entities predicted, 1 gold: P 0.5, R 1, F1 2/3).
@@ -155,6 +171,7 @@ def test_qa_learns_spans_and_answers(tmp_path, tiny_bert_dir, capsys, mlm_log):
     assert "qa: 18 train questions, 18 validation questions" in mlm_log.text
     assert "encoded: train 18 questions -> 18 windows, validation 18 questions -> 18 windows" in mlm_log.text
     out = tmp_path / "qa"
+    saved_settings_round_trip(out, version_2_with_negative=False, doc_stride=8)  # v2: auto, resolved from the data
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval_exact_match"] == 100.0 and metrics["eval_f1"] == 100.0
     squad = json.loads((out / "predictions" / "validation_squad.json").read_text())

@@ -1,4 +1,5 @@
-"""finetune/metrics.py on hand-made inputs whose scores are worked out in the comments, plus
+"""finetune/metrics/ (and the tag-scheme conversion of finetune/ner/tags.py, which keeps conlleval's chunks) on
+hand-made inputs whose scores are worked out in the comments, plus
 randomised cross-checks against seqeval (test-only dependency) and a transcription of conlleval."""
 from __future__ import annotations
 
@@ -7,20 +8,10 @@ import random
 
 import pytest
 
-from finetune.metrics import (
-    chunks,
-    classification_metrics,
-    convert_tags,
-    entity_scores,
-    exact_match,
-    f1,
-    iobes_to_iob2,
-    multilabel_metrics,
-    normalize_answer,
-    regression_metrics,
-    squad_scores,
-    to_iob2,
-)
+from finetune.metrics.classification import classification_metrics, multilabel_metrics, regression_metrics
+from finetune.metrics.conlleval import chunks, entity_scores
+from finetune.metrics.squad import exact_match, f1, normalize_answer, squad_scores
+from finetune.ner.tags import convert_tags, iobes_to_iob2, to_iob2
 
 approx = pytest.approx
 

@@ -113,7 +113,8 @@ def test_test_split_may_have_no_tags(tmp_path):
     train = write(tmp_path, "train.conll", "John B-PER\nruns O\n")
     for name, text in (("test.conll", "Paris\n\nJohn\nruns\n"), ("test.jsonl", '{"tokens": ["Paris"]}\n')):
         cfg = config(train_file=train, test_file=write(tmp_path, name, text))
-        splits = ner.load_splits(cfg)
+        splits, found = ner.load_splits(cfg)
+        cfg = cfg.with_values(found)
         assert splits["test"][0]["tokens"] == ["Paris"] and all("tags" not in ex for ex in splits["test"])
         assert ner.metrics(splits["test"], [{"predicted_tags": ["O"]}] * len(splits["test"]), cfg, LABELS) == {}
     with pytest.raises(DataError, match="name the same column"):  # validation still needs tags
@@ -193,7 +194,7 @@ def test_hub_dataset_with_class_label_tags(tmp_path):
         rows = {"tokens": [["John", "Smith", "ran"]], "ner_tags": [[1, 2, 0]]}
         data = datasets.Dataset.from_dict(rows, features=features)
         data.to_parquet(str(tmp_path / f"{split}.parquet"))
-    splits = ner.load_splits(ner.Config(dataset_name=str(tmp_path)))
+    splits = ner.load_splits(ner.Config(dataset_name=str(tmp_path)))[0]
     assert sorted(splits) == ["train", "validation"]
     assert splits["train"][0]["tokens"] == ["John", "Smith", "ran"]
     assert splits["train"][0]["tags"] == ["B-PER", "I-PER", "O"]
@@ -202,7 +203,7 @@ def test_hub_dataset_with_class_label_tags(tmp_path):
 def test_load_splits_reads_each_configured_file(tmp_path):
     train = write(tmp_path, "train.conll", CONLL)
     dev = write(tmp_path, "dev.conll", "Paris I-LOC\n\nJohn I-PER\n")
-    splits = ner.load_splits(config(train_file=train, validation_file=dev))
+    splits = ner.load_splits(config(train_file=train, validation_file=dev))[0]
     assert sorted(splits) == ["train", "validation"]
     assert len(splits["train"]) == 3 and len(splits["validation"]) == 2
     assert splits["validation"][1] == {"tokens": ["John"], "tags": ["B-PER"], "_where": f"{dev}:3", "_lines": [3]}
@@ -577,7 +578,8 @@ def test_conll2003_counts_and_labels(data_dir, tiny_tokenizer):
     folder = os.path.join(data_dir, "conll2003")
     cfg = config(train_file=os.path.join(folder, "eng.train"), validation_file=os.path.join(folder, "eng.testa"),
                  test_file=os.path.join(folder, "eng.testb"))
-    splits = ner.load_splits(cfg)
+    splits, found = ner.load_splits(cfg)
+    cfg = cfg.with_values(found)
     assert {k: len(v) for k, v in splits.items()} == {"train": 14041, "validation": 3250, "test": 3453}
     assert sum(len(ex["tokens"]) for ex in splits["train"]) == 203621
     labels = ner.label_list(splits["train"], cfg)

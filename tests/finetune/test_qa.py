@@ -65,7 +65,7 @@ def test_reads_squad_v1_json(tmp_path):
                                                question("q3", "who lives in berlin ?", [("she", 0)])])]),
     ])
     path = write_json(tmp_path / "train.json", doc)
-    splits = qa.load_splits(make_cfg(train_file=path, validation_file=path))
+    splits = qa.load_splits(make_cfg(train_file=path, validation_file=path))[0]
     train = splits["train"]
     assert [ex["id"] for ex in train] == ["q1", "q2", "q3"]
     assert train[1] == {
@@ -88,9 +88,9 @@ def test_reads_squad_v2_json_and_resolves_version_2(tmp_path):
     path = write_json(tmp_path / "v2.json", doc)
     cfg = make_cfg(train_file=path)
     assert cfg.version_2_with_negative is None  # auto
-    train = qa.load_splits(cfg)["train"]
-    assert [ex["answers"]["text"] for ex in train] == [["john"], [], []]
-    assert cfg.version_2_with_negative is True
+    splits, found = qa.load_splits(cfg)
+    assert [ex["answers"]["text"] for ex in splits["train"]] == [["john"], [], []]
+    assert found == {"version_2_with_negative": True} and cfg.version_2_with_negative is None  # returned, not set
     with pytest.raises(ConfigError, match=r"version_2_with_negative: false.*2 questions without an answer.*id b"):
         qa.load_splits(make_cfg(train_file=path, version_2_with_negative=False))
 
@@ -99,8 +99,7 @@ def test_v1_data_resolves_version_2_false(tmp_path):
     path = write_jsonl(tmp_path / "t.jsonl", [{"id": "x", "question": "who ?", "context": "john .",
                                                "answers": {"text": ["john"], "answer_start": [0]}}])
     cfg = make_cfg(train_file=path)
-    qa.load_splits(cfg)
-    assert cfg.version_2_with_negative is False
+    assert qa.load_splits(cfg)[1] == {"version_2_with_negative": False}
 
 
 def test_reads_jsonl_with_both_answer_layouts(tmp_path):
@@ -110,7 +109,7 @@ def test_reads_jsonl_with_both_answer_layouts(tmp_path):
         {"id": "list", "question": "who ?", "context": "he is john .", "answers": [{"text": "john", "answer_start": 6}]},
         {"question": "who ?", "context": "x y z", "answers": []},  # no id: the line number
     ])
-    train = qa.load_splits(make_cfg(train_file=path))["train"]
+    train = qa.load_splits(make_cfg(train_file=path))[0]["train"]
     assert [ex["id"] for ex in train] == ["hf", "list", "3"]
     assert train[0]["answers"] == {"text": ["john smith", "smith"], "answer_start": [0, 5]}
     assert train[0]["title"] == "T1" and "title" not in train[1]
@@ -145,7 +144,7 @@ def test_hub_dataset_goes_through_the_same_checks(monkeypatch):
     rows = [{"id": "h1", "title": "T", "context": "john smith .", "question": "who ?",
              "answers": {"text": ["smith"], "answer_start": [5]}}]
     monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None: {"train": rows, "validation": rows})
-    splits = qa.load_splits(qa.Config(dataset_name="squad"))
+    splits = qa.load_splits(qa.Config(dataset_name="squad"))[0]
     assert splits["train"][0]["answers"] == {"text": ["smith"], "answer_start": [5]}
     assert splits["validation"][0]["_where"] == "squad[validation]:1"
 
@@ -238,7 +237,7 @@ def test_answers_with_surrounding_spaces_are_trimmed_with_their_start(tmp_path):
     rows = [{"id": "a", "question": "where ?", "context": "he went to paris . she went to paris too .",
              "answers": [{"text": "paris ", "answer_start": 31}]},
             {"id": "b", "question": "who ?", "context": "alice ran .", "answers": [{"text": "\nalice", "answer_start": -1}]}]
-    train = qa.load_splits(make_cfg(train_file=write_jsonl(tmp_path / "t.jsonl", rows)))["train"]
+    train = qa.load_splits(make_cfg(train_file=write_jsonl(tmp_path / "t.jsonl", rows)))[0]["train"]
     assert [ex["answers"] for ex in train] == [{"text": ["paris"], "answer_start": [31]},
                                                {"text": ["alice"], "answer_start": [0]}]
 
@@ -250,8 +249,9 @@ def test_is_impossible_values(tmp_path, flag, impossible):
     for path in (write_jsonl(tmp_path / "t.jsonl", [row]),
                  write_json(tmp_path / "t.json", squad([("T", [("john .", [{k: v for k, v in row.items() if k != "context"}])])]))):
         cfg = make_cfg(train_file=path)
-        (ex,) = qa.load_splits(cfg)["train"]
-        assert (ex["answers"]["text"] == []) is impossible and cfg.version_2_with_negative is impossible
+        splits, found = qa.load_splits(cfg)
+        (ex,) = splits["train"]
+        assert (ex["answers"]["text"] == []) is impossible and found["version_2_with_negative"] is impossible
     with pytest.raises(DataError, match=r'id q: "is_impossible" must be true or false, got \'maybe\''):
         qa.read_file(write_jsonl(tmp_path / "bad.jsonl", [{**row, "is_impossible": "maybe"}]))
 
@@ -261,7 +261,8 @@ def test_test_split_without_answers_is_predicted_not_scored(tmp_path, tiny_token
                                                      "answers": [{"text": "john", "answer_start": 0}]}])
     test = write_jsonl(tmp_path / "test.jsonl", [{"id": "u", "question": "who ?", "context": "john smith ."}])
     cfg = make_cfg(train_file=train, test_file=test)
-    splits = qa.load_splits(cfg)
+    splits, found = qa.load_splits(cfg)
+    cfg = cfg.with_values(found)
     assert cfg.version_2_with_negative is False  # an unlabelled question is not an unanswerable one
     features = qa.encode(splits["test"], tiny_tokenizer, windows_cfg(), [], with_labels=False)
     records = qa.predictions(splits["test"], features, [(logits(len(f["input_ids"]), {}),) * 2 for f in features],
@@ -282,7 +283,7 @@ def test_answer_start_mismatch_is_fixed_or_skipped_and_logged(tmp_path, caplog):
     ]
     path = write_jsonl(tmp_path / "t.jsonl", rows)
     with caplog.at_level(logging.INFO, logger="mlm"):
-        splits = qa.load_splits(make_cfg(train_file=path, validation_file=path))
+        splits = qa.load_splits(make_cfg(train_file=path, validation_file=path))[0]
     assert [ex["id"] for ex in splits["train"]] == ["ok", "off", "half"]  # "lost" skipped for training
     assert splits["train"][1]["answers"]["answer_start"] == [5]
     assert splits["train"][2]["answers"]["answer_start"] == [-1, 0]
@@ -658,13 +659,14 @@ def test_recipes_load(name, tmp_path):
 @pytest.mark.data
 def test_squad_dev_file_and_article_split(data_dir):
     path = os.path.join(data_dir, "squad", "dev-v1.1.json")
-    everything = qa.load_splits(make_cfg(train_file=path))["train"]
+    everything = qa.load_splits(make_cfg(train_file=path))[0]["train"]
     assert len(everything) == 10570 and len({ex["title"] for ex in everything}) == 48
     assert len({ex["id"] for ex in everything}) == 10570
     assert all(ex["answers"]["text"] for ex in everything)
 
     cfg = make_cfg(train_file=path, split_articles="38:10")
-    splits = qa.load_splits(cfg)
+    splits, found = qa.load_splits(cfg)
+    cfg = cfg.with_values(found)
     train_titles = {ex["title"] for ex in splits["train"]}
     valid_titles = {ex["title"] for ex in splits["validation"]}
     assert len(train_titles) == 38 and len(valid_titles) == 10 and not train_titles & valid_titles

@@ -9,7 +9,9 @@ import os
 import pytest
 
 from mlm.pretrain import corpus as corpus_module
-from mlm.pretrain.corpus import DefaultCorpus, FileCorpus, corpus_sources
+from mlm.pretrain import default_corpus
+from mlm.pretrain.corpus import FileCorpus, corpus_sources
+from mlm.pretrain.default_corpus import DefaultCorpus
 from mlm.errors import ConfigError, DataError
 
 
@@ -217,7 +219,7 @@ def test_default_corpus_is_deterministic_and_non_trivial():
 def test_default_corpus_reads_no_test_folders_or_private_modules():
     import sysconfig
 
-    files = corpus_module._python_files(sysconfig.get_paths()["stdlib"])
+    files = default_corpus._python_files(sysconfig.get_paths()["stdlib"])
     assert files == sorted(files) and len(files) > 100
     parts = [p.split(os.sep) for p in files]
     assert not any({"test", "tests", "site-packages"} & set(p) for p in parts)
@@ -240,7 +242,7 @@ async def g():
     """Async doc."""
 x = """not a docstring"""
 ''')
-    assert list(corpus_module._docstrings(path)) == [
+    assert list(default_corpus._docstrings(path)) == [
         "Module doc.", "Class doc.\n\ndetail\n    more indented", "Method doc.", "Nested function doc.", "Async doc.",
     ]
-    assert list(corpus_module._docstrings(write(tmp_path / "bad.py", "def (:\n"))) == []
+    assert list(default_corpus._docstrings(write(tmp_path / "bad.py", "def (:\n"))) == []
