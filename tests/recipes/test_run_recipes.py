@@ -34,6 +34,9 @@ PRETRAIN_SHAPES = {
     "bert-base.yaml": ["--max_seq_length", "32", "--per_device_train_batch_size", "2", "--global_batch_size", "2",
                        "--torch_compile", "false", "--mixed_precision", "no", "--save_total_limit", "1"],
 }
+# Recipes whose 6 steps at these shapes learn too little for "the loss falls" to hold whatever the tokenizer: they
+# read the conftest tokenizer, so that their run is the same every time.
+FIXED_TOKENIZER = {"bert-base.yaml"}
 FINETUNE_SHAPES = {
     "cls.yaml": [],
     "ner.yaml": [],
@@ -71,12 +74,14 @@ def test_every_recipe_is_covered():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", sorted(PRETRAIN_SHAPES))
-def test_pretrain_recipe_runs(recipe, sentence_corpus, tmp_path):
+def test_pretrain_recipe_runs(recipe, sentence_corpus, tiny_bert_dir, tmp_path):
     out = tmp_path / "run"
     argv = ["--recipe", os.path.join(RECIPES, "pretrain", recipe), "--train_file", sentence_corpus,
             "--validation_file", "null", "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
             "--max_steps", "6", "--logging_steps", "1", "--eval_steps", "6", "--save_steps", "6",
             "--disable_tqdm", "true", *PRETRAIN_SHAPES[recipe]]
+    if recipe in FIXED_TOKENIZER:  # a trained WordPiece differs from run to run (tie order): so would the losses
+        argv += ["--tokenizer_name", tiny_bert_dir]
     metrics = pretrain_main(parse_config(PretrainConfig, argv))
     check_run(out)
     assert metrics["global_step"] == 6 and math.isfinite(metrics["eval_loss"])
