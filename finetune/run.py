@@ -89,7 +89,8 @@ def main(cfg) -> dict:
     from finetune.inference import score
     from finetune.task import TASKS
     from mlm.core.hub import check_sources, tokenizer_source
-    from mlm.core.loop import check_metric, check_plan, LoopParts, train
+    from mlm.core.loop import check_metric, LoopParts, train
+    from mlm.core.plan import check_plan
     from mlm.core.accel import make_accelerator
     from mlm.core.run_dir import check_output_dir, run_directory
     from finetune.saved import SavedTask

@@ -15,7 +15,6 @@ just (epoch, batch index).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 import sys
@@ -31,17 +30,17 @@ from accelerate.utils import DistributedType
 from mlm.core.accel import distributed_type, matmul_peak_flops
 from mlm.core.checkpoint import checkpoint_path, load_best_weights, load_checkpoint, save_checkpoint
 from mlm.core.config import TrainingConfig
-from mlm.errors import ConfigError, DataError
+from mlm.errors import ConfigError
 from mlm.core.resume_settings import settings_of
 from mlm.core.run_dir import run_directory
 from mlm.core.runlog import RunLog, logger
 from mlm.core.safe_state import own_state
 from mlm.core.optim import build_optimizer, build_scheduler
+from mlm.core.plan import UNBOUNDED, check_plan, eval_and_save_intervals, plan_steps, run_length
 from mlm.core.sampling import ShardedBatchSampler, micro_batches, to_device
 from mlm.core.signals import Preempted, StopRequest
 
 
-UNBOUNDED = 2**62  # the steps of a run that only its time budget ends
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -78,24 +77,6 @@ class TrainState:
     total_steps: int = 0
 
 
-def plan_steps(cfg: TrainingConfig, batches_per_epoch: int, accumulation: int) -> tuple[int, int]:
-    """(total optimizer steps, steps per epoch)."""
-    steps_per_epoch = max(1, batches_per_epoch // accumulation)
-    if cfg.max_steps > 0:
-        return cfg.max_steps, steps_per_epoch
-    if cfg.max_time is not None:  # the budget ends the run
-        return UNBOUNDED, steps_per_epoch
-    return max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch)), steps_per_epoch
-
-
-def check_plan(cfg: TrainingConfig, accelerator, num_examples: int) -> None:
-    """What train() can refuse, checked before output_dir is touched: a bad setting must cost nothing."""
-    cfg.accumulation_steps(accelerator.num_processes)
-    if num_examples < accelerator.num_processes:
-        raise DataError(f"training data has {num_examples} examples: fewer than the {accelerator.num_processes} "
-                        "processes")
-
-
 def train(cfg: TrainingConfig, accelerator, model: torch.nn.Module, train_data, parts: LoopParts) -> dict:
     """Train `model` on `train_data`; evaluate, checkpoint, early-stop; export the final model to output_dir.
 
@@ -126,7 +107,7 @@ class _Run:
                                            world, cfg.seed, True, parts.lengths)
         self.total_steps, steps_per_epoch = plan_steps(cfg, len(self.sampler), self.accumulation)
         self.budget = cfg.time_budget()  # seconds, or None
-        self.eval_every, self.save_every = _eval_and_save_intervals(cfg, parts.evaluate is not None, steps_per_epoch,
+        self.eval_every, self.save_every = eval_and_save_intervals(cfg, parts.evaluate is not None, steps_per_epoch,
                                                                     self.total_steps)
 
         optimizer = build_optimizer(model, cfg)
@@ -142,7 +123,7 @@ class _Run:
         self.global_batch = cfg.per_device_train_batch_size * world * self.accumulation
         logger.info(
             "training %s on %d processes (%s): %d sequences, global batch %d = %d per device x %d processes x "
-            "%d accumulation; %d steps per epoch", _length(cfg, self.total_steps), world, distributed_type(accelerator),
+            "%d accumulation; %d steps per epoch", run_length(cfg, self.total_steps), world, distributed_type(accelerator),
             len(train_data), self.global_batch, cfg.per_device_train_batch_size, world, self.accumulation,
             steps_per_epoch,
         )
@@ -311,31 +292,6 @@ class _Run:
         return final
 
 
-def _eval_and_save_intervals(cfg: TrainingConfig, has_evaluate: bool, steps_per_epoch: int, total_steps: int):
-    """(between evaluations, between checkpoints): a number of steps, or with a budget a fraction of it (a float);
-    with metric_for_best_model a checkpoint is saved at every evaluation, so the best one exists."""
-    interval = functools.partial(_interval, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-                                 budget=cfg.max_time is not None)
-    eval_every = interval(cfg.eval_strategy, cfg.eval_steps)
-    select_best = bool(cfg.metric_for_best_model and has_evaluate)
-    if cfg.metric_for_best_model and not has_evaluate:
-        logger.warning("metric_for_best_model %s: there is no validation data, so no evaluation, best-model choice "
-                       "or early stopping", cfg.metric_for_best_model)
-    elif select_best and cfg.save_steps and cfg.save_steps != eval_every:
-        logger.warning("save_steps %s ignored: with metric_for_best_model a checkpoint is saved at every evaluation "
-                       "(eval_steps %s), so the best one exists", cfg.save_steps, eval_every)
-    save_every = eval_every if select_best else interval(cfg.save_strategy, cfg.save_steps or eval_every)
-    return eval_every, save_every
-
-
-def _length(cfg: TrainingConfig, total_steps: int) -> str:
-    """The run's length, for the log: its steps, its budget, or both."""
-    steps = f"{total_steps} steps"
-    if cfg.max_time is None:
-        return steps
-    return f"for {cfg.max_time}" + (f" (at most {steps})" if total_steps != UNBOUNDED else "")
-
-
 def _resume_state(accelerator, objects: tuple, resume: Optional[str], world: int, total_steps: int) -> TrainState:
     """A fresh TrainState, or the one of the checkpoint `resume` with its model, optimizer, scheduler and RNG."""
     if not resume:
@@ -351,15 +307,6 @@ def _peak_flops(accelerator) -> float:
     peak = matmul_peak_flops(accelerator.device, dtype, size=4096 if accelerator.device.type == "cuda" else 1024)
     logger.info("matmul peak here: %.0f GFLOP/s (%s); MFU is measured against it", peak / 1e9, dtype)
     return peak
-
-
-def _interval(strategy: Optional[str], steps, steps_per_epoch: int, total_steps: int, budget: bool):
-    """Steps between evaluations or saves: none for "no", an epoch for "epoch", else `steps` (default an epoch);
-    `steps` below 1 is a fraction of the run: of the budget when there is one (kept a float), else of its steps."""
-    every = {"no": None, "epoch": steps_per_epoch}.get(strategy, steps or steps_per_epoch)
-    if every is None or every >= 1:
-        return None if every is None else int(every)
-    return float(every) if budget else max(1, math.ceil(every * total_steps))
 
 
 def _epochs_done(state: TrainState, batches_per_epoch: int) -> float:

@@ -111,7 +111,8 @@ def make_evaluate(valid_data, collate, batch_size: int, accelerator):
 def main(cfg: PretrainConfig) -> dict:
     from mlm.pretrain.masking import MaskingCollator
     from mlm.pretrain.corpus import corpus_sources
-    from mlm.core.loop import check_metric, check_plan, LoopParts, train
+    from mlm.core.loop import check_metric, LoopParts, train
+    from mlm.core.plan import check_plan
     from mlm.core.accel import make_accelerator, shards_parameters
     from mlm.pretrain.model import SparseMaskedLM, build_masked_lm, train_flops_per_token
     from mlm.core.distill import keep_layers, layer_indices
