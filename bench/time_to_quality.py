@@ -199,16 +199,13 @@ def plot(sides: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from mlm.core.runlog import save_figure
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, side in sides.items():
         points = [(s["train_seconds"] / 60, s["common_eval_mlm_loss"]) for s in side["snapshots"]]
         ax.plot(*zip(*points), marker="o", label=name)
-    ax.set_xlabel("training time (minutes)")
-    ax.set_ylabel("masked-LM loss, WikiText-2 test, fixed 15% masks")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, ax, "training time (minutes)", "masked-LM loss, WikiText-2 test, fixed 15% masks", path)
 
 
 def main(argv=None) -> int:

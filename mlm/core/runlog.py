@@ -135,11 +135,18 @@ def plot_losses(log_path: str, out_path: str) -> str | None:
     ax.plot(*zip(*train), label="train loss")
     if evals:
         ax.plot(*zip(*evals), "o-", label="eval loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    save_figure(fig, ax, "step", "loss", out_path, dpi=110)
+    return out_path
+
+
+def save_figure(fig, ax, xlabel: str, ylabel: str, path: str, dpi: int = 120) -> None:
+    """Label, grid and legend the axes, write the figure to `path` and close it (every plot here ends so)."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
-    return out_path

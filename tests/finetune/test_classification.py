@@ -160,16 +160,17 @@ def test_missing_text_column_names_file_line_and_columns(tmp_path):
     assert cls.load_splits(config(train, text_column="review"))[0]["train"][0]["text"] == "good"
 
 
-def test_missing_label_column_in_training_data(tmp_path):
-    train = write(tmp_path, "train.jsonl", '{"text": "good", "stars": 1}\n')
-    with pytest.raises(DataError, match=rf"^{train}:1: missing label column 'label' \(columns: text, stars\)"):
-        cls.load_splits(config(train))
-
-
-def test_jsonl_row_without_the_label_names_its_line(tmp_path):
-    train = write(tmp_path, "train.jsonl", '{"text": "good", "label": 1}\n\n{"text": "bad"}\n')
-    with pytest.raises(DataError, match=rf"^{train}:3: missing column 'label' \(columns: text\)"):
-        cls.load_splits(config(train))
+@pytest.mark.parametrize("content, error, settings", [
+    ('{"text": "good", "stars": 1}\n', r":1: missing label column 'label' \(columns: text, stars\)", {}),
+    ('{"text": "good", "label": 1}\n\n{"text": "bad"}\n', r":3: missing column 'label' \(columns: text\)", {}),
+    ('{"text": "a", "label": "x"}\n{"text": "b", "label": null}\n', r":2: column 'label': missing label", {}),
+    ('{"text": "a", "label": "x"}\n{"text": "b", "label": ["x"]}\n', r":2: column 'label': .*multi_label",
+     {"problem_type": "single_label"}),
+], ids=["no label column", "a row without the label", "null label", "list label in single-label data"])
+def test_a_bad_label_in_training_data_names_its_line(tmp_path, content, error, settings):
+    train = write(tmp_path, "train.jsonl", content)
+    with pytest.raises(DataError, match=rf"^{train}" + error):
+        cls.load_splits(config(train, **settings))
 
 
 def test_test_split_without_labels_is_allowed(tmp_path, tiny_tokenizer, tiny_model):
@@ -245,16 +246,6 @@ def test_empty_text_names_file_line_and_column(tmp_path, first, row, column):
         cls.load_splits(config(train))
 
 
-def test_null_label_in_training_data(tmp_path):
-    train = write(tmp_path, "train.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": null}\n')
-    with pytest.raises(DataError, match=rf"^{train}:2: column 'label': missing label"):
-        cls.load_splits(config(train))
-
-
-def test_list_label_in_single_label_data(tmp_path):
-    train = write(tmp_path, "train.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": ["x"]}\n')
-    with pytest.raises(DataError, match=rf"^{train}:2: column 'label': .*multi_label"):
-        cls.load_splits(config(train, problem_type="single_label"))
 
 
 def test_config_contradictions():
