@@ -2,8 +2,16 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
+
+# Test modules share helpers across the mirrored folders (e.g. core/test_run_safety.py uses pretrain/test_pretrain_e2e):
+# make every folder importable, so that any single file runs alone, not only inside the whole suite.
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+for _folder in ("", "core", "pretrain", "finetune", "recipes"):
+    if os.path.join(_TESTS, _folder).rstrip(os.sep) not in sys.path:
+        sys.path.insert(0, os.path.join(_TESTS, _folder).rstrip(os.sep))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
