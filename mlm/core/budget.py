@@ -31,6 +31,13 @@ def parse_duration(text, key: str = "max_time") -> float:
     return seconds
 
 
+def check_budget_schedule(kind: str) -> None:
+    """ConfigError unless lr_scheduler_type `kind` has a form on the fraction of a budget."""
+    if kind not in BUDGET_SCHEDULES:
+        raise ConfigError(f"lr_scheduler_type: {kind!r} has no time-budget form (with max_time choose from "
+                          f"{', '.join(BUDGET_SCHEDULES)})")
+
+
 class ProgressCurve:
     """The learning-rate multiplier as a function of progress (set by the loop before each scheduler step).
 
@@ -39,9 +46,7 @@ class ProgressCurve:
     """
 
     def __init__(self, kind: str, warmup: float):
-        if kind not in BUDGET_SCHEDULES:
-            raise ConfigError(f"lr_scheduler_type: {kind!r} has no time-budget form (with max_time choose from "
-                              f"{', '.join(BUDGET_SCHEDULES)})")
+        check_budget_schedule(kind)
         self.kind, self.warmup, self.progress = kind, warmup, 0.0
 
     def __call__(self, _step: int) -> float:

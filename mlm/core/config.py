@@ -19,7 +19,7 @@ from typing import Literal, Optional, TypeVar
 
 import yaml
 
-from mlm.core.budget import BUDGET_SCHEDULES, parse_duration
+from mlm.core.budget import check_budget_schedule, parse_duration
 from mlm.errors import ConfigError
 
 
@@ -147,9 +147,7 @@ class TrainingConfig:
             self.time_budget()  # a bad duration fails here, naming the key
             if self.warmup_steps is not None:
                 raise ConfigError("warmup_steps: with max_time the warmup is a fraction of the budget: use warmup_ratio")
-            if self.lr_scheduler_type not in BUDGET_SCHEDULES:
-                raise ConfigError(f"lr_scheduler_type: {self.lr_scheduler_type!r} has no time-budget form (with "
-                                  f"max_time choose from {', '.join(BUDGET_SCHEDULES)})")
+            check_budget_schedule(self.lr_scheduler_type)
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ConfigError("max_steps and num_train_epochs are both <= 0: nothing to train")
         if not 0 < self.learning_rate < math.inf:
