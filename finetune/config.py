@@ -15,6 +15,8 @@ from mlm.errors import ConfigError
 # Set while a Config is built from a model's saved settings (`for_model`): prediction reads no training data, so
 # the checks and the data_dir resolution of the training files are left out (the saved paths are resolved already).
 _FOR_MODEL: ContextVar[bool] = ContextVar("for_model", default=False)
+# The backbone's dropout settings a fine-tuning run may override (BERT-family config names).
+DROPOUTS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 
 
 @dataclass
@@ -26,6 +28,11 @@ class FinetuneConfig(DistillConfig, TrainingConfig):
         "outputs/pretrain-demo", "Backbone: a local HF BERT-family checkpoint directory (or a hub name when online)."
     )
     tokenizer_name: Optional[str] = arg(None, "Tokenizer directory or name (default: model_name_or_path).")
+    hidden_dropout_prob: Optional[float] = arg(
+        None, "Dropout on hidden states while fine-tuning (default: the backbone's own; a backbone pretrained "
+        "without dropout has 0, and the fine-tuning recipes set 0.1).")
+    attention_probs_dropout_prob: Optional[float] = arg(
+        None, "Dropout on attention probabilities while fine-tuning (default: the backbone's own).")
     data_dir: Optional[str] = arg(
         None, "Folder holding the task's files: relative train_file/validation_file/test_file are resolved in it."
     )
@@ -57,6 +64,9 @@ class FinetuneConfig(DistillConfig, TrainingConfig):
             self.validation_file = None
         if self.do_predict is False:
             self.test_file = None
+        for name in DROPOUTS:
+            if getattr(self, name) is not None and not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be in [0, 1), got {getattr(self, name)}")
         for name in ("max_train_samples", "max_eval_samples", "max_test_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")

@@ -60,6 +60,29 @@ def command(argv: list[str]) -> None:
     main(parse_finetune_args(argv))
 
 
+def dropout_overrides(cfg, path: str) -> dict:
+    """--hidden_dropout_prob / --attention_probs_dropout_prob as config overrides of the backbone. A backbone
+    pretrained without dropout (the budget recipes: faster, and better at a fixed budget) otherwise fine-tunes
+    without it too, which overfits small task data; the fine-tuning recipes set 0.1, as Cramming does."""
+    from transformers import AutoConfig
+
+    from finetune.config import DROPOUTS
+    from mlm.core.runlog import logger
+
+    wanted = {name: getattr(cfg, name) for name in DROPOUTS if getattr(cfg, name) is not None}
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return wanted  # from_pretrained then says what is wrong with the folder
+    for name in wanted:
+        if not hasattr(config, name):
+            raise ConfigError(f"{name}: {path}: a {config.model_type} config has no {name}")
+    if not wanted and getattr(config, "hidden_dropout_prob", None) == 0:
+        logger.info("the backbone has no dropout (hidden_dropout_prob 0): fine-tuning keeps none; "
+                    "--hidden_dropout_prob 0.1 --attention_probs_dropout_prob 0.1 to regularise")
+    return wanted
+
+
 def load_backbone(task, cfg, labels, tokenizer_size: int):
     """The task model on the backbone: a new head on top of the pretrained encoder (whose folder main's
     check_sources checked)."""
@@ -69,7 +92,7 @@ def load_backbone(task, cfg, labels, tokenizer_size: int):
 
     path = locate(cfg.model_name_or_path, "model_name_or_path")
     try:
-        model = task.AutoModel.from_pretrained(path, **task.model_kwargs(cfg, labels),
+        model = task.AutoModel.from_pretrained(path, **task.model_kwargs(cfg, labels), **dropout_overrides(cfg, path),
                                                **loading_kwargs(cfg.allow_pickle_weights))
     except (OSError, ValueError) as e:
         raise DataError(f"model_name_or_path: cannot load {cfg.model_name_or_path}: {first_line(e)}") from None

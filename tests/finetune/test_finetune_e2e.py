@@ -113,6 +113,30 @@ def test_classification_bad_input_is_one_line(tmp_path, tiny_bert_dir, sentiment
     assert code == 1 and "DATA=" in captured.err
 
 
+def test_dropout_flags_override_the_backbones_and_bad_ones_are_one_line(tmp_path, tiny_bert_dir, sentiment_files,
+                                                                         capsys):
+    """A backbone pretrained without dropout fine-tunes with the dropout the flags ask for (the fine-tuning recipes
+    set 0.1); without the flags it keeps its own; a value out of [0, 1) is refused naming the key."""
+    import shutil
+
+    from transformers import AutoConfig
+
+    no_dropout = tmp_path / "no-dropout"
+    shutil.copytree(tiny_bert_dir, no_dropout)
+    config = AutoConfig.from_pretrained(no_dropout)
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    config.save_pretrained(no_dropout)
+    flags = ("finetune", "--task", "cls", "--train_file", sentiment_files, "--max_steps", 2)
+    code, _ = run_cli(capsys, *flags, *common(tmp_path, no_dropout, "kept"))
+    assert code == 0 and AutoConfig.from_pretrained(tmp_path / "kept").hidden_dropout_prob == 0.0
+    code, _ = run_cli(capsys, *flags, "--hidden_dropout_prob", 0.1, "--attention_probs_dropout_prob", 0.2,
+                      *common(tmp_path, no_dropout, "set"))
+    config = AutoConfig.from_pretrained(tmp_path / "set")
+    assert code == 0 and (config.hidden_dropout_prob, config.attention_probs_dropout_prob) == (0.1, 0.2)
+    code, captured = run_cli(capsys, *flags, "--hidden_dropout_prob", 1.5, *common(tmp_path, no_dropout, "bad"))
+    assert code != 0 and "hidden_dropout_prob" in captured.err and "[0, 1)" in captured.err
+
+
 def test_ner_learns_entities_and_predicts_char_spans(tmp_path, tiny_bert_dir, capsys):
     sentences = [
         [("John", "I-PER"), ("visited", "O"), ("Paris", "I-LOC")],
