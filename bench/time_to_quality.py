@@ -4,6 +4,8 @@
     python bench/time_to_quality.py                        # 15-minute budget: ~1 h on 2 cores
     python bench/time_to_quality.py --budget 1h --recipe recipes/pretrain/budget-1h.yaml
     python bench/time_to_quality.py --quick                # ~3 min smoke run, same code path
+    taskset -c 1 python bench/time_to_quality.py --budget 1h --recipe recipes/pretrain/budget-1h.yaml \
+        --sides ours --parallel --output bench/results/time_to_quality_1h.json   # one side, on core 1 only
 
 Both sides pretrain on WikiText-2 train with the same WordPiece tokenizer (16k, trained on it) and the same
 model shape (the recipe's), one after the other, each stopped at the same training wall time:
@@ -39,10 +41,11 @@ import finetune_quality  # noqa: E402  (finetune_run, tfidf_baseline, the from-s
 VOCAB = 16000
 SNAPSHOTS = 10  # snapshots per side, at every tenth of the budget
 SEQ = 128
-FINETUNE = {  # the same for both backbones: the from-scratch settings of bench/finetune_quality.py
-    "full": {"cls": finetune_quality.SETTINGS["full"]["cls"]["demo"], "ner": finetune_quality.SETTINGS["full"]["ner"]["demo"]},
-    "quick": {"cls": finetune_quality.SETTINGS["quick"]["cls"]["demo"], "ner": finetune_quality.SETTINGS["quick"]["ner"]["demo"]},
-}
+# The same for both backbones: the from-scratch settings of bench/finetune_quality.py, with the fine-tuning recipes'
+# dropout spelled out (our budget backbone is pretrained without dropout; fine-tuning puts it back, as Cramming does).
+DROPOUT = {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+FINETUNE = {mode: {task: {**finetune_quality.SETTINGS[mode][task]["demo"], **DROPOUT} for task in ("cls", "ner")}
+            for mode in ("full", "quick")}
 
 
 def parse_seconds(text: str) -> float:
@@ -177,12 +180,16 @@ def run_ours(tokenizer_dir: str, recipe_path: str, budget_s: float, out: str, co
 
 
 def in_turn_or_together(jobs: dict, parallel: bool, what: str) -> dict:
-    """Each job(core) one after the other (core None: every core), or together, job i pinned to core i."""
+    """Each job(core) one after the other (core None: every core), or together, job i pinned to the i-th core this
+    process may use (so that `taskset -c 1` gives a lone side core 1 and leaves core 0 to other work)."""
     common.log(what + (": the sides together, a core each" if parallel else ": one side after the other"))
     if not parallel:
         return {name: job(None) for name, job in jobs.items()}
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < len(jobs):
+        raise SystemExit(f"--parallel: {len(jobs)} sides need {len(jobs)} cores, this process may use {len(cores)}")
     with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
-        futures = {name: pool.submit(job, core) for core, (name, job) in enumerate(jobs.items())}
+        futures = {name: pool.submit(job, core) for core, (name, job) in zip(cores, jobs.items())}
         return {name: future.result() for name, future in futures.items()}
 
 
@@ -208,6 +215,42 @@ def plot(sides: dict, path: str) -> None:
     save_figure(fig, ax, "training time (minutes)", "masked-LM loss, WikiText-2 test, fixed 15% masks", path)
 
 
+def pretrain_sides(args, command: str, budget_s: float, train: str, test: str, eval_blocks, sides_wanted: list,
+                   scratch: str, finetune_settings: dict) -> tuple[dict, dict]:
+    """(the result so far, {side: its run}): each side pretrained for the budget, every snapshot scored."""
+    from mlm.pretrain.fixed_mask_eval import evaluate_folder
+
+    recipe = recipe_settings(os.path.join(common.REPO, args.recipe))
+    _, tokenizer_dir = common.wordpiece_tokenizer(train, VOCAB)
+    result = {"command": command,
+              "machine": {**common.machine_info(), "matmul_peak_gflops": round(common.matmul_peak_gflops(), 1)},
+              "recipe": args.recipe, "budget_s": budget_s, "vocab_size": VOCAB, "corpus": train, "eval_text": test,
+              "finetune_settings": finetune_settings, "parallel": args.parallel}
+    jobs = {"stock": lambda core: run_stock(tokenizer_dir, train, recipe, budget_s, os.path.join(scratch, "stock"), core),
+            "ours": lambda core: run_ours(tokenizer_dir, args.recipe, budget_s, os.path.join(scratch, "ours"), core)}
+    jobs = {name: job for name, job in jobs.items() if name in sides_wanted}
+    sides = in_turn_or_together(jobs, args.parallel, f"pretraining, {budget_s:.0f} s each")
+    for name, side in sides.items():
+        for snapshot in side["snapshots"]:
+            snapshot["common_eval_mlm_loss"] = round(evaluate_folder(snapshot["folder"], test,
+                                                                     max_blocks=eval_blocks)["mlm_loss"], 4)
+        common.log(f"{name}: {side['steps']} steps, common eval loss {side['snapshots'][-1]['common_eval_mlm_loss']}")
+    return result, sides
+
+
+def saved_sides(path: str) -> tuple[dict, dict]:
+    """(the result, {side: its run}) of an earlier run's JSON, for --finetune_only: its backbones must still be
+    where it left them."""
+    with open(path, encoding="utf-8") as f:
+        result = json.load(f)
+    sides = {name: {**run, "final": run["snapshots"][-1]["folder"], "train_tokens": result[name]["train_tokens"]}
+             for name, run in result["details"].items()}
+    for name, side in sides.items():
+        if not os.path.isfile(os.path.join(side["final"], "config.json")):
+            raise SystemExit(f"--finetune_only: {path}: the {name} backbone {side['final']} is gone")
+    return result, sides
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", default="15m", help="training wall time per side: 90s, 15m, 1h")
@@ -218,12 +261,17 @@ def main(argv=None) -> int:
                         "machine shared with other work both then see the same conditions (default: one after the "
                         "other, each with every core)")
     parser.add_argument("--eval_blocks", type=int, default=None, help="score only the first N test blocks")
+    parser.add_argument("--sides", default="stock,ours", help="which sides run: stock,ours (default), ours or stock")
+    parser.add_argument("--output", default=None, help="the JSON to write (default bench/results/time_to_quality"
+                        "[_quick].json; the plot goes beside it)")
+    parser.add_argument("--finetune_only", action="store_true",
+                        help="redo only the downstream part of the run in --output (its backbones are still cached), "
+                        "e.g. after a change of the fine-tuning settings; the pretraining figures stay")
     parser.add_argument("--child-stock", dest="child_stock")
     args = parser.parse_args(argv)
     if args.child_stock:
         child_stock(args.child_stock)
         return 0
-    from mlm.pretrain.fixed_mask_eval import evaluate_folder
 
     mode = "quick" if args.quick else "full"
     budget_s = 40.0 if args.quick else parse_seconds(args.budget)
@@ -233,24 +281,19 @@ def main(argv=None) -> int:
     if not train or not os.path.isdir(os.path.join(data, "sst2")):
         print("WikiText-2 / SST-2 not found (set MLM_DATA_DIR)", file=sys.stderr)
         return 2
-    path = os.path.join(common.RESULTS_DIR, "time_to_quality_quick.json" if args.quick else "time_to_quality.json")
-    recipe = recipe_settings(os.path.join(common.REPO, args.recipe))
-    _, tokenizer_dir = common.wordpiece_tokenizer(train, VOCAB)
+    sides_wanted = args.sides.split(",")
+    if not sides_wanted or set(sides_wanted) - {"stock", "ours"}:
+        parser.error(f"--sides: expected stock, ours or stock,ours; got {args.sides!r}")
+    path = args.output or os.path.join(common.RESULTS_DIR,
+                                       "time_to_quality_quick.json" if args.quick else "time_to_quality.json")
+    command = "python bench/time_to_quality.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     scratch = common.scratch_dir("ttq-")
-    result = {"command": "python bench/time_to_quality.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-              "machine": {**common.machine_info(), "matmul_peak_gflops": round(common.matmul_peak_gflops(), 1)},
-              "recipe": args.recipe, "budget_s": budget_s, "vocab_size": VOCAB, "corpus": train, "eval_text": test,
-              "finetune_settings": FINETUNE[mode]}
-
-    result["parallel"] = args.parallel
-    jobs = {"stock": lambda core: run_stock(tokenizer_dir, train, recipe, budget_s, os.path.join(scratch, "stock"), core),
-            "ours": lambda core: run_ours(tokenizer_dir, args.recipe, budget_s, os.path.join(scratch, "ours"), core)}
-    sides = in_turn_or_together(jobs, args.parallel, f"pretraining, {budget_s:.0f} s each")
-    for name, side in sides.items():
-        for snapshot in side["snapshots"]:
-            snapshot["common_eval_mlm_loss"] = round(evaluate_folder(snapshot["folder"], test,
-                                                                     max_blocks=eval_blocks)["mlm_loss"], 4)
-        common.log(f"{name}: {side['steps']} steps, common eval loss {side['snapshots'][-1]['common_eval_mlm_loss']}")
+    if args.finetune_only:
+        result, sides = saved_sides(path)
+        result.update(finetune_command=command, finetune_settings=FINETUNE[mode])
+    else:
+        result, sides = pretrain_sides(args, command, budget_s, train, test, eval_blocks, sides_wanted, scratch,
+                                       FINETUNE[mode])
     # Fine-tuning is step-based (its scores do not depend on the machine's speed): with --parallel, side by side.
     tuned = in_turn_or_together({name: functools.partial(finetune_both, name, side["final"], data, FINETUNE[mode], scratch)
                                  for name, side in sides.items()}, args.parallel, "fine-tuning")
@@ -258,7 +301,7 @@ def main(argv=None) -> int:
         downstream = tuned[name]
         metrics = {t: d.get("metrics", {}) for t, d in downstream.items()}
         result[name] = {
-            "budget_s": budget_s, "train_tokens": side["train_tokens"],
+            "budget_s": result["budget_s"], "train_tokens": side["train_tokens"],
             "common_eval_mlm_loss": side["snapshots"][-1]["common_eval_mlm_loss"],
             "sst2_dev_accuracy": metrics["cls"].get("eval_accuracy"), "conll_dev_f1": metrics["ner"].get("eval_f1"),
         }
