@@ -1,20 +1,23 @@
 #!/usr/bin/env python
 """Compression for deployment: knowledge distillation (+ dynamic int8) of all-MiniLM-L6-v2 fine-tuned on SST-2
-and CoNLL-2003, into 4-layer and 2-layer students initialised from the backbone's own layers.
+and CoNLL-2003, into 4-layer and 2-layer students made of the teacher's own layers.
 
-    python bench/compression.py             # full: ~40 min on 2 busy cores (load 4-7); writes bench/results/compression.json
+    python bench/compression.py             # full: ~35 min (training ~32 min at 1 thread, measuring 3 min on idle cores)
+    taskset -c 0 python bench/compression.py --train_only --train_threads 1   # train beside other work, measure later
     python bench/compression.py --quick     # tiny budget smoke run (~5 min); writes compression_quick.json
 
 Arms (each through the real entry point, finetune.run.main(parse_finetune_args([...])), at 2 threads):
   teacher                 all-MiniLM-L6-v2 (6 layers) fine-tuned per task (TEACHER budget)
   student_no_teacher      the backbone's layers STUDENT_LAYERS only, fine-tuned without a teacher (STUDENT budget)
-  student_distilled       the same student and budget with --teacher (the teacher above), --distill_alpha, --temperature
+  student_distilled       the fine-tuned teacher's layers STUDENT_LAYERS (head included), the same budget with
+                          --teacher (the teacher above), --distill_alpha, --temperature
   student_distilled_int8  that model under `mlm predict --quantize` (dynamic int8 Linear layers)
 and the same student arms with a `_2layer` suffix. Each arm reports exactly: SST-2 dev accuracy (all 872
 sentences), CoNLL-2003 dev entity F1 (eng.testa, all 3250 sentences), and of its SST-2 model: parameters,
 `mlm predict` sentences/s at 1 and 2 threads on the first SPEED_INPUTS SST-2 dev sentences (arms interleaved
 per repeat, median; one warm-up pass each) and size in MB (model.safetensors; int8: its quantised state dict
-serialised). Models are cached under cache_dir()/compression/ keyed by their settings, so a rerun only measures.
+serialised). An ablation (4 layers, dev metrics only): the teacher's layers without the soft targets. Models are
+cached under cache_dir()/compression/ keyed by their settings, so a rerun only measures.
 """
 from __future__ import annotations
 
@@ -41,8 +44,8 @@ COMMON = {"seed": 0, "disable_tqdm": "true", "overwrite_output_dir": "true", "sa
           "mixed_precision": "no", "logging_steps": 25, "warmup_ratio": 0.1, "num_threads": 2}
 # Training budgets: {"max_train_samples": first N training rows, "max_steps": optimizer steps of 32}.
 BUDGETS = {
-    "full": {"teacher": {"max_train_samples": 4800, "max_steps": 150},
-             "student": {"max_train_samples": 2560, "max_steps": 80}},
+    "full": {"teacher": {"max_train_samples": 9600, "max_steps": 300},
+             "student": {"max_train_samples": 6400, "max_steps": 200}},
     "quick": {"teacher": {"max_train_samples": 320, "max_steps": 10},
               "student": {"max_train_samples": 320, "max_steps": 10}},
 }
@@ -64,7 +67,8 @@ def finetuned(task: str, flags: dict, name: str) -> str:
     argv_flags = {**COMMON, **TASK_FLAGS[task], **flags, "task": task, "data_dir": os.path.join(data_dir(), folder),
                   "train_file": train_file}
     stats = os.path.getsize(os.path.join(data_dir(), folder, train_file))
-    key = hashlib.sha1(json.dumps([argv_flags, stats], sort_keys=True).encode()).hexdigest()[:10]
+    what = {k: v for k, v in argv_flags.items() if k != "num_threads"}  # threads change the time, not the model
+    key = hashlib.sha1(json.dumps([what, stats], sort_keys=True).encode()).hexdigest()[:10]
     path = os.path.join(cache_dir(), "compression", f"{task}-{name}-{key}")
     if os.path.isfile(os.path.join(path, "mlm_task.json")):
         return path
@@ -83,18 +87,30 @@ def finetuned(task: str, flags: dict, name: str) -> str:
     return path
 
 
-def train_all(backbone: str, budget: dict) -> dict:
-    """{arm: {task: model folder}} for the teacher and every student arm (fp32 folders; int8 is applied on load)."""
+def train_all(backbone: str, budget: dict) -> tuple[dict, dict]:
+    """({arm: {task: model folder}} for the teacher and every student arm (fp32 folders; int8 is applied on load),
+    {ablation arm: {task: folder}}).
+
+    The distilled student is DistilBERT's recipe for a task model: the fine-tuned teacher's own layers (its head
+    included) as the start, then the soft targets. The student without a teacher starts from the same layers of
+    the pretrained backbone, as a user without a teacher would. The ablation arm (4 layers) starts from the
+    teacher's layers without the soft targets, to tell what each half of the recipe is worth."""
     models = {"teacher": {t: finetuned(t, {"model_name_or_path": backbone, **budget["teacher"]}, "teacher")
                           for t in TASKS}}
+    ablation = {}
     for suffix, layers in STUDENTS.items():
-        student = {"model_name_or_path": backbone, "student_layers": layers, **budget["student"]}
-        models[f"student_no_teacher{suffix}"] = {t: finetuned(t, student, f"student{layers}") for t in TASKS}
+        student = {"student_layers": layers, **budget["student"]}
+        models[f"student_no_teacher{suffix}"] = {
+            t: finetuned(t, {**student, "model_name_or_path": backbone}, f"student{layers}") for t in TASKS}
+        from_teacher = {t: {**student, "model_name_or_path": models["teacher"][t]} for t in TASKS}
         models[f"student_distilled{suffix}"] = {
-            t: finetuned(t, {**student, **DISTILL, "teacher": models["teacher"][t]}, f"distilled{layers}")
+            t: finetuned(t, {**from_teacher[t], **DISTILL, "teacher": models["teacher"][t]}, f"distilled{layers}")
             for t in TASKS}
         models[f"student_distilled_int8{suffix}"] = models[f"student_distilled{suffix}"]
-    return models
+        if not suffix:
+            ablation["student_teacher_layers_no_soft_targets"] = {
+                t: finetuned(t, from_teacher[t], f"teacherlayers{layers}") for t in TASKS}
+    return models, ablation
 
 
 # ------------------------------------------------------------------------------------------ measuring
@@ -214,6 +230,10 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="Tiny budgets and dev prefixes; writes compression_quick.json.")
     p.add_argument("--output", default=None)
+    p.add_argument("--train_threads", type=int, default=COMMON["num_threads"],
+                   help="threads of the training runs (e.g. 1 under `taskset -c 0`, beside other work); the speed "
+                   "measurements always take 1 and 2")
+    p.add_argument("--train_only", action="store_true", help="train (and cache) every arm, measure nothing")
     args = p.parse_args(argv)
     mode = "quick" if args.quick else "full"
     backbone = minilm_path()
@@ -228,8 +248,15 @@ def main(argv=None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers' own threads would skew 1-thread timings
     started = time.perf_counter()
     machine = machine_info()
-    models = train_all(backbone, BUDGETS[mode])
+    COMMON["num_threads"] = args.train_threads
+    models, ablation = train_all(backbone, BUDGETS[mode])
+    if args.train_only:
+        log(f"trained (cached under {os.path.join(cache_dir(), 'compression')}); measure with a rerun without --train_only")
+        return
     measured = measure(models, mode)
+    ablation_scores = {name: {"sst2_dev_accuracy": round(dev_metric("cls", m["cls"], False, DEV_LIMIT[mode]), 4),
+                              "conll_dev_f1": round(dev_metric("ner", m["ner"], False, DEV_LIMIT[mode]), 4)}
+                       for name, m in ablation.items()}
     # The issue names the 2-layer arms "the same four with a _2layer suffix": their teacher is the same model.
     result = {**{name: measured[name] for name in models if not name.endswith("_2layer")},
               "teacher_2layer": measured["teacher"], **{name: measured[name] for name in models if name.endswith("_2layer")}}
@@ -245,7 +272,8 @@ def main(argv=None) -> None:
             "dev_examples": DEV_LIMIT[mode] or "all (SST-2 dev 872, CoNLL eng.testa 3250)",
             "speed": f"mlm predict over the first {SPEED_INPUTS[mode]} SST-2 dev sentences with the SST-2 model, batch "
                      f"32, median of {REPEATS[mode]} interleaved repeats; parameters and size_mb of the SST-2 model",
-            "train_seconds": training_seconds(models),
+            "train_seconds": training_seconds({**models, **ablation}),
+            "ablation": ablation_scores,
             "targets": None,
             "wall_minutes": round((time.perf_counter() - started) / 60, 1),
         },
