@@ -34,11 +34,13 @@ def graph_inputs(tokenizer) -> list[str]:
     return [name for name in INPUTS if name in tokenizer.model_input_names]
 
 
-def sample_batch(names: list[str], pad_id: int, max_length: int) -> dict:
+def sample_batch(names: list[str], tokenizer, max_length: int) -> dict:
     """A (2, 8) batch: sizes above 1 and unequal, so the exporter keeps both axes symbolic rather than
     specialising them; the second row padded, two token types, as real batches have."""
+    pad_id = tokenizer.pad_token_id
+    word = next(i for i in (tokenizer.unk_token_id, tokenizer.cls_token_id, 0, 1) if i is not None and i != pad_id)
     length = min(8, max_length)
-    ids = torch.full((2, length), 100 if pad_id != 100 else 101, dtype=torch.long)
+    ids = torch.full((2, length), word, dtype=torch.long)
     mask = torch.ones_like(ids)
     ids[1, length // 2:], mask[1, length // 2:] = pad_id, 0
     types = torch.zeros_like(ids)
@@ -55,7 +57,7 @@ def export_graph(model, tokenizer, path: str, max_length: int, opset: int = 18) 
     """Write `model` (eval mode, CPU) to `path` (written whole, then renamed); returns the sample batch used."""
     from torch.export import Dim
 
-    sample = sample_batch(graph_inputs(tokenizer), tokenizer.pad_token_id, max_length)
+    sample = sample_batch(graph_inputs(tokenizer), tokenizer, max_length)
     batch, sequence = Dim("batch"), Dim("sequence", max=max_length)
     tmp = f"{path}.tmp{os.getpid()}"
     with quiet("torch.onnx"):
