@@ -141,8 +141,9 @@ class SparseMaskedLM(nn.Module):
         if self.fast_encoder and type(getattr(embeddings, "dropout", None)) is nn.Dropout:
             embeddings.dropout = LaneDropout(embeddings.dropout.p)  # no weights: checkpoints are unchanged
 
-    def encode_at(self, input_ids, attention_mask, token_type_ids, positions):
-        """Last-layer hidden states at `positions`: (B, K, H)."""
+    def encode_at(self, input_ids, attention_mask, token_type_ids, positions, padded=None):
+        """Last-layer hidden states at `positions`: (B, K, H). padded: whether attention_mask has a 0, when the
+        caller knows it (MaskingCollator's `padded`, from the host); None reads the mask, a host sync off the CPU."""
         base = self.model.base_model
         if not self.fast_encoder:
             types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}  # DistilBERT takes none
@@ -150,15 +151,17 @@ class SparseMaskedLM(nn.Module):
             return gather_masked(hidden.last_hidden_state, positions)
         hidden = base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         key_mask = None  # packed pretraining rows have no padding; a mask would only slow attention down
-        if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
+        if padded is None and attention_mask is not None:
+            padded = torch.compiler.is_compiling() or not bool(attention_mask.all())
+        if padded and attention_mask is not None:
             key_mask = attention_mask[:, None, None, :].bool()  # (B, 1, 1, T); boolean for SDPA under any dtype
         *layers, last = base.encoder.layer  # plain BERT layers: checked by bert_layers in __init__
         for layer in layers:
             hidden = bert_layer(layer, hidden, key_mask)
         return bert_layer(last, hidden, key_mask, positions)
 
-    def forward(self, input_ids, attention_mask, masked_positions, masked_labels, token_type_ids=None):
-        hidden = self.encode_at(input_ids, attention_mask, token_type_ids, masked_positions)  # (B, K, H)
+    def forward(self, input_ids, attention_mask, masked_positions, masked_labels, token_type_ids=None, padded=None):
+        hidden = self.encode_at(input_ids, attention_mask, token_type_ids, masked_positions, padded)  # (B, K, H)
         logits = mlm_head(self.model)(hidden).float()  # (B, K, V)
         labels = masked_labels.reshape(-1)  # (B*K,)
         logits = logits.reshape(-1, logits.size(-1))

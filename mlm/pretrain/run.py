@@ -78,7 +78,7 @@ def mlm_loss(model, batch):
     """(sum of token losses, number of masked tokens) for the shared loop."""
     out = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-        masked_positions=batch["masked_positions"], masked_labels=batch["masked_labels"],
+        masked_positions=batch["masked_positions"], masked_labels=batch["masked_labels"], padded=batch.get("padded"),
     )
     return out["loss_sum"], out["count"]
 
@@ -98,6 +98,7 @@ def make_evaluate(valid_data, collate, batch_size: int, accelerator):
             out = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 masked_positions=batch["masked_positions"], masked_labels=batch["masked_labels"],
+                padded=batch.get("padded"),
             )
             if counts:
                 totals += torch.stack([out["loss_sum"].double(), out["count"].double(), out["correct"].double()])
