@@ -38,7 +38,7 @@ from mlm.core.runlog import RunLog, logger
 from mlm.core.safe_state import own_state
 from mlm.core.optim import build_optimizer, build_scheduler
 from mlm.core.plan import UNBOUNDED, check_plan, eval_and_save_intervals, plan_steps, run_length
-from mlm.core.sampling import ShardedBatchSampler, micro_batches, to_device
+from mlm.core.sampling import ShardedBatchSampler, loader_settings, micro_batches, to_device
 from mlm.core.signals import Preempted, StopRequest
 
 
@@ -130,7 +130,7 @@ class _Run:
         )
         self.peak_flops = _peak_flops(accelerator) if parts.flops_per_token else None
         self.stream = micro_batches(self.sampler, train_data, parts.collate_fn, self.state.epoch, self.state.position,
-                                    cfg.dataloader_num_workers)
+                                    **loader_settings(cfg.dataloader_num_workers, accelerator.device))
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
         self.progress = _progress_bar(cfg, accelerator, None if self.total_steps == UNBOUNDED else self.total_steps,
