@@ -145,6 +145,7 @@ class _Run:
         self.reads = LaggedRead()
         self.interval_start, self.last_eval_step, self.last_metrics = time.perf_counter(), None, None
         self.stop = self.preempted = False
+        self.logged_step, self.grad_norm = self.state.step, None
         # The budget clock: the loop's wall time (evaluations and checkpoints included), continued by a resume.
         self.clock_start = time.perf_counter() - self.state.elapsed
         self.progress_before = self.progress_now = self._progress()
@@ -203,6 +204,9 @@ class _Run:
         state.step += 1
         self.progress_before = self.progress_now
         self._catch_up(self.reads.push(totals))  # the previous step's figures
+        logging = state.step % cfg.logging_steps == 0 or self.finished()
+        if logging:  # this step's too, before the rate is set: the record and the next rate see the newest clock
+            self._catch_up(self.reads.flush())
         if self.budget is not None:
             self.scheduler.lr_lambdas[0].progress = self.progress_now  # the rate for the next step
         self.scheduler.step()
@@ -212,8 +216,8 @@ class _Run:
         state.train_seconds += time.perf_counter() - step_start
         self.interval += totals[:4]
         self.progress.update(1)
-        if state.step % cfg.logging_steps == 0 or self.finished():
-            self._catch_up(self.reads.flush())
+        self.grad_norm = grad_norm
+        if logging:
             self.log(grad_norm)
 
     def _catch_up(self, totals: Optional[list[float]]) -> None:
@@ -250,6 +254,7 @@ class _Run:
             # tokens_per_second counts every rank's tokens; peak_flops is one device's
             record["mfu"] = record["tokens_per_second"] * flops_per_token / (self.peak_flops * self.world)
         self.run_log.log(record)
+        self.logged_step = self.state.step
         self.progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}",
                                   tok_s=f"{record['tokens_per_second']:.0f}",
                                   **({"mfu": f"{record['mfu']:.0%}"} if "mfu" in record else {}), refresh=False)
@@ -278,6 +283,8 @@ class _Run:
         """The final evaluation, the best model restored, the run's metrics; the model exported."""
         cfg, accelerator, state, model = self.cfg, self.accelerator, self.state, self.model
         self._catch_up(self.reads.flush())
+        if self.logged_step != state.step and self.finished():  # a budget end seen late (LaggedRead): the last record
+            self.log(self.grad_norm)
         if self.stop:
             logger.info("early stopping at step %d: no improvement of %s in %d evaluations",
                         state.step, cfg.metric_for_best_model, cfg.early_stopping_patience)
