@@ -93,23 +93,16 @@ def test_a_fine_tuning_run_unpadded_trains_as_the_padded_one(tmp_path, tiny_bert
     import json
     import os
 
-    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
-
     from finetune.run import main, parse_finetune_args
 
     recipe = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "finetune", "ner-tiny.yaml")
-
-    backbone = tmp_path / "no-dropout"
-    config = AutoConfig.from_pretrained(tiny_bert_dir)
-    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
-    AutoModelForMaskedLM.from_pretrained(tiny_bert_dir, config=config).save_pretrained(backbone)
-    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(backbone)
     losses = {}
     for unpad in ("true", "false"):
         out = tmp_path / unpad
         main(parse_finetune_args(["--task", "ner", "--recipe", recipe,
-                                  "--model_name_or_path", str(backbone), "--data_dir",
+                                  "--model_name_or_path", tiny_bert_dir, "--data_dir",
                                   os.path.join(data_dir, "conll2003"), "--output_dir", str(out), "--logging_steps", "1",
-                                  "--disable_tqdm", "true", "--unpadded_attention", unpad]))
+                                  "--disable_tqdm", "true", "--unpadded_attention", unpad,
+                                  "--hidden_dropout_prob", "0", "--attention_probs_dropout_prob", "0"]))
         losses[unpad] = [r["loss"] for r in map(json.loads, open(out / "log.jsonl")) if "loss" in r]
     assert len(losses["true"]) == 4 and losses["true"] == pytest.approx(losses["false"], rel=1e-4)
