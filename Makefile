@@ -33,7 +33,7 @@ LOCK_DATE ?= 2026-12-05
 UV := uv==0.13.9
 UV_VENV := .venv-uv
 TORCH_WHEELS ?= /opt/wheels
-RESOLVE = $(UV_VENV)/bin/uv pip compile pyproject.toml --extra test --extra bench --quiet --python-version 3.11 \
+RESOLVE = $(UV_VENV)/bin/uv pip compile pyproject.toml --extra test --extra bench --extra onnx --quiet --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS) --constraint requirements/torch-cpu.txt \
 	--no-emit-package torch
 LOCK_FLAGS = --generate-hashes --exclude-newer $(LOCK_DATE)T00:00:00Z --custom-compile-command "make lock"

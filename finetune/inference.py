@@ -25,7 +25,8 @@ def run_model(task, model, features: list[dict], tokenizer, batch_size: int,
     carry targets, or None): one forward pass per batch gives both."""
     order = np.argsort([-len(f["input_ids"]) for f in features], kind="stable")
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    device = accelerator.device if accelerator else next(model.parameters()).device
+    # (an ONNX Runtime model, finetune/onnxrt/runtime.py, has no parameters: its batches stay on the CPU)
+    device = accelerator.device if accelerator else next(model.parameters(), torch.empty(0)).device
     was_training = model.training
     model.eval()
     outputs = []

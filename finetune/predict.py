@@ -4,6 +4,7 @@
     mlm predict --model outputs/ner --input sentences.txt --output entities.jsonl
     mlm predict --model outputs/qa --question "Who wrote it?" --context "..."
     mlm predict --model outputs/cls --input dev.tsv --quantize     # dynamic int8 on CPU
+    mlm predict --model outputs/cls --input dev.tsv --backend onnxruntime --quantize   # after mlm export --quantize
 
 The task comes from the checkpoint (mlm_task.json, or config.json's architectures for any HF model).
 """
@@ -46,9 +47,13 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="A fine-tuned checkpoint directory.")
     p.add_argument("--batch_size", type=int, default=32, help="Inputs per forward pass.")
     p.add_argument("--max_seq_length", type=int, default=None, help="Override the checkpoint's max_seq_length.")
-    p.add_argument("--quantize", action="store_true", help="Dynamic int8 quantisation of the Linear layers (CPU).")
-    p.add_argument("--num_threads", type=int, default=None, help="CPU threads for torch (default: OMP_NUM_THREADS, "
-                   "else the cores this process may use); on a busy machine fewer can be faster.")
+    p.add_argument("--quantize", action="store_true", help="Dynamic int8 quantisation of the Linear layers (CPU); "
+                   "with --backend onnxruntime, the model.int8.onnx of `mlm export --quantize`.")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="Run the checkpoint's torch weights, or the model.onnx `mlm export` wrote into --model "
+                   "(pip install mlm[onnx]); the same tokenisation and decoding either way.")
+    p.add_argument("--num_threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime (default: "
+                   "OMP_NUM_THREADS, else the cores this process may use); on a busy machine fewer can be faster.")
     p.add_argument("--text_column", help="cls tables: the text column (name or position; several joined with commas), "
                    "when not the one trained on.")
     p.add_argument("--text_pair_column", help="cls tables: the second text column of a pair model.")
@@ -207,7 +212,12 @@ def load_settings(args):
     for name in ("batch_size", "num_threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ConfigError(f"--{name}: must be >= 1, got {getattr(args, name)}")
-    positions = checkpoint_positions(args.model, args.allow_pickle_weights)
+    if args.backend == "onnxruntime":  # an exported folder need not hold torch weights
+        from finetune.onnxrt.runtime import onnx_positions
+
+        positions = onnx_positions(args.model, args.quantize)
+    else:
+        positions = checkpoint_positions(args.model, args.allow_pickle_weights)
     task, cfg, labels = load_task(args.model, positions)
     cfg = cfg.with_values(flag_values(cfg, args))  # checked below, the errors naming the flags
     if args.label_names is not None:
@@ -222,9 +232,14 @@ def load_checkpoint(task, cfg, args):
     from mlm.core.hf import fit_tokenizer_to_model, load_tokenizer, usable_positions
     from mlm.core.threads import use_threads
 
-    use_threads(args.num_threads)
+    threads = use_threads(args.num_threads)
     tokenizer = load_tokenizer(args.model, field="--model")
-    model = load_model(task, args.model, args.quantize, args.allow_pickle_weights)
+    if args.backend == "onnxruntime":
+        from finetune.onnxrt.runtime import load_onnx_model
+
+        model = load_onnx_model(args.model, args.quantize, threads)
+    else:
+        model = load_model(task, args.model, args.quantize, args.allow_pickle_weights)
     check_lengths(cfg, usable_positions(model.config, model), args)  # the model itself shows any position offset
     fit_tokenizer_to_model(tokenizer, model)
     return model, tokenizer

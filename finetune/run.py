@@ -114,9 +114,10 @@ def main(cfg) -> dict:
     from mlm.core.hub import check_sources, tokenizer_source
     from mlm.core.loop import check_metric, LoopParts, train
     from mlm.core.plan import check_plan
-    from mlm.core.accel import make_accelerator
+    from mlm.core.accel import make_accelerator, shards_parameters
     from mlm.core.run_dir import check_output_dir, run_directory
     from finetune.saved import SavedTask
+    from finetune.unpadded import unpadded_loss, use_unpadded
     from mlm.core.run_files import write_run_files
     from mlm.core.runlog import logger, plot_losses, write_json
     from mlm.core.distill import keep_layers, layer_indices
@@ -145,6 +146,9 @@ def main(cfg) -> dict:
     model = keep_layers(load_backbone(task, cfg, labels, len(tokenizer)), layer_indices(cfg.student_layers))
     fit_tokenizer_to_model(tokenizer, model)
     loss_fn = task_loss(task, cfg, labels, tokenizer, accelerator)  # task.loss, or with --teacher the distillation mix
+    if use_unpadded(cfg, model, accelerator.device, shards_parameters(accelerator)):
+        logger.info("training batches unpadded: variable-length attention (SDPA on nested tensors)")
+        loss_fn = unpadded_loss(loss_fn)
     features = {
         split: task.encode(examples, tokenizer, cfg, labels, with_labels=split in ("train", "validation"))
         for split, examples in splits.items()

@@ -4,14 +4,15 @@
     mlm finetune --task {cls,ner,qa} [--recipe FILE.yaml] [--FIELD VALUE ...]
     mlm predict --model DIR (--text "..." | --question "..." --context "..." | --input FILE) [--output FILE]
     mlm evaluate --model DIR --input FILE [--input FILE2 ...] [--output_dir DIR]
+    mlm export --model DIR [--onnx DIR] [--quantize]
     mlm tokenizer --train_file FILES --output_dir DIR [--vocab_size N]
 
 Every subcommand prints `--help` with all fields and defaults. Errors the user can fix (bad flags,
 recipe keys, input files) are one line on stderr and exit status 1, without a traceback.
 
 `mlm` knows its own commands (pretrain, tokenizer); the others are found through the entry-point group
-`mlm.commands` (pyproject.toml: `finetune`, `predict` and `evaluate` are registered by the `finetune` package),
-so nothing under `mlm/` imports `finetune`. An entry point names a function that takes the argument list.
+`mlm.commands` (pyproject.toml: `finetune`, `predict`, `evaluate` and `export` are registered by the `finetune`
+package), so nothing under `mlm/` imports `finetune`. An entry point names a function that takes the argument list.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Commands of this package, in the order `mlm` lists them; registered ones go in their place (by name) or last.
-ORDER = ("pretrain", "finetune", "predict", "evaluate", "tokenizer")
+ORDER = ("pretrain", "finetune", "predict", "evaluate", "export", "tokenizer")
 
 
 def _commands() -> dict:

@@ -22,7 +22,7 @@ def test_gpu_check_dry_run_runs_every_part(tmp_path):
     assert result.returncode == 0 and report["errors"] == {}, (report["errors"], result.stderr[-2000:])
     parts = report["parts"]
     assert sorted(parts) == sorted(["peak", "mlm_small", "stock_small", "mlm_base", "stock_base", "finetune", "fsdp",
-                                    "parity"])
+                                    "parity", "attention", "syncs", "unpadded"])
     assert report["dry_run"] and parts["peak"]["device"] == "cpu" and parts["peak"]["matmul_peak_tflops"] > 0
     for size in ("small", "base"):
         assert parts[f"mlm_{size}"]["distributed_type"] == "NO" and parts[f"mlm_{size}"]["mixed_precision"] == "no"
@@ -31,3 +31,7 @@ def test_gpu_check_dry_run_runs_every_part(tmp_path):
     assert (parts["fsdp"]["distributed_type"], parts["fsdp"]["processes"]) == ("FSDP", 2)  # from the run itself
     assert parts["finetune"]["steps"] == report["shape"]["steps"]
     assert parts["parity"]["ok"] and parts["parity"]["relative_difference"] == 0.0  # fp32 against fp32 here
+    assert parts["attention"]["sdpa_dropout_ms"] > 0 and parts["attention"]["explicit_ms"] > 0
+    # the CPU dry run counts Tensor reads: none in a step but the loader's seed (step 1) and the logging step's
+    assert parts["syncs"]["max_syncs_other_steps"] <= 1 and parts["syncs"]["max_syncs_logging_steps"] >= 1
+    assert parts["unpadded"]["max_abs_difference"] < 1e-4 and parts["unpadded"]["unpadded_ms"] > 0

@@ -112,7 +112,8 @@ class TrainingConfig:
     disable_tqdm: bool = arg(False, "Hide the progress bar.")
     gradient_checkpointing: bool = arg(
         False, "Recompute each layer's activations in the backward pass: less memory, ~30%% more compute.")
-    dataloader_num_workers: int = arg(0, "Worker processes that collate batches (0: in the training process).")
+    dataloader_num_workers: Optional[int] = arg(
+        None, "Worker processes that collate batches (0: in the training process; default 2 on a GPU, 0 on CPUs).")
     do_train: Optional[bool] = arg(None, "Trainer's switch: mlm always trains (score a model with `mlm evaluate`).",
                                    nargs="?", const=True)
     do_eval: Optional[bool] = arg(
@@ -158,7 +159,7 @@ class TrainingConfig:
             self.greater_is_better = not self.metric_for_best_model.endswith(LOWER_IS_BETTER)
         if (self.hub_model_id or self.hub_token) and not self.push_to_hub:
             raise ConfigError("hub_model_id / hub_token are only used with --push_to_hub")
-        if self.dataloader_num_workers < 0:
+        if self.dataloader_num_workers is not None and self.dataloader_num_workers < 0:
             raise ConfigError(f"dataloader_num_workers: must be >= 0, got {self.dataloader_num_workers}")
         self._resolve_trainer_spellings()
 

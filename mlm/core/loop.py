@@ -30,6 +30,7 @@ from accelerate.utils import DistributedType
 from mlm.core.accel import distributed_type, matmul_peak_flops
 from mlm.core.checkpoint import checkpoint_path, load_best_weights, load_checkpoint, save_checkpoint
 from mlm.core.config import TrainingConfig
+from mlm.core.host_read import LaggedRead
 from mlm.errors import ConfigError
 from mlm.core.resume_settings import settings_of
 from mlm.core.run_dir import run_directory
@@ -37,7 +38,7 @@ from mlm.core.runlog import RunLog, logger
 from mlm.core.safe_state import own_state
 from mlm.core.optim import build_optimizer, build_scheduler
 from mlm.core.plan import UNBOUNDED, check_plan, eval_and_save_intervals, plan_steps, run_length
-from mlm.core.sampling import ShardedBatchSampler, micro_batches, to_device
+from mlm.core.sampling import ShardedBatchSampler, loader_settings, micro_batches, to_device
 from mlm.core.signals import Preempted, StopRequest
 
 
@@ -129,15 +130,22 @@ class _Run:
         )
         self.peak_flops = _peak_flops(accelerator) if parts.flops_per_token else None
         self.stream = micro_batches(self.sampler, train_data, parts.collate_fn, self.state.epoch, self.state.position,
-                                    cfg.dataloader_num_workers)
+                                    **loader_settings(cfg.dataloader_num_workers, accelerator.device))
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
         self.progress = _progress_bar(cfg, accelerator, None if self.total_steps == UNBOUNDED else self.total_steps,
                                       self.state.step)
-        # loss sum, count, tokens, examples since the last log record
+        # loss sum, count, tokens, examples since the last log record: on the device, read at logging steps only
         self.interval = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
+        # The step's reduction (figures, stop votes, rank 0's clock) is read on the host one step late, never inside
+        # the step: a read there would stall the GPU every step. A fixed one-step lag, the same on every rank, keeps
+        # the ranks' decisions (stop, budget) identical; every figure is caught up (flushed) before a log record, an
+        # evaluation or a checkpoint, so those and an exact resume see every step. Reading every N steps instead
+        # would stretch a signal's or the budget's reaction to N steps.
+        self.reads = LaggedRead()
         self.interval_start, self.last_eval_step, self.last_metrics = time.perf_counter(), None, None
         self.stop = self.preempted = False
+        self.logged_step, self.grad_norm = self.state.step, None
         # The budget clock: the loop's wall time (evaluations and checkpoints included), continued by a resume.
         self.clock_start = time.perf_counter() - self.state.elapsed
         self.progress_before = self.progress_now = self._progress()
@@ -179,48 +187,63 @@ class _Run:
                     # A constant divisor keeps the backward pass in a sane range; the exact global
                     # normalisation is applied to the gradients below, once the step's count is known.
                     accelerator.backward(loss_sum / cfg.per_device_train_batch_size)
-            local[:4] += torch.stack([loss_sum.detach().double(), count.double(), *_batch_counts(batch)])
+            local[:2] += torch.stack([loss_sum.detach().double(), torch.as_tensor(count).to(local)])
+            local[2] += _tokens(batch)
+            local[3] += batch["input_ids"].shape[0]
         local[4] = self.preemption.requested()
         if accelerator.is_main_process:
             local[5] = time.perf_counter() - self.clock_start
-        totals = accelerator.reduce(local, reduction="sum")
-        loss_total, targets, tokens, examples, stop_votes, elapsed = totals.tolist()  # the step's one read
-        self.preempted = stop_votes > 0  # on any rank: all stop at this step
-        scale = cfg.per_device_train_batch_size * self.world / targets if targets > 0 else 0.0
+        totals = accelerator.reduce(local, reduction="sum")  # stays on the device: nothing here waits for it
+        targets = totals[1]
         grads = [p.grad for p in self.params if p.grad is not None] if not self.deepspeed else []
-        if grads and scale != 1.0:  # 1.0: every example has one target (classification) and no accumulation
-            torch._foreach_mul_(grads, scale)
+        if grads:  # exact normalisation: per_device x processes / the step's global count (0 without targets)
+            scale = torch.where(targets > 0, cfg.per_device_train_batch_size * self.world / targets, 0.0)
+            torch._foreach_mul_(grads, scale.to(grads[0].dtype))
         grad_norm = accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
         self.optimizer.step()
         state.step += 1
-        state.elapsed = elapsed
-        self.progress_before, self.progress_now = self.progress_now, self._progress()
+        self.progress_before = self.progress_now
+        self._catch_up(self.reads.push(totals))  # the previous step's figures
+        logging = state.step % cfg.logging_steps == 0 or self.finished()
+        if logging:  # this step's too, before the rate is set: the record and the next rate see the newest clock
+            self._catch_up(self.reads.flush())
         if self.budget is not None:
             self.scheduler.lr_lambdas[0].progress = self.progress_now  # the rate for the next step
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
         state.epoch, state.position = epoch, position
-        state.tokens += int(tokens)
-        state.examples += int(examples)
         state.train_seconds += time.perf_counter() - step_start
-        state.loss_sum += loss_total / targets if targets > 0 else 0.0
         self.interval += totals[:4]
         self.progress.update(1)
-        if state.step % cfg.logging_steps == 0 or self.finished():
+        self.grad_norm = grad_norm
+        if logging:
             self.log(grad_norm)
+
+    def _catch_up(self, totals: Optional[list[float]]) -> None:
+        """Fold a step's reduction, read on the host (LaggedRead), into the state: figures, stop votes, clock."""
+        if totals is not None:
+            state = self.state
+            loss_total, targets, tokens, examples, stop_votes, elapsed = totals
+            self.preempted = self.preempted or stop_votes > 0  # on any rank: all stop at the same step
+            state.elapsed = elapsed
+            state.tokens += int(tokens)
+            state.examples += int(examples)
+            state.loss_sum += loss_total / targets if targets > 0 else 0.0
+        self.progress_now = self._progress()
 
     def log(self, grad_norm) -> None:
         """The log record of the steps since the last one: loss, learning rate, throughput (and MFU)."""
         interval, flops_per_token = self.interval, self.parts.flops_per_token
         seconds = time.perf_counter() - self.interval_start
+        loss_sum, count, tokens, examples = interval.tolist()  # a logging step: the one read of these
         record = {
             "step": self.state.step,
             "epoch": _epochs_done(self.state, len(self.sampler)),
-            "loss": (interval[0] / interval[1]).item() if interval[1] > 0 else float("nan"),
+            "loss": loss_sum / count if count > 0 else float("nan"),
             "learning_rate": self.scheduler.get_last_lr()[0],
-            "tokens_per_second": interval[2].item() / seconds,
-            "examples_per_second": interval[3].item() / seconds,
+            "tokens_per_second": tokens / seconds,
+            "examples_per_second": examples / seconds,
         }
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
@@ -231,6 +254,7 @@ class _Run:
             # tokens_per_second counts every rank's tokens; peak_flops is one device's
             record["mfu"] = record["tokens_per_second"] * flops_per_token / (self.peak_flops * self.world)
         self.run_log.log(record)
+        self.logged_step = self.state.step
         self.progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}",
                                   tok_s=f"{record['tokens_per_second']:.0f}",
                                   **({"mfu": f"{record['mfu']:.0%}"} if "mfu" in record else {}), refresh=False)
@@ -240,12 +264,16 @@ class _Run:
     def maybe_evaluate_and_save(self) -> None:
         """Evaluate, track the best model and early stopping, and checkpoint when due; stop when preempted."""
         state, cfg = self.state, self.cfg
+        due_eval = self.parts.evaluate is not None and bool(self.eval_every) and self._due(self.eval_every)
+        due_save = bool(self.save_every) and self._due(self.save_every)
+        if due_eval or due_save or self.preempted or self.finished():
+            self._catch_up(self.reads.flush())  # what follows sees every step's figures (and the newest clock)
         last = self.finished()
-        if self.parts.evaluate is not None and (self._due(self.eval_every) or last):
+        if self.parts.evaluate is not None and (due_eval or last):
             self.last_metrics = _evaluate(self.parts.evaluate, self.model, state, self.run_log, self.budget)
             self.last_eval_step = state.step
             self.stop = _update_best(cfg, state, self.last_metrics)
-        if self.save_every and (self._due(self.save_every) or last or self.stop) or self.preempted:
+        if self.save_every and (due_save or last or self.stop) or self.preempted:
             _save(cfg, self.accelerator, self.objects, state, self.parts.export)
         if self.preempted:
             self.progress.close()
@@ -254,6 +282,9 @@ class _Run:
     def finish(self) -> dict:
         """The final evaluation, the best model restored, the run's metrics; the model exported."""
         cfg, accelerator, state, model = self.cfg, self.accelerator, self.state, self.model
+        self._catch_up(self.reads.flush())
+        if self.logged_step != state.step and self.finished():  # a budget end seen late (LaggedRead): the last record
+            self.log(self.grad_norm)
         if self.stop:
             logger.info("early stopping at step %d: no improvement of %s in %d evaluations",
                         state.step, cfg.metric_for_best_model, cfg.early_stopping_patience)
@@ -313,12 +344,10 @@ def _epochs_done(state: TrainState, batches_per_epoch: int) -> float:
     return round(state.epoch + state.position / max(1, batches_per_epoch), 4)
 
 
-def _batch_counts(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(real tokens, examples) in a batch, for throughput."""
+def _tokens(batch: dict):
+    """Real tokens in a batch, for throughput: a device tensor or an int, never read on the host here."""
     mask = batch.get("attention_mask")
-    ids = batch["input_ids"]
-    tokens = mask.sum() if mask is not None else torch.tensor(ids.numel())
-    return tokens.double().to(ids.device), torch.tensor(float(ids.shape[0]), dtype=torch.float64, device=ids.device)
+    return mask.sum() if mask is not None else batch["input_ids"].numel()
 
 
 def _evaluate(evaluate, model, state: TrainState, run_log: RunLog, budget: Optional[float] = None) -> dict:

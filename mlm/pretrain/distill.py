@@ -92,6 +92,7 @@ def mlm_distill_loss(teacher, alpha: float, temperature: float, cosine_weight: f
 
     def loss(model, batch):
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "masked_positions", "masked_labels")}
+        inputs["padded"] = batch.get("padded")
         out = model(**inputs)
         with torch.no_grad(), autocast():  # the student's autocast is in its prepared forward; the teacher's is here
             target = teacher(**inputs)

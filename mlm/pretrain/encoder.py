@@ -10,7 +10,8 @@ Why not call the layers' forward: two things only the caller knows.
 * Dropout on CPU: `torch.bernoulli_` draws one random number per element on one thread (~12% of a
   2-thread training step of a small BERT). `dropout` takes its masks from 16-bit lanes of 64-bit
   draws, 4 per draw, 3-4x faster; the drop probability is rounded to a multiple of 1/65536 (0.1 ->
-  0.100006). On GPUs it is F.dropout.
+  0.100006). On GPUs it is F.dropout, and attention is SDPA with `dropout_p` (the fused FlashAttention /
+  memory-efficient kernels draw their masks inside the kernel: no (B, heads, T, T) probabilities in memory).
 Row for row it is the arithmetic of transformers' BertLayer (post-LN, absolute positions), proven against
 BertForMaskedLM's loss and gradients in tests/pretrain/test_model.py.
 """
@@ -71,10 +72,16 @@ class LaneDropout(nn.Dropout):
         return dropout(x, self.p, self.training)
 
 
+def fused_attention(device: torch.device, p: float) -> bool:
+    """Whether SDPA serves attention: always without dropout; with dropout off the CPU only, where SDPA's fused
+    kernels draw the masks themselves (on CPU SDPA would draw them with bernoulli_, slower than the lanes)."""
+    return p == 0.0 or device.type != "cpu"
+
+
 def _attend(q, k, v, key_mask, p: float):
     """softmax(q k^T / sqrt(d) + mask) v with dropout p on the probabilities: (B, heads, N, d)."""
-    if p == 0.0:  # SDPA's fused kernel; with dropout, SDPA would draw its masks with bernoulli_
-        return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+    if fused_attention(q.device, p):
+        return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=p)
     scores = (q * q.size(-1) ** -0.5) @ k.transpose(-1, -2)  # scaling q: half the elements of the scores
     if key_mask is not None:
         scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
@@ -87,7 +94,7 @@ def bert_layer(layer, hidden, key_mask, positions=None):
     key_mask: None, or a boolean (B, 1, 1, T) mask, True for the keys to attend to (False: padding).
     """
     B, T, H = hidden.shape
-    attention, out = layer.attention, layer.output
+    attention = layer.attention
     rows = hidden if positions is None else gather_masked(hidden, positions)
     N, heads = rows.size(1), attention.self.num_attention_heads
 
@@ -98,10 +105,15 @@ def bert_layer(layer, hidden, key_mask, positions=None):
     k, v = split_heads(attention.self.key(hidden), T), split_heads(attention.self.value(hidden), T)
     p = attention.self.dropout.p if layer.training else 0.0
     context = _attend(q, k, v, key_mask, p).transpose(1, 2).reshape(B, N, H)
-    self_out = attention.output
+    return after_attention(layer, context, rows)
+
+
+def after_attention(layer, context, rows):
+    """The rest of a BERT layer once attention has mixed the values: output projection, residual, LayerNorm,
+    feed-forward block, residual, LayerNorm. context and rows: (..., H), any leading shape (padded or packed)."""
+    self_out, out = layer.attention.output, layer.output
     attended = self_out.LayerNorm(dropout(self_out.dense(context), self_out.dropout.p, layer.training) + rows)
     return out.LayerNorm(dropout(out.dense(layer.intermediate(attended)), out.dropout.p, layer.training) + attended)
-
 
 
 def gather_masked(hidden: torch.Tensor, masked_positions: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@
     batch["attention_mask"]    # (B, T) long, 0 on padding
     batch["masked_positions"]  # (B, K) long, chosen positions ascending; unused slots 0
     batch["masked_labels"]     # (B, K) long, original ids there; -100 in unused slots
+    batch["padded"]            # bool: whether any row is padded (attention_mask has a 0)
     hidden_at_masks = gather_masked(hidden, batch["masked_positions"])   # (B, K, H)
 
 The rules, following BERT's create_pretraining_data:
@@ -232,7 +233,7 @@ class MaskingCollator:
         example_ids = np.array([ex.get("example_id", i) for i, ex in enumerate(examples)], dtype=np.int64)
         return ids, lengths, example_ids.astype(np.uint64)
 
-    def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: Sequence[dict]) -> dict:
         if len(examples) == 0:
             raise ValueError("cannot collate an empty list of examples")
         ids, lengths, example_ids = self._pad(examples)  # (B, T), (B,), (B,)
@@ -280,6 +281,8 @@ class MaskingCollator:
             "attention_mask": torch.from_numpy(attention_mask),
             "masked_positions": torch.from_numpy(positions),
             "masked_labels": torch.from_numpy(masked_labels),
+            # known here on the host: the model then needs no device read to skip the attention mask
+            "padded": bool((lengths < T).any()),
         }
 
     # ------------------------------------------------------------------ whole-word masking

@@ -33,6 +33,12 @@ PRESETS = {
     "base": (12, 768, 12),
     "large": (24, 1024, 16),
 }
+# New models round their vocabulary up to a multiple of this: GPU matmul kernels (tensor cores) run their
+# fastest on dimensions divisible by 64, and the head's (H x V) projection is most of a small BERT's compute.
+PAD_VOCAB_MULTIPLE = 64
+# The output bias of a padding row: exp(-1e4) is 0 in fp32, bf16 and fp16 alike, so no softmax, loss, argmax or
+# fill-mask ever picks it, and its gradient is exactly 0 (the row never moves).
+PADDING_LOGIT = -1e4
 
 
 def preset_config(preset: str, vocab_size: int, max_position_embeddings: int = 512, **overrides):
@@ -58,9 +64,13 @@ def build_masked_lm(
     max_seq_length: int,
     attn_implementation: str = "sdpa",
     allow_pickle_weights: bool = False,
+    pad_vocab_multiple: int = PAD_VOCAB_MULTIPLE,
     **overrides,
 ):
-    """A BertForMaskedLM (or any AutoModelForMaskedLM) from a checkpoint, or fresh from a preset."""
+    """A BertForMaskedLM (or any AutoModelForMaskedLM) from a checkpoint, or fresh from a preset.
+
+    A fresh model's vocabulary is vocab_size rounded up to pad_vocab_multiple (0 or 1: exact), its extra rows
+    silenced (`silence_padding_rows`); a checkpoint keeps its own vocabulary."""
     from transformers import AutoConfig, AutoModelForMaskedLM
 
     if model_name_or_path:
@@ -92,11 +102,40 @@ def build_masked_lm(
         model = AutoModelForMaskedLM.from_config(
             preset_config(preset, vocab_size, max_positions, **overrides), attn_implementation=attn_implementation
         )
+        pad_vocabulary(model, padded_vocab_size(vocab_size, pad_vocab_multiple))
     mlm_head(model)  # before any packing: a model whose head is unknown cannot be trained here
     limit = usable_positions(model.config, model)
     if max_seq_length > limit:
         raise ConfigError(f"max_seq_length: {max_seq_length} exceeds the model's {limit} positions")
     return model
+
+
+def padded_vocab_size(vocab_size: int, multiple: int) -> int:
+    """vocab_size rounded up to a multiple of `multiple` (0 or 1: unchanged)."""
+    return vocab_size if multiple <= 1 else -(-vocab_size // multiple) * multiple
+
+
+def pad_vocabulary(model, size: int) -> None:
+    """Grow the vocabulary to `size` rows, the new ones silenced. The real rows keep the initialisation they had
+    unpadded, and the run's random stream (dropout) is untouched: padding changes the speed, not the training."""
+    real_size = model.config.vocab_size
+    if size > real_size:
+        with torch.random.fork_rng(devices=[]):
+            model.resize_token_embeddings(size, mean_resizing=False)
+        silence_padding_rows(model, real_size)
+
+
+def silence_padding_rows(model, real_size: int) -> None:
+    """Rows real_size.. of the vocabulary, ids no tokenizer produces: zero input and output embeddings and an
+    output bias of PADDING_LOGIT, so their logit is exactly PADDING_LOGIT whatever the hidden state. A plain
+    `transformers` load keeps them so (the checkpoint is an ordinary one of vocab_size rows)."""
+    if model.config.vocab_size <= real_size:
+        return
+    with torch.no_grad():
+        model.get_input_embeddings().weight[real_size:] = 0.0
+        output = model.get_output_embeddings()
+        output.weight[real_size:] = 0.0  # the same tensor when tied
+        output.bias[real_size:] = PADDING_LOGIT
 
 
 # The MLM heads of the HF masked-LM classes: one module, or modules applied in turn.
@@ -141,8 +180,9 @@ class SparseMaskedLM(nn.Module):
         if self.fast_encoder and type(getattr(embeddings, "dropout", None)) is nn.Dropout:
             embeddings.dropout = LaneDropout(embeddings.dropout.p)  # no weights: checkpoints are unchanged
 
-    def encode_at(self, input_ids, attention_mask, token_type_ids, positions):
-        """Last-layer hidden states at `positions`: (B, K, H)."""
+    def encode_at(self, input_ids, attention_mask, token_type_ids, positions, padded=None):
+        """Last-layer hidden states at `positions`: (B, K, H). padded: whether attention_mask has a 0, when the
+        caller knows it (MaskingCollator's `padded`, from the host); None reads the mask, a host sync off the CPU."""
         base = self.model.base_model
         if not self.fast_encoder:
             types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}  # DistilBERT takes none
@@ -150,15 +190,17 @@ class SparseMaskedLM(nn.Module):
             return gather_masked(hidden.last_hidden_state, positions)
         hidden = base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         key_mask = None  # packed pretraining rows have no padding; a mask would only slow attention down
-        if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
+        if padded is None and attention_mask is not None:
+            padded = torch.compiler.is_compiling() or not bool(attention_mask.all())
+        if padded and attention_mask is not None:
             key_mask = attention_mask[:, None, None, :].bool()  # (B, 1, 1, T); boolean for SDPA under any dtype
         *layers, last = base.encoder.layer  # plain BERT layers: checked by bert_layers in __init__
         for layer in layers:
             hidden = bert_layer(layer, hidden, key_mask)
         return bert_layer(last, hidden, key_mask, positions)
 
-    def forward(self, input_ids, attention_mask, masked_positions, masked_labels, token_type_ids=None):
-        hidden = self.encode_at(input_ids, attention_mask, token_type_ids, masked_positions)  # (B, K, H)
+    def forward(self, input_ids, attention_mask, masked_positions, masked_labels, token_type_ids=None, padded=None):
+        hidden = self.encode_at(input_ids, attention_mask, token_type_ids, masked_positions, padded)  # (B, K, H)
         logits = mlm_head(self.model)(hidden).float()  # (B, K, V)
         labels = masked_labels.reshape(-1)  # (B*K,)
         logits = logits.reshape(-1, logits.size(-1))

@@ -39,6 +39,10 @@ class PretrainConfig(PretrainDistillConfig, TrainingConfig, CorpusArgs):
     cache_dir: Optional[str] = arg(None, "Cache of packed token arrays and trained tokenizers ($MLM_CACHE_DIR or ~/.cache/mlm).")
     tokenizer_name: Optional[str] = arg(None, "Existing tokenizer dir/name; default: train a WordPiece tokenizer.")
     vocab_size: int = arg(30522, "Vocabulary size of a newly trained WordPiece tokenizer.")
+    pad_vocab_multiple: int = arg(
+        64, "Round a new model's vocabulary (embeddings, MLM head) up to a multiple of this: aligned GPU matmuls. "
+        "The extra ids are never predicted and the tokenizer is unchanged; 0 or 1: no padding. A checkpoint given "
+        "by --model_name_or_path keeps its own vocabulary.")
     do_lower_case: bool = arg(True, "Lower-case (and strip accents) in a newly trained tokenizer.")
     model_name_or_path: Optional[str] = arg(None, "Continue from a local HF BERT-family checkpoint instead of a preset.")
     model_preset: Literal["tiny", "mini", "small", "medium", "base", "large"] = arg(
@@ -68,6 +72,8 @@ class PretrainConfig(PretrainDistillConfig, TrainingConfig, CorpusArgs):
             raise ConfigError(f"mlm_probability: must be in (0, 1), got {self.mlm_probability}")
         if self.mask_replace_prob < 0 or self.random_replace_prob < 0 or self.mask_replace_prob + self.random_replace_prob > 1:
             raise ConfigError("mask_replace_prob + random_replace_prob: must be non-negative and sum to at most 1")
+        if self.pad_vocab_multiple < 0:
+            raise ConfigError(f"pad_vocab_multiple: must be >= 0, got {self.pad_vocab_multiple}")
         if self.max_seq_length < 8:
             raise ConfigError(f"max_seq_length: must be >= 8, got {self.max_seq_length}")
         if not 0 <= self.validation_split_percentage < 100:
@@ -78,7 +84,7 @@ def mlm_loss(model, batch):
     """(sum of token losses, number of masked tokens) for the shared loop."""
     out = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-        masked_positions=batch["masked_positions"], masked_labels=batch["masked_labels"],
+        masked_positions=batch["masked_positions"], masked_labels=batch["masked_labels"], padded=batch.get("padded"),
     )
     return out["loss_sum"], out["count"]
 
@@ -98,6 +104,7 @@ def make_evaluate(valid_data, collate, batch_size: int, accelerator):
             out = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 masked_positions=batch["masked_positions"], masked_labels=batch["masked_labels"],
+                padded=batch.get("padded"),
             )
             if counts:
                 totals += torch.stack([out["loss_sum"].double(), out["count"].double(), out["correct"].double()])
@@ -143,7 +150,7 @@ def main(cfg: PretrainConfig) -> dict:
         hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
         num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
         hidden_dropout_prob=cfg.hidden_dropout_prob, attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
-        allow_pickle_weights=cfg.allow_pickle_weights,
+        allow_pickle_weights=cfg.allow_pickle_weights, pad_vocab_multiple=cfg.pad_vocab_multiple,
     )
     hf_model = keep_layers(hf_model, layer_indices(cfg.student_layers))
     loss_fn = pretraining_loss(cfg, tokenizer, hf_model, accelerator, mlm_loss)  # with --teacher: distillation
@@ -158,7 +165,7 @@ def main(cfg: PretrainConfig) -> dict:
         valid_blocks = torch.utils.data.Subset(valid_blocks, range(cfg.max_eval_samples))
 
     n_params = sum(p.numel() for p in hf_model.parameters())
-    logger.info("model: %s, %.1fM parameters", _shape(hf_model.config), n_params / 1e6)
+    logger.info("model: %s, %.1fM parameters", _shape(hf_model.config, len(tokenizer)), n_params / 1e6)
     collate = MaskingCollator(
         tokenizer, mlm_probability=cfg.mlm_probability, mask_replace_prob=cfg.mask_replace_prob,
         random_replace_prob=cfg.random_replace_prob, whole_word_masking=cfg.whole_word_masking, seed=cfg.seed,
@@ -207,6 +214,7 @@ def main(cfg: PretrainConfig) -> dict:
     return metrics
 
 
-def _shape(config) -> str:
+def _shape(config, ids: int) -> str:
+    padding = config.vocab_size - ids
     return (f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, {config.num_attention_heads} heads, "
-            f"vocab {config.vocab_size}")
+            f"vocab {config.vocab_size}" + (f" ({ids} ids + {padding} padding rows)" if padding > 0 else ""))

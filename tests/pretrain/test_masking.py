@@ -193,13 +193,20 @@ def test_padded_variable_length_batch_uses_the_pad_id():
     rows = [np.array([11, 31, 32, 13]), np.array([11] + list(range(31, 40)) + [13]), np.array([11, 34, 13])]
     batch = collate_rows(MaskingCollator(ODD), rows)
     assert batch["input_ids"].shape == (3, 11)
-    assert all(v.dtype == torch.long for v in batch.values())
+    assert all(v.dtype == torch.long for k, v in batch.items() if k != "padded")
     assert batch["attention_mask"].sum(1).tolist() == [4, 11, 3]
+    # known on the host, so that the model skips the attention mask without reading it from the device
+    assert batch["padded"] is True and collate_rows(MaskingCollator(ODD), rows[1:2])["padded"] is False
     assert (batch["input_ids"][0, 4:] == 7).all() and (batch["input_ids"][2, 3:] == 7).all()
     for b, n in enumerate([4, 11, 3]):
         assert (batch["attention_mask"][b, :n] == 1).all() and (batch["attention_mask"][b, n:] == 0).all()
         chosen = batch["masked_positions"][b][used_slots(batch)[b]]
         assert ((chosen > 0) & (chosen < n - 1)).all()
+
+
+def same_batch(a: dict, b: dict) -> bool:
+    """Equal keys and values (tensors, and the `padded` flag)."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
 
 
 def test_lists_and_arrays_of_any_int_dtype_give_the_same_batch():
@@ -208,8 +215,7 @@ def test_lists_and_arrays_of_any_int_dtype_give_the_same_batch():
     a = collate_rows(collate, rows)
     b = collate_rows(collate, [r.tolist() for r in rows])
     c = collate_rows(collate, [r.astype(np.uint16) for r in rows])
-    for key in a:
-        assert torch.equal(a[key], b[key]) and torch.equal(a[key], c[key])
+    assert same_batch(a, b) and same_batch(a, c)
 
 
 def test_missing_example_id_means_the_position_in_the_batch():
@@ -217,8 +223,7 @@ def test_missing_example_id_means_the_position_in_the_batch():
     collate = MaskingCollator(ODD)
     a = collate([{"input_ids": r} for r in rows])
     b = collate_rows(collate, rows)
-    for key in a:
-        assert torch.equal(a[key], b[key])
+    assert same_batch(a, b)
 
 
 # ---------------------------------------------------------------------------- K

@@ -4,7 +4,8 @@ import torch
 from transformers import AutoModelForMaskedLM, BertConfig
 
 from mlm.errors import ConfigError, DataError
-from mlm.pretrain.model import PRESETS, SparseMaskedLM, build_masked_lm, preset_config, train_flops_per_token
+from mlm.pretrain.model import (PADDING_LOGIT, PRESETS, SparseMaskedLM, build_masked_lm, preset_config,
+                                train_flops_per_token)
 from mlm.core.hf import usable_positions
 
 
@@ -201,6 +202,52 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
     ids = torch.randint(5, 97, (2, 10))
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, loaded(input_ids=ids).logits)
+
+
+def test_a_new_models_vocabulary_is_padded_to_64_and_the_padding_never_predicted(tmp_path):
+    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    torch.manual_seed(0)
+    hf = build_masked_lm(None, "tiny", 100, 32, **tiny)
+    assert hf.config.vocab_size == 128 and hf.get_input_embeddings().weight.shape == (128, 32)
+    assert build_masked_lm(None, "tiny", 128, 32, **tiny).config.vocab_size == 128  # already a multiple
+    assert build_masked_lm(None, "tiny", 100, 32, pad_vocab_multiple=0, **tiny).config.vocab_size == 100  # off
+
+    # the sparse head: padding logits are exactly the bias, never the argmax; the loss is the one over the real ids
+    model = SparseMaskedLM(hf).train()
+    input_ids, attention, positions, labels = _masked_batch()
+    out = model(input_ids, attention, positions, labels)
+    assert (out["logits"][:, 100:] == PADDING_LOGIT).all() and (out["logits"].argmax(-1) < 100).all()
+    real = torch.nn.functional.cross_entropy(out["logits"][:, :100], labels.reshape(-1), reduction="sum")
+    assert torch.allclose(out["loss_sum"], real, rtol=1e-6)
+
+    # training never moves the padding rows: their gradients are exactly 0 (mlm's AdamW, weight decay on; the bias,
+    # 1-D, gets none)
+    from mlm.core.config import TrainingConfig
+    from mlm.core.optim import build_optimizer
+
+    optimizer = build_optimizer(model, TrainingConfig(output_dir=str(tmp_path / "o"), learning_rate=1e-2,
+                                                      weight_decay=0.1))
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(input_ids, attention, positions, labels)["loss_sum"].backward()
+        optimizer.step()
+    output = hf.get_output_embeddings()
+    assert (hf.get_input_embeddings().weight[100:] == 0).all() and (output.weight[100:] == 0).all()
+    assert (output.bias[100:] == PADDING_LOGIT).all() and output.bias[:100].abs().sum() > 0
+
+    # an ordinary checkpoint: plain transformers loads it with the padding rows as they were, and it loads unchanged
+    hf.save_pretrained(tmp_path / "padded")
+    loaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "padded").eval()
+    with torch.no_grad():
+        logits = loaded(input_ids=input_ids, attention_mask=attention).logits  # (B, T, 128)
+    assert logits.shape == (3, 16, 128) and (logits[..., 100:] == PADDING_LOGIT).all()
+    assert (logits.argmax(-1) < 100).all()
+    assert build_masked_lm(str(tmp_path / "padded"), "tiny", 100, 32).config.vocab_size == 128
+
+
+def test_an_existing_checkpoint_keeps_its_vocabulary(tmp_path):
+    _tiny_model().save_pretrained(tmp_path / "old")  # vocab 97, not a multiple of 64
+    assert build_masked_lm(str(tmp_path / "old"), "mini", 97, 32).config.vocab_size == 97
 
 
 def test_build_rejects_bad_checkpoints_and_lengths(tmp_path):

@@ -53,10 +53,18 @@ def test_pretrain_writes_a_standard_checkpoint_and_learns(sentence_corpus, tmp_p
 
     model = AutoModelForMaskedLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
-    assert model.config.vocab_size == len(tok) <= 200
+    # the vocabulary padded to a multiple of 64 (the tokenizer unchanged); a padding id is never predicted: fill-mask
+    # ranks every real id above all of them
+    assert model.config.vocab_size == 64 * math.ceil(len(tok) / 64) > len(tok) and len(tok) <= 200
     enc = tok("the cat sat on the [MASK]", return_tensors="pt")
     with torch.no_grad():
-        assert model(**enc).logits.shape == (1, enc["input_ids"].shape[1], model.config.vocab_size)
+        logits = model(**enc).logits
+    assert logits.shape == (1, enc["input_ids"].shape[1], model.config.vocab_size)
+    assert (logits[..., len(tok):] == -1e4).all() and (logits.argmax(-1) < len(tok)).all()
+    from transformers import pipeline
+
+    filled = pipeline("fill-mask", model=model, tokenizer=tok, top_k=len(tok))("the cat sat on the [MASK]")
+    assert len(filled) == len(tok) and all(f["token"] < len(tok) for f in filled)
 
 
 def test_twenty_steps_equal_ten_plus_resume_plus_ten(sentence_corpus, tmp_path, monkeypatch):
