@@ -67,14 +67,13 @@ def max_difference(model, path: str, sample: dict) -> float:
     """Largest |ONNX Runtime - torch| over the outputs of the sample batch: a check that the graph is the model."""
     import torch
 
-    from finetune.onnxrt.runtime import open_session
+    from finetune.onnxrt.runtime import OnnxModel, open_session
 
-    session = open_session(path, torch.get_num_threads())
-    feeds = {i.name: sample[i.name].numpy() for i in session.get_inputs()}
+    graph = OnnxModel(open_session(path, torch.get_num_threads()), model.config)
     with torch.no_grad():
-        expected = model(**sample).to_tuple()
-    got = session.run(None, feeds)
-    return max(float(abs(torch.from_numpy(g) - e).max()) for g, e in zip(got, expected))
+        expected = model(**sample)
+    got = graph(**sample)
+    return max(float((getattr(got, name) - value).abs().max()) for name, value in expected.items())
 
 
 def main(argv: list[str]) -> None:

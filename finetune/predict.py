@@ -18,6 +18,7 @@ import time
 from typing import Optional
 
 from mlm.errors import ConfigError, DataError
+from mlm.core.fsutil import written_whole
 from mlm.core.user_files import REEXPORT, read_json
 
 
@@ -262,9 +263,8 @@ def main(argv: list[str]) -> None:
     lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     if args.output:  # temp file + rename: a failure never leaves half a file in place of an earlier one
         try:
-            with open(args.output + ".tmp", "w", encoding="utf-8") as f:
+            with written_whole(args.output) as tmp, open(tmp, "w", encoding="utf-8") as f:
                 f.write(lines)
-            os.replace(args.output + ".tmp", args.output)
         except OSError as e:
             raise DataError(f"--output: cannot write {args.output} ({e.strerror})") from None
     else:

@@ -7,11 +7,10 @@ into transformers 5's mask code: its graph was off by up to 1e-2 on other masks,
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
 from finetune.onnxrt import quiet
+from mlm.core.fsutil import written_whole
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what finetune.common.pad_batch gives a model
 
@@ -59,10 +58,8 @@ def export_graph(model, tokenizer, path: str, max_length: int, opset: int = 18) 
 
     sample = sample_batch(graph_inputs(tokenizer), tokenizer, max_length)
     batch, sequence = Dim("batch"), Dim("sequence", max=max_length)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with quiet("torch.onnx"):
+    with written_whole(path) as tmp, quiet("torch.onnx"):
         torch.onnx.export(_TupleOutputs(model), (), tmp, kwargs=sample, dynamo=True, external_data=False,
                           opset_version=opset, input_names=list(sample), output_names=output_names(model, sample),
                           dynamic_shapes={name: {0: batch, 1: sequence} for name in sample}, verbose=False)
-    os.replace(tmp, path)
     return sample

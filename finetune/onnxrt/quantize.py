@@ -7,9 +7,8 @@ ones, where torch's dynamic int8 gained only 1.2x on an AVX2-only CPU (issue #22
 """
 from __future__ import annotations
 
-import os
-
 from finetune.onnxrt import quiet
+from mlm.core.fsutil import written_whole
 
 
 def quantize_dynamic_int8(src: str, dst: str) -> None:
@@ -21,7 +20,6 @@ def quantize_dynamic_int8(src: str, dst: str) -> None:
     # The dynamo exporter records intermediate shapes that onnx's shape inference, which the quantizer runs,
     # rejects (384 vs 2 on MiniLM): drop them, to be inferred afresh.
     del model.graph.value_info[:]
-    tmp = f"{dst}.tmp{os.getpid()}"
-    with quiet():  # (its advice to pre-process the graph: it infers the shapes itself, ONNX Runtime optimises at load)
+    # (quiet: its advice to pre-process the graph; it infers the shapes itself, ONNX Runtime optimises at load)
+    with written_whole(dst) as tmp, quiet():
         quantize_dynamic(model, tmp, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
-    os.replace(tmp, dst)

@@ -3,6 +3,20 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
+
+
+@contextmanager
+def written_whole(path: str):
+    """Yields a temporary name beside `path` to write to; renamed to `path` once the block ends without error,
+    removed if it fails: a crash never leaves half a file in place of an earlier one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def publish_folder(tmp_dir: str, final_dir: str, marker: str) -> None:

@@ -43,11 +43,11 @@ class _StderrHandler(logging.StreamHandler):
 
 def write_json(path: str, data: dict, sort_keys: bool = True) -> None:
     """Write JSON atomically (temp file + rename): a crash never leaves a truncated file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    from mlm.core.fsutil import written_whole
+
+    with written_whole(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=sort_keys, default=_jsonable)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def _jsonable(value):

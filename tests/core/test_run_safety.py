@@ -466,3 +466,19 @@ def test_a_model_that_asks_for_its_own_code_is_refused(tiny_bert_dir, tmp_path, 
     assert code == 1 and len(errors) == 1 and "asks for the model's own code (auto_map)" in errors[0]
     code, errors = cli_errors(capsys, *sentiment_args(tmp_path, path, "remote-run"))
     assert code == 1 and len(errors) == 1 and "asks for the model's own code (auto_map)" in errors[0]
+
+
+def test_written_whole_replaces_only_a_finished_file(tmp_path):
+    """A block that fails leaves the earlier file as it was and no temporary beside it; one that ends replaces it."""
+    from mlm.core.fsutil import written_whole
+
+    path = tmp_path / "out.json"
+    path.write_text("old")
+    with pytest.raises(RuntimeError):
+        with written_whole(str(path)) as tmp, open(tmp, "w") as f:
+            f.write("half")
+            raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+    with written_whole(str(path)) as tmp, open(tmp, "w") as f:
+        f.write("new")
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
