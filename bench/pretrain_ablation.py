@@ -96,6 +96,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every run")
     parser.add_argument("--eval_blocks", type=int, default=1000, help="WikiText-2 test blocks of 128 tokens scored")
     parser.add_argument("--quick", action="store_true", help="write pretrain_ablation_quick.json")
+    parser.add_argument("--add", action="store_true",
+                        help="add arms to the existing JSON: its arms stay (same budget_steps required), the budget "
+                        "arm is probed again for the throughput ratios but not trained again")
     args = parser.parse_args(argv)
     from mlm.pretrain.fixed_mask_eval import evaluate_folder
 
@@ -111,6 +114,15 @@ def main(argv=None) -> int:
               "machine": common.machine_info(), "matmul_peak_gflops": round(common.matmul_peak_gflops(), 1),
               "corpus": train, "eval_text": test, "vocab_size": VOCAB, "budget_recipe": BUDGET,
               "budget_steps": args.budget_steps, "probe": {}, "arms": {}}
+    if args.add:  # the earlier arms' losses do not depend on the machine's load (they train a fixed number of steps)
+        with open(path, encoding="utf-8") as f:
+            earlier = json.load(f)
+        if earlier["budget_steps"] != args.budget_steps or earlier["budget_recipe"] != BUDGET:
+            raise SystemExit(f"--add: {path} was measured with other budget steps or another budget recipe")
+        result["arms"] = earlier["arms"]
+        result["earlier_runs"] = [*earlier.get("earlier_runs", []), {"command": earlier["command"],
+                                                                     "machine": earlier["machine"],
+                                                                     "probe": earlier["probe"]}]
 
     # Throughput probe: arms that cost the same (they differ only in schedule settings) share one probe; the
     # probes take turns, twice, and each keeps the better of its two turns.
@@ -130,6 +142,8 @@ def main(argv=None) -> int:
     base_rate = max(probe["budget"])
     base_tokens = BUDGET["per_device_train_batch_size"] * BUDGET["max_seq_length"]
     for arm in arms:
+        if arm in result["arms"]:
+            continue
         settings = {**base, **ARMS[arm]}
         tokens = settings["per_device_train_batch_size"] * settings["max_seq_length"]
         steps = max(1, round(args.budget_steps * max(probe[arm]) / base_rate * base_tokens / tokens))

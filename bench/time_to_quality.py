@@ -193,11 +193,31 @@ def in_turn_or_together(jobs: dict, parallel: bool, what: str) -> dict:
         return {name: future.result() for name, future in futures.items()}
 
 
-def finetune_both(name: str, backbone: str, data: str, settings: dict, scratch: str, core=None) -> dict:
-    """SST-2 and CoNLL-2003 fine-tuning of one backbone (pinned to `core` with one thread when given)."""
-    return {task: finetune_quality.finetune_run(task, name, backbone, data, settings[task], scratch, timeout=7200,
-                                                threads=None if core is None else 1, core=core)
-            for task in ("cls", "ner")}
+def earlier_seeds(stored, settings: dict) -> dict:
+    """{seed: run} of an earlier JSON's fine-tuning of one backbone and task made with these settings (seed aside),
+    so that --finetune_only --seeds 0,1,2 reruns only the seeds not measured yet (a run of one seed is seed 0)."""
+    runs = stored.get("seeds", {}) if stored and "seeds" in stored else {"0": stored} if stored else {}
+    same = {k: v for k, v in settings.items() if k != "seed"}
+    return {int(seed): run for seed, run in runs.items()
+            if run.get("status") == "ok" and {k: v for k, v in run["settings"].items() if k != "seed"} == same}
+
+
+def finetune_both(name: str, backbone: str, data: str, settings: dict, scratch: str, seeds: list, earlier: dict,
+                  core=None) -> dict:
+    """SST-2 and CoNLL-2003 fine-tuning of one backbone, once per seed (pinned to `core` with one thread when given):
+    {task: {"seeds": {seed: run}, "mean": the metric's mean over the seeds}}. earlier: {task: stored runs}."""
+    metric = {"cls": "eval_accuracy", "ner": "eval_f1"}
+    tuned = {}
+    for task in ("cls", "ner"):
+        done = earlier_seeds(earlier.get(task), settings[task])
+        runs = {seed: done.get(seed) or finetune_quality.finetune_run(
+                    task, f"{name}-seed{seed}", backbone, data, {**settings[task], "seed": seed}, scratch,
+                    timeout=7200, threads=None if core is None else 1, core=core)
+                for seed in seeds}
+        scores = [run.get("metrics", {}).get(metric[task]) for run in runs.values()]
+        tuned[task] = {"seeds": {str(seed): run for seed, run in runs.items()}, "metric": metric[task],
+                       "per_seed": scores, "mean": None if None in scores else sum(scores) / len(scores)}
+    return tuned
 
 
 def plot(sides: dict, path: str) -> None:
@@ -267,6 +287,9 @@ def main(argv=None) -> int:
     parser.add_argument("--finetune_only", action="store_true",
                         help="redo only the downstream part of the run in --output (its backbones are still cached), "
                         "e.g. after a change of the fine-tuning settings; the pretraining figures stay")
+    parser.add_argument("--seeds", default="0",
+                        help="fine-tuning seeds per backbone and task (e.g. 0,1,2): the JSON's downstream scores are "
+                        "their mean; with --finetune_only, seeds already in the JSON with the same settings are kept")
     parser.add_argument("--child-stock", dest="child_stock")
     args = parser.parse_args(argv)
     if args.child_stock:
@@ -295,15 +318,17 @@ def main(argv=None) -> int:
         result, sides = pretrain_sides(args, command, budget_s, train, test, eval_blocks, sides_wanted, scratch,
                                        FINETUNE[mode])
     # Fine-tuning is step-based (its scores do not depend on the machine's speed): with --parallel, side by side.
-    tuned = in_turn_or_together({name: functools.partial(finetune_both, name, side["final"], data, FINETUNE[mode], scratch)
+    seeds = [int(x) for x in args.seeds.split(",")]
+    tuned = in_turn_or_together({name: functools.partial(finetune_both, name, side["final"], data, FINETUNE[mode], scratch,
+                                                         seeds, side.get("finetune", {}))
                                  for name, side in sides.items()}, args.parallel, "fine-tuning")
+    result["finetune_seeds"] = seeds
     for name, side in sides.items():
         downstream = tuned[name]
-        metrics = {t: d.get("metrics", {}) for t, d in downstream.items()}
-        result[name] = {
+        result[name] = {  # downstream: the mean over the fine-tuning seeds (each seed's score in details)
             "budget_s": result["budget_s"], "train_tokens": side["train_tokens"],
             "common_eval_mlm_loss": side["snapshots"][-1]["common_eval_mlm_loss"],
-            "sst2_dev_accuracy": metrics["cls"].get("eval_accuracy"), "conll_dev_f1": metrics["ner"].get("eval_f1"),
+            "sst2_dev_accuracy": downstream["cls"]["mean"], "conll_dev_f1": downstream["ner"]["mean"],
         }
         result.setdefault("details", {})[name] = {"steps": side["steps"], "train_seconds": side["train_seconds"],
                                                   "command": side["command"], "snapshots": side["snapshots"],

@@ -57,6 +57,11 @@ class FinetuneConfig(DistillConfig, TrainingConfig):
         None, "Training batches skip their padding in every layer (variable-length attention, SDPA on nested "
         "tensors): the same outputs, less work. Default: on with a CUDA GPU for plain BERT-layer models (not under "
         "FSDP/ZeRO-3, gradient checkpointing or torch_compile), off on CPUs, where it was not measured faster.")
+    mlm_layers: Optional[bool] = arg(
+        None, "Training batches run the encoder through mlm's BERT layers on the model's weights (cheaper dropout "
+        "masks on CPU; a sequence-classification head gets the last layer at its first token only): the same "
+        "arithmetic, less work. Default: on with CPUs for plain BERT-layer models (not under FSDP/ZeRO-3, gradient "
+        "checkpointing or torch_compile); where unpadded attention runs, that path runs instead.")
     learning_rate: float = arg(5e-5, "Peak learning rate of AdamW.")
     do_predict: Optional[bool] = arg(
         None, "Trainer's switch: when any --do_* flag is given, the test files are scored only with --do_predict.",

@@ -103,6 +103,13 @@ def load_backbone(task, cfg, labels, tokenizer_size: int):
     return model
 
 
+ENCODER_PATH_LOG = {
+    "transformers": "the model's own layers",
+    "mlm_layers": "mlm's BERT layers (lane dropout masks; first-token-only last layer for sequence heads)",
+    "unpadded": "mlm's BERT layers unpadded: variable-length attention (SDPA on nested tensors)",
+}
+
+
 def main(cfg) -> dict:
     import torch
 
@@ -117,7 +124,7 @@ def main(cfg) -> dict:
     from mlm.core.accel import make_accelerator, shards_parameters
     from mlm.core.run_dir import check_output_dir, run_directory
     from finetune.saved import SavedTask
-    from finetune.unpadded import unpadded_loss, use_unpadded
+    from finetune.encoder_paths import encoder_path, training_loss
     from mlm.core.run_files import write_run_files
     from mlm.core.runlog import logger, plot_losses, write_json
     from mlm.core.distill import keep_layers, layer_indices
@@ -146,9 +153,9 @@ def main(cfg) -> dict:
     model = keep_layers(load_backbone(task, cfg, labels, len(tokenizer)), layer_indices(cfg.student_layers))
     fit_tokenizer_to_model(tokenizer, model)
     loss_fn = task_loss(task, cfg, labels, tokenizer, accelerator)  # task.loss, or with --teacher the distillation mix
-    if use_unpadded(cfg, model, accelerator.device, shards_parameters(accelerator)):
-        logger.info("training batches unpadded: variable-length attention (SDPA on nested tensors)")
-        loss_fn = unpadded_loss(loss_fn)
+    path = encoder_path(cfg, model, accelerator.device, shards_parameters(accelerator))
+    logger.info("training batches through %s", ENCODER_PATH_LOG[path])
+    loss_fn = training_loss(loss_fn, path, task.HEAD_READS_FIRST_TOKEN)
     features = {
         split: task.encode(examples, tokenizer, cfg, labels, with_labels=split in ("train", "validation"))
         for split, examples in splits.items()

@@ -24,6 +24,7 @@ class Task(Protocol):
     UNITS: tuple[str, str]      # what an example and a feature are, for the log ("sentences", "windows")
     TARGETS: tuple[str, ...]    # the batch keys loss_of reads: evaluation features with them also give a loss
     HAS_CLASSES: bool           # the head has one output per label (cls, ner), not spans (qa)
+    HEAD_READS_FIRST_TOKEN: bool  # the head reads the last layer at the first token only (cls): the rest is skipped
     LENGTH_FIELDS: tuple[str, ...]  # Config fields measured in tokens, scaled with max_seq_length by `mlm predict`
 
     # --- fine-tuning

@@ -11,7 +11,7 @@ and outputs ignore). One host read per forward: the number of real tokens (the p
 
 On by default on CUDA only (`--unpadded_attention`): on CPUs SDPA runs nested tensors row by row (5.8x slower than
 padded in bench/gpu_check.py's CPU dry run).
-Tests: tests/finetune/test_unpadded.py (equal to the padded model's outputs and gradients).
+Tests: tests/finetune/test_encoder_paths.py (equal to the padded model's outputs and gradients).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from mlm.errors import ConfigError
+from finetune.encoder_paths import asked_or_default, encoder_replaced, own_layers_blocker, task_model
 from mlm.pretrain.encoder import after_attention, bert_layers
 
 
@@ -32,25 +32,8 @@ def supports_unpadding(model) -> bool:
 def use_unpadded(cfg, model, device, shards_parameters: bool) -> bool:
     """Whether training batches run unpadded: as asked (refused in one line where it cannot run), else on CUDA
     where nothing else runs the layers (sharded weights are whole only inside a layer's own forward)."""
-    blocker = ("the model has no plain BERT layers" if not supports_unpadding(model) else
-               "parameters are sharded (FSDP / ZeRO-3)" if shards_parameters else
-               "gradient_checkpointing runs the model's own layers" if cfg.gradient_checkpointing else
-               "torch_compile" if cfg.torch_compile else None)
-    if cfg.unpadded_attention is None:
-        return device.type == "cuda" and blocker is None
-    if cfg.unpadded_attention and blocker:
-        raise ConfigError(f"unpadded_attention: cannot run here ({blocker}); pass --unpadded_attention false")
-    return cfg.unpadded_attention
-
-
-def unpadded_loss(loss_fn):
-    """The loop's loss_fn with the model's encoder unpadded for the batch (the teacher of distillation untouched)."""
-
-    def loss(model, batch):
-        with unpadded(model, batch["attention_mask"]):
-            return loss_fn(model, batch)
-
-    return loss
+    return asked_or_default("unpadded_attention", cfg.unpadded_attention, device.type == "cuda",
+                            own_layers_blocker(cfg, model, shards_parameters))
 
 
 def packed_layer(layer, x: torch.Tensor, offsets: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -85,21 +68,7 @@ def encode_unpadded(layers, hidden: torch.Tensor, attention_mask: torch.Tensor) 
 def unpadded(model, attention_mask: torch.Tensor):
     """Inside, `model`'s encoder runs unpadded on this batch's attention_mask (B, T); model: a transformers task
     model with plain BERT layers (supports_unpadding), or a wrapper (DDP, accelerate) around one."""
-    from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions as EncoderOutput
-
-    inner = model
-    while not hasattr(inner, "base_model") and hasattr(inner, "module"):  # DDP / compile wrappers
-        inner = inner.module
-    layers = bert_layers(inner)
-    if layers is None or attention_mask.dim() != 2:
-        raise ValueError(f"unpadded attention needs plain BERT layers and a (B, T) mask ({type(inner).__name__})")
-    encoder = inner.base_model.encoder
-
-    def forward(hidden_states, *args, **kwargs):  # the 4-D mask transformers built is not needed: ours is exact
-        return EncoderOutput(last_hidden_state=encode_unpadded(layers, hidden_states, attention_mask))
-
-    encoder.forward = forward  # this instance only, for this batch
-    try:
+    if attention_mask.dim() != 2 or not supports_unpadding(task_model(model)):
+        raise ValueError(f"unpadded attention needs plain BERT layers and a (B, T) mask ({type(task_model(model)).__name__})")
+    with encoder_replaced(model, lambda layers, hidden: encode_unpadded(layers, hidden, attention_mask)):
         yield
-    finally:
-        del encoder.forward

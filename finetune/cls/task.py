@@ -50,6 +50,7 @@ from finetune.cls.inputs import examples_from_file, examples_from_text, read_lab
 
 
 HAS_CLASSES = True
+HEAD_READS_FIRST_TOKEN = True  # the pooler / classification head reads the first token's row only
 LENGTH_FIELDS = ()  # no token counts besides max_seq_length
 write_official = no_official_format
 

@@ -48,6 +48,7 @@ from finetune.ner.inputs import examples_from_file, examples_from_text, read_lab
 
 
 HAS_CLASSES = True
+HEAD_READS_FIRST_TOKEN = False  # the head reads every token
 LENGTH_FIELDS = ("stride",)  # token counts `mlm predict` scales with max_seq_length
 write_official = no_official_format
 rename_classes = no_class_names

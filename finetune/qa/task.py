@@ -44,6 +44,7 @@ from finetune.common import no_class_names, pad_batch
 
 
 HAS_CLASSES = False  # two outputs per token (start, end), not one per label
+HEAD_READS_FIRST_TOKEN = False  # the head reads every token
 LENGTH_FIELDS = ("doc_stride", "max_query_length")  # token counts `mlm predict` scales with max_seq_length
 
 

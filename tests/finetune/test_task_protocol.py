@@ -18,7 +18,8 @@ def test_the_protocol_names_the_hooks_the_callers_use():
                           "loss_of", "outputs", "outputs_of", "predictions", "metrics", "write_official",
                           "settings_from_hf", "rename_classes", "examples_from_text", "examples_from_file",
                           "read_labelled"}
-    assert set(Task.__annotations__) == {"Config", "AutoModel", "UNITS", "TARGETS", "HAS_CLASSES", "LENGTH_FIELDS"}
+    assert set(Task.__annotations__) == {"Config", "AutoModel", "UNITS", "TARGETS", "HAS_CLASSES", "LENGTH_FIELDS",
+                                      "HEAD_READS_FIRST_TOKEN"}
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -27,6 +28,7 @@ def test_task_has_every_protocol_name(name):
     assert [n for n in protocol_names() if not hasattr(task, n)] == []
     assert isinstance(task.UNITS, tuple) and len(task.UNITS) == 2
     assert isinstance(task.TARGETS, tuple) and isinstance(task.HAS_CLASSES, bool)
+    assert isinstance(task.HEAD_READS_FIRST_TOKEN, bool)
     assert all(f in {f.name for f in __import__("dataclasses").fields(task.Config)} for f in task.LENGTH_FIELDS)
 
 
