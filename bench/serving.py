@@ -153,6 +153,9 @@ def arm_specs(variants: list[str]) -> dict:
                             lambda task, d, onnx, t: quantize_linear_layers(load_model(task, d, False), per_channel=False),
                             default),
     }
+    specs["ort_int8_static"] = ("ONNX Runtime static int8 (QDQ, per-channel MatMul weights, activation ranges "
+                                f"calibrated on {CALIBRATION_EXAMPLES} training examples): is it worth a flag?",
+                                lambda task, d, onnx, t: load_static_int8(task, d, onnx, t), default)
     for engine in ("fbgemm", "x86", "onednn", "qnnpack"):
         if engine in torch.backends.quantized.supported_engines and engine != default:
             specs[f"int8_{engine}"] = (f"--quantize with torch.backends.quantized.engine = {engine!r}",
@@ -161,6 +164,53 @@ def arm_specs(variants: list[str]) -> dict:
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; choose from {sorted(set(specs) - set(ARMS))}")
     return {name: specs[name] for name in [*ARMS, *variants]}
+
+
+CALIBRATION_EXAMPLES = 256
+
+
+def load_static_int8(task_mod, model_dir: str, onnx_dir: str, threads: int):
+    """model.onnx quantised statically (made once per exported folder): int8 weights and int8 activations with
+    ranges fixed by a MinMax calibration over the first CALIBRATION_EXAMPLES training examples, one per feed."""
+    import numpy as np
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    from finetune.onnxrt import quiet
+    from finetune.onnxrt.runtime import OnnxModel, open_session
+    from finetune.predict import load_task
+    from mlm.core.hf import load_tokenizer
+
+    path = os.path.join(onnx_dir, "model.int8_static.onnx")
+    if not os.path.isfile(path):
+        _, cfg, labels = load_task(model_dir)
+        train = task_mod.load_splits(cfg)[0]["train"][:CALIBRATION_EXAMPLES]
+        features = task_mod.encode(train, load_tokenizer(model_dir), cfg, labels, with_labels=False)
+        graph = onnx.load(os.path.join(onnx_dir, "model.onnx"))
+        names = [i.name for i in graph.graph.input]
+        del graph.graph.value_info[:]  # as finetune.onnxrt.quantize: shapes the quantizer's inference rejects
+
+        class Feeds(CalibrationDataReader):
+            def __init__(self):
+                self.rows = iter(features)
+
+            def get_next(self):
+                row = next(self.rows, None)
+                if row is None:
+                    return None
+                ids = row["input_ids"]
+                given = {"input_ids": ids, "attention_mask": [1] * len(ids),
+                         "token_type_ids": row.get("token_type_ids") or [0] * len(ids)}
+                return {n: np.asarray([given[n]], dtype=np.int64) for n in names}
+
+        with quiet():
+            quantize_static(graph, path, Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            op_types_to_quantize=["MatMul"], activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+    import transformers
+
+    return OnnxModel(open_session(path, threads), transformers.AutoConfig.from_pretrained(model_dir)).eval()
 
 
 def export_onnx(model_dir: str) -> tuple[str, float]:

@@ -88,7 +88,7 @@ def encoder_replaced(model, encode: Callable):
         return EncoderOutput(last_hidden_state=encode(layers, hidden_states))
 
     encoder.forward = forward  # this instance only, for this batch
-    embeddings.dropout = LaneDropout(dropout.p)
+    embeddings.dropout = LaneDropout(dropout.p).train(dropout.training)  # a new module is in training mode
     try:
         yield
     finally:

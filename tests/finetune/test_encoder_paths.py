@@ -78,6 +78,9 @@ def test_mlm_layers_keep_dropout_and_the_model_unchanged():
         with mlm_layers(model, batch["attention_mask"]):
             assert isinstance(model.base_model.embeddings.dropout, torch.nn.Dropout)
             draws = torch.stack([model(**batch).logits for _ in range(600)])
+        model.eval()  # no dropout at all in evaluation mode, embeddings included
+        with mlm_layers(model, batch["attention_mask"]):
+            assert torch.allclose(model(**batch).logits, clean, atol=1e-6)
     real = batch["attention_mask"].bool()
     assert not torch.allclose(draws[0], draws[1])
     assert (draws.mean(0)[real] - clean[real]).abs().max() < 0.05 < (draws[0][real] - clean[real]).abs().max()
