@@ -60,8 +60,9 @@ class FinetuneConfig(DistillConfig, TrainingConfig):
     mlm_layers: Optional[bool] = arg(
         None, "Training batches run the encoder through mlm's BERT layers on the model's weights (cheaper dropout "
         "masks on CPU; a sequence-classification head gets the last layer at its first token only): the same "
-        "arithmetic, less work. Default: on with CPUs for plain BERT-layer models (not under FSDP/ZeRO-3, gradient "
-        "checkpointing or torch_compile); where unpadded attention runs, that path runs instead.")
+        "arithmetic, less work. Default: on with CPUs for sequence classification with plain BERT layers (measured "
+        "1.13x; token heads measured 0.98x, so off), not under FSDP/ZeRO-3, gradient checkpointing or torch_compile; "
+        "where unpadded attention runs, that path runs instead.")
     learning_rate: float = arg(5e-5, "Peak learning rate of AdamW.")
     do_predict: Optional[bool] = arg(
         None, "Trainer's switch: when any --do_* flag is given, the test files are scored only with --do_predict.",

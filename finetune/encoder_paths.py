@@ -1,18 +1,20 @@
 """How a fine-tuning run's encoder computes a training batch: transformers' own layers, or mlm's BERT layers
 (mlm.pretrain.encoder) on the same weights, padded (here) or unpadded (finetune/unpadded.py).
 
-    path = encoder_path(cfg, model, device, shards_parameters)   # "transformers", "mlm_layers" or "unpadded"
+    path = encoder_path(cfg, model, device, shards_parameters, task.HEAD_READS_FIRST_TOKEN)  # one of PATHS
     loss_fn = training_loss(loss_fn, path, task.HEAD_READS_FIRST_TOKEN)
 
-mlm's layers (`--mlm_layers`, default on CPUs for plain BERT-layer models) do the arithmetic of transformers'
-BertLayer with two savings only the caller can make:
+mlm's layers (`--mlm_layers`, default on CPUs for sequence classification with plain BERT layers) do the arithmetic
+of transformers' BertLayer with two savings only the caller can make:
 * dropout masks from 16-bit random lanes (mlm.pretrain.encoder.dropout), 3-4x cheaper on CPU than `bernoulli_`;
   attention with dropout on the explicit path that uses them;
 * a head that reads the first token only (sequence classification: BERT's pooler, RoBERTa's head) gets the last
   layer at that row only (its keys and values still come from every token): ~5/6 of the last layer saved.
-Measured on a MiniLM (6 x 384) training step, 1 thread, batch 32 x 40 (AVX-512 EPYC): 1.06x transformers' layers
-with the lanes alone, 1.19x with the first-token-only last layer; the rest of a step is matmuls close to the
-core's peak, which no loop or data pipeline can make cheaper.
+Measured over whole epochs against transformers' layers under a well-configured Trainer (bench/results/
+finetune_throughput_epoch.json, MiniLM, 1 thread, AVX-512 EPYC): SST-2 1.13x; CoNLL 0.98x and SQuAD 0.98x, where
+the explicit attention's backward costs more than the lane masks save. Hence the default: on for heads that read the
+first token only, off for token heads (asking for it still works). The rest of a step is matmuls close to the core's
+peak, which no loop or data pipeline can make cheaper.
 The model itself is untouched: only its encoder's forward is replaced for the batch, so checkpoints, evaluation and
 prediction see a standard transformers model. Tests: tests/finetune/test_encoder_paths.py.
 """
@@ -54,20 +56,20 @@ def asked_or_default(flag: str, asked: Optional[bool], default: bool, blocker: O
     return asked
 
 
-def use_mlm_layers(cfg, model, device, shards_parameters: bool) -> bool:
-    """--mlm_layers as asked, else on CPUs wherever it can run."""
-    return asked_or_default("mlm_layers", cfg.mlm_layers, device.type == "cpu",
+def use_mlm_layers(cfg, model, device, shards_parameters: bool, first_token_only: bool) -> bool:
+    """--mlm_layers as asked, else on CPUs for heads that read the first token only (where it measured faster)."""
+    return asked_or_default("mlm_layers", cfg.mlm_layers, device.type == "cpu" and first_token_only,
                             own_layers_blocker(cfg, model, shards_parameters))
 
 
-def encoder_path(cfg, model, device, shards_parameters: bool) -> str:
-    """Which of PATHS trains this run: unpadded where it runs (CUDA by default), else mlm's layers (CPUs by default),
-    else transformers' own."""
+def encoder_path(cfg, model, device, shards_parameters: bool, first_token_only: bool) -> str:
+    """Which of PATHS trains this run: unpadded where it runs (CUDA by default), else mlm's layers (by default on CPUs
+    for first-token heads), else transformers' own."""
     from finetune.unpadded import use_unpadded
 
     if use_unpadded(cfg, model, device, shards_parameters):
         return "unpadded"
-    return "mlm_layers" if use_mlm_layers(cfg, model, device, shards_parameters) else "transformers"
+    return "mlm_layers" if use_mlm_layers(cfg, model, device, shards_parameters, first_token_only) else "transformers"
 
 
 @contextmanager

@@ -153,7 +153,7 @@ def main(cfg) -> dict:
     model = keep_layers(load_backbone(task, cfg, labels, len(tokenizer)), layer_indices(cfg.student_layers))
     fit_tokenizer_to_model(tokenizer, model)
     loss_fn = task_loss(task, cfg, labels, tokenizer, accelerator)  # task.loss, or with --teacher the distillation mix
-    path = encoder_path(cfg, model, accelerator.device, shards_parameters(accelerator))
+    path = encoder_path(cfg, model, accelerator.device, shards_parameters(accelerator), task.HEAD_READS_FIRST_TOKEN)
     logger.info("training batches through %s", ENCODER_PATH_LOG[path])
     loss_fn = training_loss(loss_fn, path, task.HEAD_READS_FIRST_TOKEN)
     features = {

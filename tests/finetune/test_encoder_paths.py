@@ -108,7 +108,7 @@ def test_unpadded_attention_keeps_dropout_and_refuses_other_layers():
 def test_the_path_by_default_per_device_and_refused_in_one_line_where_it_cannot_run():
     from types import SimpleNamespace
 
-    from finetune.encoder_paths import encoder_path
+    import finetune.encoder_paths as paths
     from mlm.errors import ConfigError
 
     def cfg(unpad=None, own=None, checkpointing=False):
@@ -118,7 +118,13 @@ def test_the_path_by_default_per_device_and_refused_in_one_line_where_it_cannot_
     bert, cuda, cpu = _model("cls"), torch.device("cuda"), torch.device("cpu")
     distil = AutoModelForSequenceClassification.from_config(DistilBertConfig(vocab_size=97, dim=32, n_layers=1,
                                                                              n_heads=2, hidden_dim=64))
+
+    def encoder_path(cfg, model, device, shards, first_token_only=True):  # a sequence head unless said otherwise
+        return paths.encoder_path(cfg, model, device, shards, first_token_only)
+
     assert encoder_path(cfg(), bert, cuda, False) == "unpadded" and encoder_path(cfg(), bert, cpu, False) == "mlm_layers"
+    assert encoder_path(cfg(), bert, cpu, False, first_token_only=False) == "transformers"  # measured no faster
+    assert encoder_path(cfg(own=True), bert, cpu, False, first_token_only=False) == "mlm_layers"
     # FSDP: the layers' own forward gathers their weights; DistilBERT's layers are not BERT's
     assert encoder_path(cfg(), bert, cuda, True) == encoder_path(cfg(), bert, cpu, True) == "transformers"
     assert encoder_path(cfg(), distil, cpu, False) == "transformers"
@@ -144,7 +150,8 @@ def test_a_fine_tuning_run_trains_alike_on_every_path(tmp_path, tiny_bert_dir, d
 
     recipe = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "finetune", f"{task}-tiny.yaml")
     data = os.path.join(data_dir, "conll2003" if task == "ner" else "sst2")
-    flags = {"transformers": ["--mlm_layers", "false"], "mlm_layers": [], "unpadded": ["--unpadded_attention", "true"]}
+    flags = {"transformers": ["--mlm_layers", "false"], "mlm_layers": ["--mlm_layers", "true"],
+             "unpadded": ["--unpadded_attention", "true"]}
     losses = {}
     for path, extra in flags.items():
         out = tmp_path / path
