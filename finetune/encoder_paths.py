@@ -13,8 +13,8 @@ of transformers' BertLayer with two savings only the caller can make:
 Measured over whole epochs against transformers' layers under a well-configured Trainer (bench/results/
 finetune_throughput_epoch.json, MiniLM, 1 thread, AVX-512 EPYC): SST-2 1.13x; CoNLL 0.98x and SQuAD 0.98x, where
 the explicit attention's backward costs more than the lane masks save. Hence the default: on for heads that read the
-first token only, off for token heads (asking for it still works). The rest of a step is matmuls close to the core's
-peak, which no loop or data pipeline can make cheaper.
+first token only, off for token heads (asking for it still works). The rest of a step is the same matmuls, norms
+and optimizer in the same modules on both sides: no loop or data pipeline makes them cheaper.
 The model itself is untouched: only its encoder's forward is replaced for the batch, so checkpoints, evaluation and
 prediction see a standard transformers model. Tests: tests/finetune/test_encoder_paths.py.
 """
