@@ -178,7 +178,7 @@ def load_static_int8(task_mod, model_dir: str, onnx_dir: str, threads: int):
                                           quantize_static)
 
     from finetune.onnxrt import quiet
-    from finetune.onnxrt.runtime import OnnxModel, open_session
+    from finetune.onnxrt.runtime import onnx_model_at
     from finetune.predict import load_task
     from mlm.core.hf import load_tokenizer
 
@@ -208,9 +208,7 @@ def load_static_int8(task_mod, model_dir: str, onnx_dir: str, threads: int):
             quantize_static(graph, path, Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
                             op_types_to_quantize=["MatMul"], activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
-    import transformers
-
-    return OnnxModel(open_session(path, threads), transformers.AutoConfig.from_pretrained(model_dir)).eval()
+    return onnx_model_at(path, model_dir, threads)
 
 
 def export_onnx(model_dir: str) -> tuple[str, float]:

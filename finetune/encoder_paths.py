@@ -56,6 +56,12 @@ def asked_or_default(flag: str, asked: Optional[bool], default: bool, blocker: O
     return asked
 
 
+def use_unpadded(cfg, model, device, shards_parameters: bool) -> bool:
+    """--unpadded_attention as asked, else on CUDA (on CPUs SDPA runs nested tensors row by row)."""
+    return asked_or_default("unpadded_attention", cfg.unpadded_attention, device.type == "cuda",
+                            own_layers_blocker(cfg, model, shards_parameters))
+
+
 def use_mlm_layers(cfg, model, device, shards_parameters: bool, first_token_only: bool) -> bool:
     """--mlm_layers as asked, else on CPUs for heads that read the first token only (where it measured faster)."""
     return asked_or_default("mlm_layers", cfg.mlm_layers, device.type == "cpu" and first_token_only,
@@ -65,8 +71,6 @@ def use_mlm_layers(cfg, model, device, shards_parameters: bool, first_token_only
 def encoder_path(cfg, model, device, shards_parameters: bool, first_token_only: bool) -> str:
     """Which of PATHS trains this run: unpadded where it runs (CUDA by default), else mlm's layers (by default on CPUs
     for first-token heads), else transformers' own."""
-    from finetune.unpadded import use_unpadded
-
     if use_unpadded(cfg, model, device, shards_parameters):
         return "unpadded"
     return "mlm_layers" if use_mlm_layers(cfg, model, device, shards_parameters, first_token_only) else "transformers"

@@ -20,20 +20,13 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from finetune.encoder_paths import asked_or_default, encoder_replaced, own_layers_blocker, task_model
+from finetune.encoder_paths import encoder_replaced, task_model
 from mlm.pretrain.encoder import after_attention, bert_layers
 
 
 def supports_unpadding(model) -> bool:
     """Plain post-LN BERT layers (BERT, RoBERTa, ...), which `packed_layer` computes."""
     return bert_layers(model) is not None
-
-
-def use_unpadded(cfg, model, device, shards_parameters: bool) -> bool:
-    """Whether training batches run unpadded: as asked (refused in one line where it cannot run), else on CUDA
-    where nothing else runs the layers (sharded weights are whole only inside a layer's own forward)."""
-    return asked_or_default("unpadded_attention", cfg.unpadded_attention, device.type == "cuda",
-                            own_layers_blocker(cfg, model, shards_parameters))
 
 
 def packed_layer(layer, x: torch.Tensor, offsets: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -68,7 +61,8 @@ def encode_unpadded(layers, hidden: torch.Tensor, attention_mask: torch.Tensor) 
 def unpadded(model, attention_mask: torch.Tensor):
     """Inside, `model`'s encoder runs unpadded on this batch's attention_mask (B, T); model: a transformers task
     model with plain BERT layers (supports_unpadding), or a wrapper (DDP, accelerate) around one."""
-    if attention_mask.dim() != 2 or not supports_unpadding(task_model(model)):
-        raise ValueError(f"unpadded attention needs plain BERT layers and a (B, T) mask ({type(task_model(model)).__name__})")
+    inner = task_model(model)
+    if attention_mask.dim() != 2 or not supports_unpadding(inner):
+        raise ValueError(f"unpadded attention needs plain BERT layers and a (B, T) mask ({type(inner).__name__})")
     with encoder_replaced(model, lambda layers, hidden: encode_unpadded(layers, hidden, attention_mask)):
         yield

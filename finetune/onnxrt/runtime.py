@@ -97,8 +97,12 @@ class OnnxModel(torch.nn.Module):
 
 def load_onnx_model(model_dir: str, quantize: bool, threads: Optional[int]) -> OnnxModel:
     """model_dir's model.onnx (model.int8.onnx when quantize) in a session of `threads` threads (None: torch's)."""
+    return onnx_model_at(onnx_file(model_dir, quantize), model_dir, threads)
+
+
+def onnx_model_at(path: str, model_dir: str, threads: Optional[int]) -> OnnxModel:
+    """The graph at `path` in a session of `threads` threads (None: torch's), answering with model_dir's config."""
     import transformers
 
-    path = onnx_file(model_dir, quantize)
     session = open_session(path, threads or torch.get_num_threads())
     return OnnxModel(session, transformers.AutoConfig.from_pretrained(model_dir)).eval()
