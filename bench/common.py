@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -83,7 +84,12 @@ def wordpiece_tokenizer(train_file: str, vocab_size: int, document_separator: st
     corpus, _ = corpus_sources(train_file=train_file, document_separator=document_separator)
     tmp = f"{path}.tmp{os.getpid()}"
     train_wordpiece(corpus.documents(), tmp, vocab_size=vocab_size)
-    os.replace(tmp, path)  # atomic: never a half-written tokenizer in the cache
+    try:
+        os.replace(tmp, path)  # atomic: never a half-written tokenizer in the cache
+    except OSError:  # another run (e.g. a benchmark on the other core) trained the same tokenizer first
+        if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return load_tokenizer(path), path
 
 

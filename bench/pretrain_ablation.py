@@ -50,6 +50,7 @@ ARMS = {
     "shape_tiny_2x128": {"model_preset": "tiny"},
     "shape_small_4x512": {"model_preset": "small"},
     "shape_deep_8x256": {"num_hidden_layers": 8},
+    "untied_embeddings": {"tie_word_embeddings": False},
 }
 
 

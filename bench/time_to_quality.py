@@ -254,8 +254,38 @@ def pretrain_sides(args, command: str, budget_s: float, train: str, test: str, e
         for snapshot in side["snapshots"]:
             snapshot["common_eval_mlm_loss"] = round(evaluate_folder(snapshot["folder"], test,
                                                                      max_blocks=eval_blocks)["mlm_loss"], 4)
-        common.log(f"{name}: {side['steps']} steps, common eval loss {side['snapshots'][-1]['common_eval_mlm_loss']}")
+        side["rare_row_cosine"] = rare_row_cosine(side["final"], train)
+        common.log(f"{name}: {side['steps']} steps, common eval loss {side['snapshots'][-1]['common_eval_mlm_loss']}, "
+                   f"rare rows' mean cosine {side['rare_row_cosine']}")
     return result, sides
+
+
+def rare_row_cosine(folder: str, train_file: str, share: float = 0.25) -> float:
+    """Mean pairwise cosine between the input-embedding rows of the rarest `share` of the vocabulary (by count in
+    the training text, specials aside): ~0 for random rows; near 1 when the rows have drifted together (BERT's tied
+    output projection under Adam moves every rare row the same way), which leaves fine-tuning fewer distinct
+    tokens to tell apart."""
+    import collections
+
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    from mlm.core.hf import load_tokenizer
+
+    tokenizer = load_tokenizer(folder)
+    counts = collections.Counter()
+    with open(train_file, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    for start in range(0, len(lines), 2000):
+        for ids in tokenizer(lines[start:start + 2000], add_special_tokens=False)["input_ids"]:
+            counts.update(ids)
+    special = set(tokenizer.all_special_ids)
+    ids = sorted((i for i in range(len(tokenizer)) if i not in special), key=lambda i: (counts[i], i))
+    rare = torch.tensor(ids[:int(len(ids) * share)])
+    rows = AutoModelForMaskedLM.from_pretrained(folder).get_input_embeddings().weight.detach()[rare]
+    unit = torch.nn.functional.normalize(rows, dim=1)
+    n = len(rare)
+    return round(((unit.sum(0).square().sum() - n) / (n * n - n)).item(), 4)
 
 
 def saved_sides(path: str) -> tuple[dict, dict]:
@@ -332,6 +362,7 @@ def main(argv=None) -> int:
         }
         result.setdefault("details", {})[name] = {"steps": side["steps"], "train_seconds": side["train_seconds"],
                                                   "command": side["command"], "snapshots": side["snapshots"],
+                                                  "rare_row_cosine": side.get("rare_row_cosine"),
                                                   "finetune": downstream}
         common.write_json(path, result)
     n_rows = FINETUNE[mode]["cls"].get("max_train_samples")

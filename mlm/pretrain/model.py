@@ -24,7 +24,7 @@ logger = logging.getLogger("mlm")
 # (layers, hidden, heads): BERT-base/large (Devlin et al. 2018) and the compact models of
 # Turc et al. 2019 ("Well-Read Students Learn Better"); intermediate size is always 4 x hidden.
 # Fields that describe the shape of a new model (a checkpoint has its own).
-SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "tie_word_embeddings")
 PRESETS = {
     "tiny": (2, 128, 2),
     "mini": (4, 256, 4),
@@ -122,7 +122,22 @@ def pad_vocabulary(model, size: int) -> None:
     if size > real_size:
         with torch.random.fork_rng(devices=[]):
             model.resize_token_embeddings(size, mean_resizing=False)
+        untie_resized_output_bias(model)
         silence_padding_rows(model, real_size)
+
+
+def untie_resized_output_bias(model) -> None:
+    """Give an untied model's output projection its own bias again after a resize.
+
+    transformers 5.x re-ties the projection's bias to the head's `bias` when it resizes, so `save_pretrained`
+    writes the shared tensor once, under the head's name; a model with untied embeddings loads the projection's
+    bias by its own name, finds nothing and starts it at zero (the padding rows then get logit 0, not
+    PADDING_LOGIT). Two separate tensors, as a fresh untied model has, make the checkpoint load as it was saved."""
+    if getattr(model.config, "tie_word_embeddings", True):
+        return
+    output = model.get_output_embeddings()
+    if getattr(output, "bias", None) is not None:
+        output.bias = nn.Parameter(output.bias.detach().clone())
 
 
 def silence_padding_rows(model, real_size: int) -> None:

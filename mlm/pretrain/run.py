@@ -52,6 +52,10 @@ class PretrainConfig(PretrainDistillConfig, TrainingConfig, CorpusArgs):
     num_hidden_layers: Optional[int] = arg(None, "Override the preset's number of layers.")
     num_attention_heads: Optional[int] = arg(None, "Override the preset's number of attention heads.")
     intermediate_size: Optional[int] = arg(None, "Override the preset's feed-forward size (default 4 x hidden).")
+    tie_word_embeddings: Optional[bool] = arg(
+        None, "A new model's MLM output projection shares the input embeddings (default: true, BERT's). false: "
+        "separate, so that the input rows of rare tokens move only where the tokens occur (tied, Adam moves every "
+        "rare row together at the full learning rate, towards one shared direction).")
     hidden_dropout_prob: Optional[float] = arg(
         None, "Dropout on hidden states (default: 0.1 for a new model, the checkpoint's own when continuing).")
     attention_probs_dropout_prob: Optional[float] = arg(
@@ -149,6 +153,7 @@ def main(cfg: PretrainConfig) -> dict:
         cfg.model_name_or_path, cfg.model_preset, len(tokenizer), cfg.max_seq_length,
         hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
         num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
+        tie_word_embeddings=cfg.tie_word_embeddings,
         hidden_dropout_prob=cfg.hidden_dropout_prob, attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
         allow_pickle_weights=cfg.allow_pickle_weights, pad_vocab_multiple=cfg.pad_vocab_multiple,
     )

@@ -204,11 +204,13 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
         assert torch.equal(model(input_ids=ids).logits, loaded(input_ids=ids).logits)
 
 
-def test_a_new_models_vocabulary_is_padded_to_64_and_the_padding_never_predicted(tmp_path):
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_new_models_vocabulary_is_padded_to_64_and_the_padding_never_predicted(tmp_path, tied):
     tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     torch.manual_seed(0)
-    hf = build_masked_lm(None, "tiny", 100, 32, **tiny)
+    hf = build_masked_lm(None, "tiny", 100, 32, tie_word_embeddings=tied, **tiny)
     assert hf.config.vocab_size == 128 and hf.get_input_embeddings().weight.shape == (128, 32)
+    assert (hf.get_input_embeddings().weight is hf.get_output_embeddings().weight) == tied
     assert build_masked_lm(None, "tiny", 128, 32, **tiny).config.vocab_size == 128  # already a multiple
     assert build_masked_lm(None, "tiny", 100, 32, pad_vocab_multiple=0, **tiny).config.vocab_size == 100  # off
 
@@ -236,10 +238,13 @@ def test_a_new_models_vocabulary_is_padded_to_64_and_the_padding_never_predicted
     assert (output.bias[100:] == PADDING_LOGIT).all() and output.bias[:100].abs().sum() > 0
 
     # an ordinary checkpoint: plain transformers loads it with the padding rows as they were, and it loads unchanged
+    # (untied: the output bias too, which transformers' resize had shared with the head's)
     hf.save_pretrained(tmp_path / "padded")
     loaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "padded").eval()
+    assert loaded.config.tie_word_embeddings == tied
     with torch.no_grad():
         logits = loaded(input_ids=input_ids, attention_mask=attention).logits  # (B, T, 128)
+        assert torch.equal(logits, hf.eval()(input_ids=input_ids, attention_mask=attention).logits)
     assert logits.shape == (3, 16, 128) and (logits[..., 100:] == PADDING_LOGIT).all()
     assert (logits.argmax(-1) < 100).all()
     assert build_masked_lm(str(tmp_path / "padded"), "tiny", 100, 32).config.vocab_size == 128
@@ -259,6 +264,8 @@ def test_build_rejects_bad_checkpoints_and_lengths(tmp_path):
     _tiny_model().save_pretrained(tmp_path / "ok")
     with pytest.raises(ConfigError, match="max_seq_length: 128 exceeds the model's 64 positions"):
         build_masked_lm(str(tmp_path / "ok"), "mini", 97, 128)
+    with pytest.raises(ConfigError, match="^tie_word_embeddings: False, but the checkpoint .* has True;"):
+        build_masked_lm(str(tmp_path / "ok"), "mini", 97, 32, tie_word_embeddings=False)
 
 
 def test_usable_positions_skip_roberta_padding_offset():

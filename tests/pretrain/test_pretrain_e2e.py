@@ -67,10 +67,11 @@ def test_pretrain_writes_a_standard_checkpoint_and_learns(sentence_corpus, tmp_p
     assert len(filled) == len(tok) and all(f["token"] < len(tok) for f in filled)
 
 
-def test_twenty_steps_equal_ten_plus_resume_plus_ten(sentence_corpus, tmp_path, monkeypatch):
+@pytest.mark.parametrize("tie", [None, False])  # None: BERT's tied embeddings; False: a separate output projection
+def test_twenty_steps_equal_ten_plus_resume_plus_ten(sentence_corpus, tmp_path, monkeypatch, tie):
     import mlm.pretrain.run as pretrain
 
-    main(tiny_args(sentence_corpus, tmp_path / "straight", tmp_path / "cache", logging_steps=1))
+    main(tiny_args(sentence_corpus, tmp_path / "straight", tmp_path / "cache", logging_steps=1, tie_word_embeddings=tie))
     straight = losses(tmp_path / "straight")
     calls = {"n": 0}
     real_loss = pretrain.mlm_loss
@@ -83,12 +84,14 @@ def test_twenty_steps_equal_ten_plus_resume_plus_ten(sentence_corpus, tmp_path, 
 
     monkeypatch.setattr(pretrain, "mlm_loss", interrupt_after_ten)
     with pytest.raises(KeyboardInterrupt):
-        main(tiny_args(sentence_corpus, tmp_path / "resumed", tmp_path / "cache", logging_steps=1))
+        main(tiny_args(sentence_corpus, tmp_path / "resumed", tmp_path / "cache", logging_steps=1,
+                       tie_word_embeddings=tie))
     monkeypatch.setattr(pretrain, "mlm_loss", real_loss)
     # Resumed on "another machine" (an empty cache): the run's own tokenizer comes from output_dir, never a
     # retrained one (WordPiece training is not reproducible: its ids could differ).
     other_cache = tmp_path / "other-cache"
-    main(tiny_args(sentence_corpus, tmp_path / "resumed", other_cache, logging_steps=1, resume_from_checkpoint="latest"))
+    main(tiny_args(sentence_corpus, tmp_path / "resumed", other_cache, logging_steps=1, resume_from_checkpoint="latest",
+                   tie_word_embeddings=tie))
     assert not (other_cache / "tokenizers").exists()
     resumed = losses(tmp_path / "resumed")
     assert len(straight) == len(resumed) == 20
@@ -98,6 +101,10 @@ def test_twenty_steps_equal_ten_plus_resume_plus_ten(sentence_corpus, tmp_path, 
     a = load_file(str(tmp_path / "straight" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    if tie is False:  # the output projection is its own tensor in the checkpoint, trained apart from the input rows
+        embeddings, projection = a["bert.embeddings.word_embeddings.weight"], a["cls.predictions.decoder.weight"]
+        assert json.loads((tmp_path / "resumed" / "config.json").read_text())["tie_word_embeddings"] is False
+        assert embeddings.shape == projection.shape and not torch.equal(embeddings, projection)
 
 
 def run_cli(capsys, *argv):
