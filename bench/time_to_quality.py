@@ -25,6 +25,7 @@ against training time beside it.
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import functools
 import json
@@ -61,6 +62,14 @@ def recipe_settings(path: str) -> dict:
         return yaml.safe_load(f)
 
 
+def tokenized_lines(tokenizer, path: str, add_special_tokens: bool = True):
+    """The ids of each non-blank line of a text file, tokenised in chunks of 1,000 lines."""
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    for start in range(0, len(lines), 1000):
+        yield from tokenizer(lines[start:start + 1000], add_special_tokens=add_special_tokens)["input_ids"]
+
+
 # ------------------------------------------------------------------------------------------- stock side
 
 
@@ -80,12 +89,9 @@ def child_stock(spec_path: str) -> None:
         torch.set_num_threads(1)
     torch.manual_seed(0)
     tokenizer = load_tokenizer(spec["tokenizer_dir"])
-    with open(spec["train_file"], encoding="utf-8") as f:
-        lines = [line for line in f if line.strip()]
     ids: list[int] = []
-    for start in range(0, len(lines), 1000):  # run_mlm.py: tokenize each line with specials, then group_texts
-        for row in tokenizer(lines[start:start + 1000])["input_ids"]:
-            ids.extend(row)
+    for row in tokenized_lines(tokenizer, spec["train_file"]):  # run_mlm.py: each line with specials, then group_texts
+        ids.extend(row)
     blocks = [{"input_ids": ids[i:i + SEQ]} for i in range(0, len(ids) - SEQ + 1, SEQ)]
     config = preset_config(spec["preset"], len(tokenizer), max(512, SEQ), **spec["shape"])  # dropout 0.1 default
     model = BertForMaskedLM(config)
@@ -241,7 +247,7 @@ def pretrain_sides(args, command: str, budget_s: float, train: str, test: str, e
     from mlm.pretrain.fixed_mask_eval import evaluate_folder
 
     recipe = recipe_settings(os.path.join(common.REPO, args.recipe))
-    _, tokenizer_dir = common.wordpiece_tokenizer(train, VOCAB)
+    tokenizer, tokenizer_dir = common.wordpiece_tokenizer(train, VOCAB)
     result = {"command": command,
               "machine": {**common.machine_info(), "matmul_peak_gflops": round(common.matmul_peak_gflops(), 1)},
               "recipe": args.recipe, "budget_s": budget_s, "vocab_size": VOCAB, "corpus": train, "eval_text": test,
@@ -250,35 +256,28 @@ def pretrain_sides(args, command: str, budget_s: float, train: str, test: str, e
             "ours": lambda core: run_ours(tokenizer_dir, args.recipe, budget_s, os.path.join(scratch, "ours"), core)}
     jobs = {name: job for name, job in jobs.items() if name in sides_wanted}
     sides = in_turn_or_together(jobs, args.parallel, f"pretraining, {budget_s:.0f} s each")
+    counts = collections.Counter(i for row in tokenized_lines(tokenizer, train, add_special_tokens=False) for i in row)
     for name, side in sides.items():
         for snapshot in side["snapshots"]:
             snapshot["common_eval_mlm_loss"] = round(evaluate_folder(snapshot["folder"], test,
                                                                      max_blocks=eval_blocks)["mlm_loss"], 4)
-        side["rare_row_cosine"] = rare_row_cosine(side["final"], train)
+        side["rare_row_cosine"] = rare_row_cosine(side["final"], counts)
         common.log(f"{name}: {side['steps']} steps, common eval loss {side['snapshots'][-1]['common_eval_mlm_loss']}, "
                    f"rare rows' mean cosine {side['rare_row_cosine']}")
     return result, sides
 
 
-def rare_row_cosine(folder: str, train_file: str, share: float = 0.25) -> float:
-    """Mean pairwise cosine between the input-embedding rows of the rarest `share` of the vocabulary (by count in
-    the training text, specials aside): ~0 for random rows; near 1 when the rows have drifted together (BERT's tied
-    output projection under Adam moves every rare row the same way), which leaves fine-tuning fewer distinct
-    tokens to tell apart."""
-    import collections
-
+def rare_row_cosine(folder: str, counts: collections.Counter, share: float = 0.25) -> float:
+    """Mean pairwise cosine between the input-embedding rows of the rarest `share` of the vocabulary (by `counts`,
+    the ids' counts in the training text; specials aside): ~0 for random rows; near 1 when the rows have drifted
+    together (BERT's tied output projection under Adam moves every rare row the same way), which leaves fine-tuning
+    fewer distinct tokens to tell apart."""
     import torch
     from transformers import AutoModelForMaskedLM
 
     from mlm.core.hf import load_tokenizer
 
     tokenizer = load_tokenizer(folder)
-    counts = collections.Counter()
-    with open(train_file, encoding="utf-8") as f:
-        lines = [line for line in f if line.strip()]
-    for start in range(0, len(lines), 2000):
-        for ids in tokenizer(lines[start:start + 2000], add_special_tokens=False)["input_ids"]:
-            counts.update(ids)
     special = set(tokenizer.all_special_ids)
     ids = sorted((i for i in range(len(tokenizer)) if i not in special), key=lambda i: (counts[i], i))
     rare = torch.tensor(ids[:int(len(ids) * share)])
