@@ -58,6 +58,10 @@ class TrainingConfig:
     adam_beta1: float = arg(0.9, "AdamW beta1.")
     adam_beta2: float = arg(0.999, "AdamW beta2.")
     adam_epsilon: float = arg(1e-8, "AdamW epsilon.")
+    layer_lr_decay: float = arg(
+        1.0, "Layer-wise learning-rate decay for fine-tuning (ELECTRA, DeBERTa: 0.8-0.9): the task head and pooler "
+        "train at learning_rate, the top encoder layer at learning_rate x decay, each layer below at one more factor, "
+        "the embeddings at the lowest. 1.0: every parameter at learning_rate.")
     max_grad_norm: float = arg(1.0, "Gradient clipping norm (0 disables clipping).")
     num_train_epochs: float = arg(3.0, "Epochs over the training data (ignored when max_steps > 0).")
     max_steps: int = arg(-1, "Total optimizer steps; overrides num_train_epochs when > 0.")
@@ -153,6 +157,8 @@ class TrainingConfig:
             raise ConfigError("max_steps and num_train_epochs are both <= 0: nothing to train")
         if not 0 < self.learning_rate < math.inf:
             raise ConfigError(f"learning_rate: must be a finite number > 0, got {self.learning_rate}")
+        if not 0 < self.layer_lr_decay <= 1:
+            raise ConfigError(f"layer_lr_decay: must be in (0, 1], got {self.layer_lr_decay}")
         if self.early_stopping_patience is not None and self.metric_for_best_model is None:
             raise ConfigError("early_stopping_patience needs metric_for_best_model")
         if self.greater_is_better is None and self.metric_for_best_model is not None:
@@ -219,7 +225,8 @@ HELP_GROUPS = {
               "num_hidden_layers", "num_attention_heads", "intermediate_size", "tie_word_embeddings",
               "hidden_dropout_prob", "attention_probs_dropout_prob", "allow_pickle_weights", "gradient_checkpointing"),
     "optimisation": ("per_device_train_batch_size", "gradient_accumulation_steps", "global_batch_size", "learning_rate",
-                     "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim"),
+                     "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "layer_lr_decay", "max_grad_norm",
+                     "optim"),
     "schedule": ("num_train_epochs", "max_steps", "max_time", "warmup_ratio", "warmup_steps", "lr_scheduler_type", "seed"),
     "evaluation": ("do_train", "do_eval", "do_predict", "per_device_eval_batch_size", "eval_strategy", "eval_steps",
                    "max_eval_samples", "max_test_samples", "metric_for_best_model", "greater_is_better",
