@@ -67,7 +67,9 @@ def tokenized_lines(tokenizer, path: str, add_special_tokens: bool = True):
     with open(path, encoding="utf-8") as f:
         lines = [line for line in f if line.strip()]
     for start in range(0, len(lines), 1000):
-        yield from tokenizer(lines[start:start + 1000], add_special_tokens=add_special_tokens)["input_ids"]
+        # verbose=False: lines longer than the model are fine here (they are grouped or counted, never fed whole)
+        chunk = tokenizer(lines[start:start + 1000], add_special_tokens=add_special_tokens, verbose=False)
+        yield from chunk["input_ids"]
 
 
 # ------------------------------------------------------------------------------------------- stock side
@@ -114,10 +116,13 @@ def child_stock(spec_path: str) -> None:
             self.elapsed = elapsed
 
     callback = Budget()
+    # The device and precision ours gets from `--mixed_precision auto`: a GPU when there is one, bf16 where it runs.
+    on_gpu = torch.cuda.is_available()
+    bf16 = on_gpu and torch.cuda.is_bf16_supported()
     args = TrainingArguments(output_dir=os.path.join(out, "trainer"), per_device_train_batch_size=spec["batch_size"],
                              learning_rate=5e-5, num_train_epochs=3, lr_scheduler_type="linear", warmup_steps=0,
                              weight_decay=0.0, seed=0, logging_steps=50, save_strategy="no", report_to="none",
-                             use_cpu=True, disable_tqdm=True)
+                             use_cpu=not on_gpu, bf16=bf16, disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=blocks, callbacks=[callback],
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15))
     trainer.train()
@@ -128,7 +133,8 @@ def child_stock(spec_path: str) -> None:
     snapshots.append({"step": step, "train_seconds": round(callback.elapsed, 1), "folder": final})
     common.child_result({"steps": step, "train_tokens": step * spec["batch_size"] * SEQ,
                          "train_seconds": round(callback.elapsed, 1), "snapshots": snapshots, "final": final,
-                         "blocks": len(blocks)})
+                         "blocks": len(blocks), "device": "cuda" if on_gpu else "cpu",
+                         "precision": "bf16" if bf16 else "fp32"})
 
 
 def run_stock(tokenizer_dir: str, train_file: str, recipe: dict, budget_s: float, out: str, core=None) -> dict:
@@ -362,7 +368,8 @@ def main(argv=None) -> int:
         result.setdefault("details", {})[name] = {"steps": side["steps"], "train_seconds": side["train_seconds"],
                                                   "command": side["command"], "snapshots": side["snapshots"],
                                                   "rare_row_cosine": side.get("rare_row_cosine"),
-                                                  "finetune": downstream}
+                                                  "finetune": downstream,
+                                                  **{k: side[k] for k in ("device", "precision") if k in side}}
         common.write_json(path, result)
     n_rows = FINETUNE[mode]["cls"].get("max_train_samples")
     tfidf = finetune_quality.tfidf_baseline(data, n_rows)
