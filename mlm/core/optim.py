@@ -9,8 +9,8 @@ import torch
 
 from mlm.core.budget import budget_scheduler
 from mlm.core.config import TrainingConfig
-from mlm.errors import ConfigError
 from mlm.core.runlog import logger
+from mlm.errors import ConfigError
 
 
 # The numbered block a parameter belongs to, across HF encoders: bert.encoder.layer.3., distilbert.transformer.layer.3.,
