@@ -81,8 +81,9 @@ def child_stock(spec_path: str) -> None:
     from transformers import (BertForMaskedLM, DataCollatorForLanguageModeling, Trainer, TrainerCallback,
                               TrainingArguments)
 
-    from mlm.pretrain.model import preset_config
     from mlm.core.hf import load_tokenizer
+    from mlm.core.precision import resolve_precision
+    from mlm.pretrain.model import preset_config
 
     with open(spec_path) as f:
         spec = json.load(f)
@@ -116,9 +117,10 @@ def child_stock(spec_path: str) -> None:
             self.elapsed = elapsed
 
     callback = Budget()
-    # The device and precision ours gets from `--mixed_precision auto`: a GPU when there is one, bf16 where it runs.
+    # The device and precision ours gets from `--mixed_precision auto` (one rule, mlm.core.precision): a GPU when
+    # there is one, bf16 where it has bf16.
     on_gpu = torch.cuda.is_available()
-    bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    bf16 = resolve_precision("auto", on_gpu)[0] == "bf16"
     args = TrainingArguments(output_dir=os.path.join(out, "trainer"), per_device_train_batch_size=spec["batch_size"],
                              learning_rate=5e-5, num_train_epochs=3, lr_scheduler_type="linear", warmup_steps=0,
                              weight_decay=0.0, seed=0, logging_steps=50, save_strategy="no", report_to="none",
