@@ -28,7 +28,8 @@ def fixed_masks(tokenizer, lines, max_seq_length: int = 128, mask_rate: float = 
     ids: list[int] = []
     texts = [line.strip() for line in lines if line.strip()]
     for start in range(0, len(texts), 1000):
-        for row in tokenizer(texts[start:start + 1000], add_special_tokens=False)["input_ids"]:
+        # verbose=False: a line longer than the model is fine, the stream is cut into blocks below
+        for row in tokenizer(texts[start:start + 1000], add_special_tokens=False, verbose=False)["input_ids"]:
             ids.extend(row)
     body = max_seq_length - 2
     blocks = [ids[i:i + body] for i in range(0, len(ids), body)]
