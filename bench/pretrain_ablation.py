@@ -51,6 +51,7 @@ ARMS = {
     "shape_small_4x512": {"model_preset": "small"},
     "shape_deep_8x256": {"num_hidden_layers": 8},
     "untied_embeddings": {"tie_word_embeddings": False},
+    "sinusoidal_positions": {"position_embedding_init": "sinusoidal"},
 }
 
 

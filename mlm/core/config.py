@@ -223,7 +223,8 @@ C = TypeVar("C")
 HELP_GROUPS = {
     "model": ("model_name_or_path", "tokenizer_name", "vocab_size", "do_lower_case", "model_preset", "hidden_size",
               "num_hidden_layers", "num_attention_heads", "intermediate_size", "tie_word_embeddings",
-              "hidden_dropout_prob", "attention_probs_dropout_prob", "allow_pickle_weights", "gradient_checkpointing"),
+              "position_embedding_init", "hidden_dropout_prob", "attention_probs_dropout_prob", "allow_pickle_weights",
+              "gradient_checkpointing"),
     "optimisation": ("per_device_train_batch_size", "gradient_accumulation_steps", "global_batch_size", "learning_rate",
                      "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "layer_lr_decay", "max_grad_norm",
                      "optim"),

@@ -9,6 +9,7 @@ This is the only pretraining module that names transformers model classes.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Optional
 
 import torch
@@ -65,14 +66,21 @@ def build_masked_lm(
     attn_implementation: str = "sdpa",
     allow_pickle_weights: bool = False,
     pad_vocab_multiple: int = PAD_VOCAB_MULTIPLE,
+    position_init: str = "normal",
     **overrides,
 ):
     """A BertForMaskedLM (or any AutoModelForMaskedLM) from a checkpoint, or fresh from a preset.
 
     A fresh model's vocabulary is vocab_size rounded up to pad_vocab_multiple (0 or 1: exact), its extra rows
-    silenced (`silence_padding_rows`); a checkpoint keeps its own vocabulary."""
+    silenced (`silence_padding_rows`); its position rows start as `position_init` says (normal: BERT's; sinusoidal:
+    `sinusoidal_positions`); a checkpoint keeps its own vocabulary and positions."""
     from transformers import AutoConfig, AutoModelForMaskedLM
 
+    if position_init not in POSITION_INITS:
+        raise ConfigError(f"position_embedding_init: unknown {position_init!r} (choose from {', '.join(POSITION_INITS)})")
+    if model_name_or_path and position_init != "normal":
+        raise ConfigError(f"position_embedding_init: {position_init} describes a new model; the checkpoint "
+                          f"{model_name_or_path} has position rows of its own")
     if model_name_or_path:
         model_name_or_path = check_checkpoint_dir(model_name_or_path, allow_pickle=allow_pickle_weights)
         shape = {k: v for k, v in overrides.items() if k in SHAPE_FIELDS and v is not None}
@@ -103,11 +111,32 @@ def build_masked_lm(
             preset_config(preset, vocab_size, max_positions, **overrides), attn_implementation=attn_implementation
         )
         pad_vocabulary(model, padded_vocab_size(vocab_size, pad_vocab_multiple))
+        if position_init == "sinusoidal":
+            sinusoidal_positions(model)
     mlm_head(model)  # before any packing: a model whose head is unknown cannot be trained here
     limit = usable_positions(model.config, model)
     if max_seq_length > limit:
         raise ConfigError(f"max_seq_length: {max_seq_length} exceeds the model's {limit} positions")
     return model
+
+
+POSITION_INITS = ("normal", "sinusoidal")
+
+
+def sinusoidal_positions(model) -> None:
+    """Start a BERT's learned position rows as the sinusoids of Vaswani et al. (2017), at the spread of its other
+    rows (std initializer_range). Row i+k is then one fixed rotation of row i for every i, so attention can find a
+    neighbour with one linear map; random rows give it nothing to find until it has learnt their order (lower loss
+    at equal time: bench/results/pretrain_ablation.json, time_to_quality.json). The rows stay parameters, trained as
+    BERT's are: the checkpoint is an ordinary one. Draws no random numbers (the run's stream is unchanged)."""
+    weight = model.base_model.embeddings.position_embeddings.weight
+    positions, width = weight.shape
+    angle = torch.arange(positions, dtype=torch.float64)[:, None] * torch.exp(
+        torch.arange(0, width, 2, dtype=torch.float64) * (-math.log(10000.0) / width))
+    table = torch.zeros(positions, width, dtype=torch.float64)
+    table[:, 0::2], table[:, 1::2] = torch.sin(angle), torch.cos(angle[:, : width // 2])
+    with torch.no_grad():
+        weight.copy_(table * (model.config.initializer_range / table.std()))
 
 
 def padded_vocab_size(vocab_size: int, multiple: int) -> int:

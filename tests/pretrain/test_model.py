@@ -1,4 +1,6 @@
 """The sparse MLM head gives the stock BertForMaskedLM loss; presets; checkpoint round trip."""
+import math
+
 import pytest
 import torch
 from transformers import AutoModelForMaskedLM, BertConfig
@@ -266,6 +268,33 @@ def test_build_rejects_bad_checkpoints_and_lengths(tmp_path):
         build_masked_lm(str(tmp_path / "ok"), "mini", 97, 128)
     with pytest.raises(ConfigError, match="^tie_word_embeddings: False, but the checkpoint .* has True;"):
         build_masked_lm(str(tmp_path / "ok"), "mini", 97, 32, tie_word_embeddings=False)
+    with pytest.raises(ConfigError, match="^position_embedding_init: sinusoidal describes a new model; the checkpoint"):
+        build_masked_lm(str(tmp_path / "ok"), "mini", 97, 32, position_init="sinusoidal")
+    with pytest.raises(ConfigError, match="^position_embedding_init: unknown 'rope'"):
+        build_masked_lm(None, "mini", 97, 32, position_init="rope")
+
+
+def test_sinusoidal_positions_put_every_offset_one_linear_map_away_and_change_nothing_else():
+    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    torch.manual_seed(0)
+    normal = build_masked_lm(None, "tiny", 100, 32, **tiny)
+    torch.manual_seed(0)
+    sinusoidal = build_masked_lm(None, "tiny", 100, 32, position_init="sinusoidal", **tiny)
+    rows = sinusoidal.bert.embeddings.position_embeddings.weight.detach().double()
+    assert rows.shape == (512, 32) and abs(rows.std().item() - 0.02) < 1e-6  # the spread of BERT's random rows
+    assert (rows[0, 0::2] == 0).all() and torch.allclose(rows[0, 1::2], rows[0, 1])  # sin 0 = 0, cos 0 = 1
+    assert torch.allclose(rows[1, 0] / rows[0, 1], torch.tensor(math.sin(1.0), dtype=torch.float64))
+
+    def offset_residual(table, k):  # how far row i+k is from one linear map of row i, over every i
+        solution = torch.linalg.lstsq(table[:-k], table[k:]).solution
+        return ((table[:-k] @ solution - table[k:]).norm() / table[k:].norm()).item()
+
+    assert max(offset_residual(rows, k) for k in (1, 2, 7, 100)) < 1e-5
+    random_rows = normal.bert.embeddings.position_embeddings.weight.detach().double()
+    assert offset_residual(random_rows, 1) > 0.5
+    # no random number drawn: every other tensor is the one the normal initialisation gives
+    others = {k: v for k, v in normal.state_dict().items() if "position_embeddings" not in k}
+    assert all(torch.equal(v, sinusoidal.state_dict()[k]) for k, v in others.items())
 
 
 def test_usable_positions_skip_roberta_padding_offset():

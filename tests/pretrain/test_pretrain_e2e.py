@@ -107,6 +107,24 @@ def test_twenty_steps_equal_ten_plus_resume_plus_ten(sentence_corpus, tmp_path, 
         assert embeddings.shape == projection.shape and not torch.equal(embeddings, projection)
 
 
+def test_sinusoidal_position_rows_start_the_run_and_its_checkpoint_is_plain_bert(sentence_corpus, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForMaskedLM
+
+    from mlm.pretrain.model import build_masked_lm
+
+    # a learning rate of 1e-9: two steps leave the rows where they started
+    main(tiny_args(sentence_corpus, tmp_path / "run", tmp_path / "cache", max_steps=2, eval_steps=2, save_steps=2,
+                   learning_rate=1e-9, position_embedding_init="sinusoidal"))
+    saved = load_file(str(tmp_path / "run" / "model.safetensors"))["bert.embeddings.position_embeddings.weight"]
+    fresh = build_masked_lm(None, "tiny", 200, 32, position_init="sinusoidal", hidden_size=32, num_hidden_layers=2,
+                            num_attention_heads=2, intermediate_size=64)
+    assert torch.allclose(saved, fresh.bert.embeddings.position_embeddings.weight, atol=1e-6)
+    loaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "run")  # an ordinary checkpoint
+    assert torch.equal(loaded.bert.embeddings.position_embeddings.weight, saved)
+    assert json.loads((tmp_path / "run" / "training_args.json").read_text())["settings"]["position_embedding_init"] == "sinusoidal"
+
+
 def run_cli(capsys, *argv):
     """Exit code and the error lines (log lines on stderr are not errors); never a traceback."""
     code = cli_main(list(argv))
