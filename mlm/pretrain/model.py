@@ -40,6 +40,8 @@ PAD_VOCAB_MULTIPLE = 64
 # The output bias of a padding row: exp(-1e4) is 0 in fp32, bf16 and fp16 alike, so no softmax, loss, argmax or
 # fill-mask ever picks it, and its gradient is exactly 0 (the row never moves).
 PADDING_LOGIT = -1e4
+# How a new model's learned position rows start: BERT's N(0, initializer_range), or `sinusoidal_positions`.
+POSITION_INITS = ("normal", "sinusoidal")
 
 
 def preset_config(preset: str, vocab_size: int, max_position_embeddings: int = 512, **overrides):
@@ -118,9 +120,6 @@ def build_masked_lm(
     if max_seq_length > limit:
         raise ConfigError(f"max_seq_length: {max_seq_length} exceeds the model's {limit} positions")
     return model
-
-
-POSITION_INITS = ("normal", "sinusoidal")
 
 
 def sinusoidal_positions(model) -> None:

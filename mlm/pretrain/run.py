@@ -21,6 +21,7 @@ from mlm.errors import ConfigError
 from mlm.core.hub import check_sources
 from mlm.pretrain.corpus import CorpusArgs
 from mlm.pretrain.distill import PretrainDistillConfig
+from mlm.pretrain.model import POSITION_INITS
 
 logger = logging.getLogger("mlm")
 
@@ -56,7 +57,7 @@ class PretrainConfig(PretrainDistillConfig, TrainingConfig, CorpusArgs):
         None, "A new model's MLM output projection shares the input embeddings (default: true, BERT's). false: "
         "separate, so that the input rows of rare tokens move only where the tokens occur (tied, Adam moves every "
         "rare row together at the full learning rate, towards one shared direction).")
-    position_embedding_init: Literal["normal", "sinusoidal"] = arg(
+    position_embedding_init: Literal[POSITION_INITS] = arg(
         "normal", "How a new model's learned position rows start: normal (BERT's random rows) or sinusoidal (the "
         "sinusoids of the original Transformer at the same scale: a neighbour is one linear map away, so attention "
         "turns local sooner; lower loss and better NER at a 15-minute budget, see recipes/pretrain/budget-15m.yaml). "

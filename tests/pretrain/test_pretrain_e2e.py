@@ -122,7 +122,8 @@ def test_sinusoidal_position_rows_start_the_run_and_its_checkpoint_is_plain_bert
     assert torch.allclose(saved, fresh.bert.embeddings.position_embeddings.weight, atol=1e-6)
     loaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "run")  # an ordinary checkpoint
     assert torch.equal(loaded.bert.embeddings.position_embeddings.weight, saved)
-    assert json.loads((tmp_path / "run" / "training_args.json").read_text())["settings"]["position_embedding_init"] == "sinusoidal"
+    settings = json.loads((tmp_path / "run" / "training_args.json").read_text())["settings"]
+    assert settings["position_embedding_init"] == "sinusoidal"
 
 
 def run_cli(capsys, *argv):
